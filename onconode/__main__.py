@@ -1,0 +1,3 @@
+from onconode.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,122 @@
+"""The ``onconode`` command: one sub-command per job, each a thin call into its package.
+
+Errors that a person can fix (bad configuration, unreachable peer, unreadable file) are printed as
+one line on stderr with a non-zero exit; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from onconode.config import Settings, load_settings
+
+Command = Callable[[argparse.Namespace], int]
+
+
+class UsageError(Exception):
+    """A problem the user can fix; printed as one line, exit status 2."""
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    try:
+        return load_settings(args.config)
+    except (FileNotFoundError, ValidationError) as err:
+        raise UsageError(f"configuration: {err}") from err
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from onconode.node import serve_forever
+
+    settings = _settings(args)
+    _configure_logging(settings.log.level)
+    serve_forever(settings)
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from onconode.dicom_node.scu import PeerAddress, SendError, send_paths
+
+    try:
+        peer = PeerAddress.parse(args.to)
+        report = send_paths(args.paths, peer, calling_ae=args.calling_ae, tls=_client_tls(args))
+    except (ValueError, SendError) as err:
+        raise UsageError(str(err)) from err
+    print(report.summary())
+    return 0 if report.all_succeeded else 1
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from onconode.dicom_node.scu import PeerAddress, SendError, echo
+
+    try:
+        status = echo(PeerAddress.parse(args.peer), calling_ae=args.calling_ae, tls=_client_tls(args))
+    except (ValueError, SendError) as err:
+        raise UsageError(str(err)) from err
+    print(f"C-ECHO {args.peer}: status 0x{status:04X}")
+    return 0 if status == 0 else 1
+
+
+def _client_tls(args: argparse.Namespace) -> object | None:
+    from onconode.dicom_node.tls import client_context
+
+    if not args.tls_ca:
+        return None
+    return client_context(args.tls_ca, args.tls_cert, args.tls_key)
+
+
+def _add_scu_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--calling-ae", default="ONCONODE-SCU", help="our AE title (default ONCONODE-SCU)")
+    parser.add_argument("--tls-ca", type=Path, help="CA certificate (PEM): use DICOM TLS and verify the peer")
+    parser.add_argument("--tls-cert", type=Path, help="client certificate (PEM) for TLS")
+    parser.add_argument("--tls-key", type=Path, help="client private key (PEM) for TLS")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="onconode",
+        description="OncoNode: AI cancer classification as a DICOM node. Research use only, not for diagnosis.")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="YAML configuration (default: $ONCONODE_CONFIG, else config/onconode.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the DICOM listener and the study assembler",
+                           description="Listen for C-ECHO and C-STORE, store every instance durably, "
+                                       "and queue each study once it is stable.")
+    serve.set_defaults(func=cmd_serve)
+
+    send = sub.add_parser("send", help="send DICOM files or folders with C-STORE",
+                          description="C-STORE every DICOM file under PATH to a peer, as stored (same "
+                                      "transfer syntax, same bytes).")
+    send.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders (recursive)")
+    send.add_argument("--to", required=True, metavar="AE@HOST:PORT", help="the destination")
+    _add_scu_options(send)
+    send.set_defaults(func=cmd_send)
+
+    echo_parser = sub.add_parser("echo", help="C-ECHO a peer", description="Verify a DICOM peer answers.")
+    echo_parser.add_argument("peer", metavar="AE@HOST:PORT")
+    _add_scu_options(echo_parser)
+    echo_parser.set_defaults(func=cmd_echo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command: Command = args.func
+    try:
+        return command(args)
+    except UsageError as err:
+        print(f"onconode {args.command}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

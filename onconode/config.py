@@ -1,0 +1,165 @@
+"""Typed settings: ``config/onconode.yaml`` plus ``ONCONODE_<SECTION>__<KEY>`` environment overrides.
+
+Priority, highest first: explicit keyword arguments, environment variables, the YAML file, the
+defaults below. The defaults are the embedded configuration: loopback, a local folder, SQLite, so
+``onconode serve`` runs with no file at all. Everything is validated at start-up so that a typo
+fails the start, not the first association.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from onconode.dicom_node.validators import check_ae_title
+
+DEFAULT_CONFIG = Path("config/onconode.yaml")
+CONFIG_ENV = "ONCONODE_CONFIG"
+
+
+def _ae_title(value: str) -> str:
+    reason = check_ae_title(value)
+    if reason:
+        raise ValueError(f"AE title {value!r}: {reason}")
+    return value.strip()
+
+
+AETitle = Annotated[str, AfterValidator(_ae_title)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NodeSettings(_Section):
+    """The DICOM listener."""
+
+    ae_title: AETitle = "ONCONODE"
+    host: str = "127.0.0.1"
+    port: int = Field(11112, ge=1, le=65535)
+    max_associations: int = Field(8, ge=1)
+    # Largest P-DATA PDU we accept. Large PDUs cut the per-fragment overhead of a pure-Python
+    # receiver; 0 would mean "unlimited", which some SCUs treat as their own small default.
+    max_pdu_bytes: int = Field(4 * 1024 * 1024, ge=4096)
+    network_timeout_seconds: float = Field(60, gt=0)
+
+
+class StorageSettings(_Section):
+    """Where received instances live."""
+
+    root: Path = Path("var/store")
+    # Below this much free space C-STORE answers Out of Resources instead of filling the disk.
+    min_free_mb: int = Field(500, ge=0)
+
+
+class StateSettings(_Section):
+    """The SQLite database that holds instances, studies and their transitions."""
+
+    database: Path = Path("var/onconode.db")
+
+
+class StudySettings(_Section):
+    """Study assembly."""
+
+    # A study is stable once no instance arrived for this long (seconds).
+    stable_seconds: float = Field(10, gt=0)
+    # How often the assembler looks for stable studies (seconds).
+    poll_seconds: float = Field(0.5, gt=0)
+
+
+class Caller(_Section):
+    """A peer allowed to open associations: its calling AE title and, optionally, its host."""
+
+    ae_title: AETitle
+    host: str | None = None
+
+
+class TLSSettings(_Section):
+    """DICOM TLS (PS3.15 B.1, BCP 195); off by default."""
+
+    enabled: bool = False
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+    require_client_cert: bool = True
+
+    @model_validator(mode="after")
+    def _files_when_enabled(self) -> TLSSettings:
+        if self.enabled:
+            missing = [n for n in ("cert", "key") if getattr(self, n) is None]
+            if self.require_client_cert and self.ca is None:
+                missing.append("ca")
+            if missing:
+                raise ValueError(f"tls.enabled needs {', '.join(missing)}")
+            for name in ("cert", "key", "ca"):
+                path = getattr(self, name)
+                if path is not None and not path.is_file():
+                    raise ValueError(f"tls.{name}: no such file {path}")
+        return self
+
+
+class LogSettings(_Section):
+    level: str = "INFO"
+
+
+class Settings(BaseSettings):
+    """The whole configuration; one nested model per YAML section."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ONCONODE_", env_nested_delimiter="__", extra="forbid", yaml_file=None
+    )
+
+    node: NodeSettings = NodeSettings()
+    storage: StorageSettings = StorageSettings()
+    state: StateSettings = StateSettings()
+    study: StudySettings = StudySettings()
+    # Empty list: accept any calling AE (demo only; the shipped YAML lists the callers).
+    callers: list[Caller] = []
+    tls: TLSSettings = TLSSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+
+def config_path(explicit: Path | None = None) -> Path | None:
+    """The YAML file to read: ``--config``, else ``$ONCONODE_CONFIG``, else the default if present.
+
+    Raises
+    ------
+    FileNotFoundError
+        When a file was named explicitly (flag or environment) and does not exist.
+    """
+    named = explicit or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+    if named is not None:
+        if not named.is_file():
+            raise FileNotFoundError(f"configuration file not found: {named}")
+        return named
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read and validate the configuration (see the module docstring for the priority order)."""
+    source = config_path(path)
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(yaml_file=source)
+
+    return _FromFile(**overrides)

@@ -1,0 +1,1 @@
+"""Receive, store durably, assemble studies: the DICOM side of OncoNode (receive → store → assemble)."""

@@ -1,0 +1,1 @@
+"""Analysis: route → select series → volume → preprocess → slices → ONNX → Grad-CAM."""

@@ -1,0 +1,226 @@
+"""Model manifests and the registry: ``models/<name>.yaml`` beside ``models/<name>.onnx``.
+
+Models are data: no label, window or size is written in code. The manifest is the single source of
+truth for both training (``training/``) and inference, so that the pixels a model sees at the node
+are prepared exactly as they were when it learned. The registry refuses to start with a model whose
+file is missing, whose hash differs, or whose graph does not have the inputs and outputs the
+manifest names: a wrong model must fail loudly at start-up, not produce plausible numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    name: str
+    size: tuple[int, int]  # (height, width) in pixels
+    channels: Literal[1, 3]
+    layout: Literal["NCHW"] = "NCHW"
+
+
+class Window(_Strict):
+    """A CT window in Hounsfield units: [center - width/2, center + width/2] maps to [0, 1]."""
+
+    center: float
+    width: float = Field(gt=0)
+
+
+class Percentiles(_Strict):
+    """MR normalisation: the low/high intensity percentiles of a slice map to [0, 1]."""
+
+    low: float = Field(ge=0, lt=100)
+    high: float = Field(gt=0, le=100)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Percentiles:
+        if self.low >= self.high:
+            raise ValueError(f"percentiles: low {self.low} must be below high {self.high}")
+        return self
+
+
+class Resize(_Strict):
+    keep_aspect: bool = True
+    pad_value: float = 0.0  # in the [0, 1] intensity scale, before normalisation
+
+
+class Normalize(_Strict):
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+class CropBody(_Strict):
+    """Crop to the bounding box of the largest bright region before resizing.
+
+    ``threshold`` is on the [0, 1] intensity scale after windowing; ``margin`` is a fraction of the
+    box size added on each side.
+    """
+
+    threshold: float = Field(0.1, ge=0, lt=1)
+    margin: float = Field(0.02, ge=0, le=0.5)
+
+
+class Preprocess(_Strict):
+    kind: Literal["ct_window", "mr_percentile"]
+    window: Window | None = None
+    percentiles: Percentiles | None = None
+    resize: Resize = Resize()
+    crop_body: CropBody | None = None
+    normalize: Normalize
+
+    @model_validator(mode="after")
+    def _parameters_for_kind(self) -> Preprocess:
+        if self.kind == "ct_window" and self.window is None:
+            raise ValueError("preprocess.kind ct_window needs preprocess.window")
+        if self.kind == "mr_percentile" and self.percentiles is None:
+            raise ValueError("preprocess.kind mr_percentile needs preprocess.percentiles")
+        return self
+
+
+class Outputs(_Strict):
+    logits: str
+    features: str  # the last convolutional feature map, (N, K, h, w), for Grad-CAM
+
+
+class GradCamSpec(_Strict):
+    """Names of the classifier weight (classes, K) and bias initializers in the ONNX graph."""
+
+    weights: str
+    bias: str | None = None
+
+
+class SnomedCode(_Strict):
+    code: str
+    display: str = Field(max_length=64)  # DICOM Code Meaning is LO
+
+
+class Label(_Strict):
+    name: str
+    cancer: bool
+    snomed: SnomedCode
+
+
+class Decision(_Strict):
+    positive_labels: tuple[str, ...]
+    threshold: float = Field(0.5, gt=0, lt=1)
+    temperature: float = Field(1.0, gt=0)
+
+
+class Manifest(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    version: str
+    modality: Literal["CT", "MR"]
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    input: InputSpec
+    preprocess: Preprocess
+    outputs: Outputs
+    gradcam: GradCamSpec
+    labels: tuple[Label, ...] = Field(min_length=2)
+    decision: Decision
+    card: str | None = None
+    metrics: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        names = [label.name for label in self.labels]
+        if len(set(names)) != len(names):
+            raise ValueError(f"labels: duplicate names in {names}")
+        unknown = set(self.decision.positive_labels) - set(names)
+        if unknown:
+            raise ValueError(f"decision.positive_labels: not among the labels: {sorted(unknown)}")
+        norm = self.preprocess.normalize
+        if len(norm.mean) != self.input.channels or len(norm.std) != self.input.channels:
+            raise ValueError(f"preprocess.normalize: need {self.input.channels} mean and std values")
+        return self
+
+
+class ModelError(ValueError):
+    """A model that cannot be used; the message names the model and what is wrong."""
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    manifest: Manifest
+    onnx_path: Path
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read and validate one manifest file.
+
+    Raises
+    ------
+    ModelError
+        If the file cannot be read or does not match the manifest schema.
+    """
+    try:
+        data = yaml.safe_load(path.read_text())
+        return Manifest.model_validate(data)
+    except (OSError, yaml.YAMLError, ValidationError) as err:
+        raise ModelError(f"model manifest {path}: {err}") from err
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(manifest: Manifest, folder: Path) -> RegisteredModel:
+    """Check the ONNX file against its manifest: presence, hash, input and output names.
+
+    Raises
+    ------
+    ModelError
+        Naming the model and the first problem found.
+    """
+    import onnxruntime as ort
+
+    onnx_path = folder / manifest.file
+    who = f"model {manifest.name} {manifest.version}"
+    if not onnx_path.is_file():
+        raise ModelError(f"{who}: ONNX file missing: {onnx_path}")
+    actual = sha256_of(onnx_path)
+    if actual != manifest.sha256:
+        raise ModelError(f"{who}: sha256 of {onnx_path.name} is {actual}, manifest says {manifest.sha256}")
+    try:
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
+        raise ModelError(f"{who}: onnxruntime cannot load {onnx_path.name}: {err}") from err
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    if manifest.input.name not in inputs:
+        raise ModelError(f"{who}: input {manifest.input.name!r} not in the graph inputs {inputs}")
+    for wanted in (manifest.outputs.logits, manifest.outputs.features):
+        if wanted not in outputs:
+            raise ModelError(f"{who}: output {wanted!r} not in the graph outputs {outputs}")
+    return RegisteredModel(manifest=manifest, onnx_path=onnx_path)
+
+
+def load_registry(folder: Path) -> dict[str, RegisteredModel]:
+    """Every ``<name>.yaml`` in ``folder``, verified; keyed by model name.
+
+    Raises
+    ------
+    ModelError
+        For the first model that fails its checks, or two manifests with the same name.
+    """
+    registry: dict[str, RegisteredModel] = {}
+    for path in sorted(folder.glob("*.yaml")):
+        model = verify(load_manifest(path), folder)
+        if model.manifest.name in registry:
+            raise ModelError(f"model {model.manifest.name}: defined twice (second in {path})")
+        registry[model.manifest.name] = model
+    return registry
