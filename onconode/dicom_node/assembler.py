@@ -1,0 +1,57 @@
+"""Study assembly: a study is complete once no instance has arrived for ``stable_seconds``.
+
+Input: study rows in RECEIVING (``state.py``). Output: transitions RECEIVING → STABLE → QUEUED.
+DICOM has no "end of study" message, so stability is the only signal a receiver has (mercure and
+Orthanc do the same). The timer is the study's ``last_received_at`` column, not a thread-local, so
+a restart neither forgets a study nor restarts its clock. QUEUED is where the analysis picks up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from onconode.state import StateDB, StateError, StudyState
+
+log = logging.getLogger(__name__)
+
+
+class Assembler:
+    def __init__(self, db: StateDB, stable_seconds: float, poll_seconds: float) -> None:
+        self._db = db
+        self._stable_seconds = stable_seconds
+        self._poll_seconds = poll_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self, now: float | None = None) -> list[str]:
+        """Queue every study quiet for long enough; returns their UIDs."""
+        cutoff = (time.time() if now is None else now) - self._stable_seconds
+        queued = []
+        for study_uid in self._db.receiving_since_before(cutoff):
+            # received_before re-checks inside the transaction: an instance that arrived since
+            # the query keeps the study RECEIVING.
+            if self._db.transition(study_uid, StudyState.STABLE,
+                                   f"no new instance for {self._stable_seconds:g} s",
+                                   expect=[StudyState.RECEIVING], received_before=cutoff):
+                self._db.transition(study_uid, StudyState.QUEUED, "waiting for analysis",
+                                    expect=[StudyState.STABLE])
+                queued.append(study_uid)
+        return queued
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="onconode-assembler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._poll_seconds):
+            try:
+                self.run_once()
+            except StateError:  # e.g. the disk is full: keep trying, the studies wait in RECEIVING
+                log.exception("event=assembler_error")

@@ -1,0 +1,265 @@
+"""The DICOM listener: association policy, C-ECHO and C-STORE (receive → store).
+
+Input: associations from PACS and modalities. Output: durable files (``storage.py``) and index
+rows (``state.py``); one log line per association and per refused instance.
+
+The C-STORE handler never raises: each failure path returns its own ``StoreStatus``, and Success
+is returned only after the file is durable and indexed. Association policy (calling AE and host,
+called AE, number of associations) is decided in one place, ``CallerPolicy``, before any
+presentation context is negotiated, so that a rejected peer learns nothing about what we accept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pynetdicom import AE, evt
+from pynetdicom.acse import ACSE
+from pynetdicom.association import Association
+from pynetdicom.events import Event as DicomEvent
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+from onconode.config import Caller, NodeSettings
+from onconode.dicom_node.identify import InvalidInstance, identify
+from onconode.dicom_node.sop_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from onconode.dicom_node.status import StoreStatus
+from onconode.dicom_node.storage import InstanceStorage, LowDiskSpace, StorageFull
+from onconode.events import Event, log_event
+from onconode.state import ReceivedInstance, RecordOutcome, StateDB, StateError
+
+log = logging.getLogger(__name__)
+
+# A-ASSOCIATE-RJ (result, source, reason), PS3.8 9.3.4.
+_REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling AE not recognized
+_REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # rejected-permanent, service-user, called AE not recognized
+_REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)  # rejected-transient, service-provider (presentation), limit
+
+
+_RejectCallback = Callable[[Association, str, str], None]
+
+
+@dataclass(frozen=True)
+class CallerPolicy:
+    """Who may associate: calling AE (and host, where configured), called AE, how many at once."""
+
+    ae_title: str
+    callers: tuple[Caller, ...]
+    max_associations: int
+
+    def refusal(self, calling_ae: str, called_ae: str, host: str, active: int
+                ) -> tuple[tuple[int, int, int], str] | None:
+        """The A-ASSOCIATE-RJ parameters and a loggable reason, or ``None`` to go on negotiating."""
+        if called_ae.strip() != self.ae_title:
+            return _REJECT_CALLED_AE, "called AE title not ours"
+        if self.callers and not any(c.ae_title == calling_ae.strip() and c.host in (None, host)
+                                    for c in self.callers):
+            return _REJECT_CALLING_AE, "calling AE title and host not among the allowed callers"
+        if active > self.max_associations:
+            return _REJECT_LOCAL_LIMIT, f"more than {self.max_associations} associations"
+        return None
+
+
+@dataclass
+class _AssociationStats:
+    calling_ae: str = "-"
+    host: str = "-"
+    port: int = 0
+    outcome: str = "open"
+    reason: str | None = None
+    instances: int = 0
+    duplicates: int = 0
+    failures: int = 0
+    bytes: int = 0
+    opened: float = field(default_factory=time.monotonic)
+
+
+class StorageSCP:
+    """The listener; ``start()`` returns once it accepts connections, ``stop()`` closes it."""
+
+    def __init__(self, settings: NodeSettings, callers: list[Caller], storage: InstanceStorage, db: StateDB,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self._settings = settings
+        self._storage = storage
+        self._db = db
+        self._ssl_context = ssl_context
+        self._policy = CallerPolicy(settings.ae_title, tuple(callers), settings.max_associations)
+        self._stats: dict[int, _AssociationStats] = {}
+        self._stats_lock = threading.Lock()
+        self._server: ThreadedAssociationServer | None = None
+        self._ae = self._make_ae()
+
+    def _make_ae(self) -> AE:
+        ae = AE(ae_title=self._settings.ae_title)
+        ae.maximum_associations = self._settings.max_associations
+        ae.maximum_pdu_size = self._settings.max_pdu_bytes
+        ae.network_timeout = self._settings.network_timeout_seconds
+        ae.acse_timeout = self._settings.network_timeout_seconds
+        ae.dimse_timeout = self._settings.network_timeout_seconds
+        ae.add_supported_context(Verification)
+        for sop_class in sorted(STORAGE_SOP_CLASSES):
+            ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+        return ae
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "start() first"
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        handlers = [
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_CONN_OPEN, self._on_conn_open),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_RELEASED, self._on_ended),
+            (evt.EVT_ABORTED, self._on_ended),
+            (evt.EVT_CONN_CLOSE, self._on_conn_close),
+        ]
+        server = self._ae.make_server(
+            (self._settings.host, self._settings.port), ae_title=self._settings.ae_title,
+            ssl_context=self._ssl_context, evt_handlers=handlers, server_class=ThreadedAssociationServer,
+            request_handler=_request_handler(self._policy, self._record_rejection))
+        self._ae._servers.append(server)  # so that AE.shutdown() and server.shutdown() find it
+        threading.Thread(target=server.serve_forever, name="onconode-scp", daemon=True).start()
+        self._server = server
+
+    def stop(self) -> None:
+        self._ae.shutdown()
+
+    # --- association events ---------------------------------------------------------------
+
+    def _on_conn_open(self, event: DicomEvent) -> None:
+        host, port = event.address[0], event.address[1]
+        with self._stats_lock:
+            self._stats[id(event.assoc)] = _AssociationStats(host=str(host), port=int(port))
+
+    def _stats_for(self, assoc: Association) -> _AssociationStats:
+        with self._stats_lock:
+            return self._stats.setdefault(id(assoc), _AssociationStats())
+
+    def _on_accepted(self, event: DicomEvent) -> None:
+        stats = self._stats_for(event.assoc)
+        stats.calling_ae = event.assoc.requestor.ae_title
+        stats.outcome = "accepted"
+
+    def _record_rejection(self, assoc: Association, calling_ae: str, reason: str) -> None:
+        stats = self._stats_for(assoc)
+        stats.calling_ae, stats.outcome, stats.reason = calling_ae, "rejected", reason
+
+    def _on_ended(self, event: DicomEvent) -> None:
+        stats = self._stats_for(event.assoc)
+        stats.outcome = "released" if event.event == evt.EVT_RELEASED else "aborted"
+
+    def _on_conn_close(self, event: DicomEvent) -> None:
+        with self._stats_lock:
+            stats = self._stats.pop(id(event.assoc), None)
+        if stats is None:
+            return
+        log_event(log, Event.ASSOCIATION, level=logging.WARNING if stats.outcome == "rejected" else logging.INFO,
+                  calling_ae=stats.calling_ae, host=stats.host, port=stats.port, outcome=stats.outcome,
+                  reason=stats.reason, instances=stats.instances, duplicates=stats.duplicates,
+                  failures=stats.failures, bytes=stats.bytes,
+                  ms=round((time.monotonic() - stats.opened) * 1000))
+
+    # --- DIMSE services --------------------------------------------------------------------
+
+    def _on_echo(self, event: DicomEvent) -> int:
+        return 0x0000
+
+    def _on_store(self, event: DicomEvent) -> int:
+        stats = self._stats_for(event.assoc)
+        try:
+            status = self._store(event, stats)
+        except Exception:  # a bug: answer, log the traceback once, keep serving
+            log.exception("event=store_failed status=0x%04X reason=unexpected", StoreStatus.UNEXPECTED_ERROR)
+            status = StoreStatus.UNEXPECTED_ERROR
+        if not status.is_success:
+            stats.failures += 1
+        return int(status)
+
+    def _store(self, event: DicomEvent, stats: _AssociationStats) -> StoreStatus:
+        request = event.request
+        encoded = event.encoded_dataset()
+        try:
+            identity = identify(encoded, str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID))
+        except InvalidInstance as err:
+            return _refused(err.status, err.reason, stats)
+        sha256 = hashlib.sha256(encoded).hexdigest()
+        if (self._db.instance_sha256(identity.sop_instance_uid) == sha256
+                and self._storage.path_for(identity).is_file()):
+            stats.duplicates += 1
+            return StoreStatus.SUCCESS
+        try:
+            self._storage.write(identity, encoded)
+        except LowDiskSpace as err:
+            return _refused(StoreStatus.OUT_OF_RESOURCES_DISK_GUARD, str(err), stats, identity.sop_instance_uid)
+        except StorageFull as err:
+            return _refused(StoreStatus.OUT_OF_RESOURCES_WRITE, str(err), stats, identity.sop_instance_uid)
+        except OSError as err:
+            return _refused(StoreStatus.OUT_OF_RESOURCES_WRITE, f"write failed: {err.strerror}", stats,
+                            identity.sop_instance_uid)
+        transfer_syntax = str(event.context.transfer_syntax)
+        received = ReceivedInstance(identity, transfer_syntax, len(encoded), sha256, time.time(), stats.calling_ae)
+        try:
+            outcome = self._db.record_instance(received, calling_host=stats.host)
+        except StateError as err:
+            # The file is durable; the next start re-indexes it (recovery.py). The sender retries.
+            return _refused(StoreStatus.OUT_OF_RESOURCES_INDEX, str(err), stats, identity.sop_instance_uid)
+        if outcome == RecordOutcome.DUPLICATE:
+            stats.duplicates += 1
+        else:
+            stats.instances += 1
+            stats.bytes += len(encoded)
+        return StoreStatus.SUCCESS
+
+
+def _refused(status: StoreStatus, reason: str, stats: _AssociationStats, sop: str | None = None) -> StoreStatus:
+    log_event(log, Event.STORE_FAILED, level=logging.WARNING, status=f"0x{status:04X}", reason=reason,
+              sop=sop, calling_ae=stats.calling_ae, host=stats.host)
+    return status
+
+
+def _request_handler(policy: CallerPolicy, on_reject: _RejectCallback) -> type[RequestHandler]:
+    """A pynetdicom request handler that applies ``policy`` and disables Nagle on each connection."""
+
+    class PolicyRequestHandler(RequestHandler):
+        def _create_association(self) -> Association:
+            # Small C-STORE-RSP PDUs must not wait for Nagle's algorithm (see PEERS.md, TCP_NODELAY).
+            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            assoc = super()._create_association()
+            assoc.acse = _PolicyACSE(assoc, policy, on_reject)
+            return assoc
+
+    return PolicyRequestHandler
+
+
+class _PolicyACSE(ACSE):
+    """pynetdicom's ACSE with our caller policy applied before its own negotiation."""
+
+    def __init__(self, assoc: Association, policy: CallerPolicy, on_reject: _RejectCallback) -> None:
+        super().__init__(assoc)
+        self._policy = policy
+        self._on_reject = on_reject
+
+    def _negotiate_as_acceptor(self) -> None:
+        request = self.requestor.primitive
+        assert request is not None
+        calling_ae = str(request.calling_ae_title).strip()
+        active = sum(1 for a in self.assoc.ae.active_associations if a.is_acceptor)
+        refusal = self._policy.refusal(calling_ae, str(request.called_ae_title), self.requestor.address, active)
+        if refusal is None:
+            super()._negotiate_as_acceptor()
+            return
+        (result, source, diagnostic), reason = refusal
+        self._on_reject(self.assoc, calling_ae, reason)
+        self.send_reject(result, source, diagnostic)
+        evt.trigger(self.assoc, evt.EVT_REJECTED, {})
+        self.assoc.kill()

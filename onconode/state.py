@@ -1,0 +1,303 @@
+"""The node's state in SQLite (WAL): instances, studies, and every study transition as a row.
+
+This module alone holds SQL. Each public method is one transaction. State lives in the database,
+not in memory, so a restart resumes exactly where the node stopped.
+
+Durability split: instance *files* are made durable by ``dicom_node/storage.py`` (fsync before
+Success). The index runs with ``synchronous=NORMAL``: a committed row survives a killed process
+(it is in the WAL in the OS cache) but may be lost in a power cut; ``dicom_node/recovery.py``
+re-indexes any stored file the index lacks at start-up, so the files stay the source of truth
+and each C-STORE costs one fsync fewer.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from onconode.dicom_node.identify import InstanceIdentity
+from onconode.events import Event, log_event
+
+log = logging.getLogger(__name__)
+
+
+class StudyState(str, Enum):
+    RECEIVING = "receiving"
+    STABLE = "stable"
+    QUEUED = "queued"
+    ANALYSING = "analysing"
+    REPORTED = "reported"
+    DELIVERING = "delivering"
+    DELIVERED = "delivered"
+    NO_MODEL = "no_model"
+    FAILED = "failed"
+
+
+FINAL_STATES = frozenset({StudyState.DELIVERED, StudyState.NO_MODEL, StudyState.FAILED})
+# What a restart does with a study that was in the middle of something.
+RESUME = {StudyState.STABLE: StudyState.QUEUED, StudyState.ANALYSING: StudyState.QUEUED}
+
+
+class StateError(RuntimeError):
+    """The database could not complete a transaction (disk full, locked beyond the timeout, ...)."""
+
+
+class RecordOutcome(str, Enum):
+    NEW = "new"
+    DUPLICATE = "duplicate"  # same SOP Instance UID, same bytes: acknowledged, nothing changes
+    REPLACED = "replaced"  # same SOP Instance UID, different bytes: the newer version wins
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """One stored instance as the index knows it."""
+
+    identity: InstanceIdentity
+    transfer_syntax: str
+    size: int
+    sha256: str
+    received_at: float
+    calling_ae: str
+
+
+@dataclass(frozen=True)
+class Study:
+    study_uid: str
+    state: StudyState
+    reason: str | None
+    instances: int
+    first_received_at: float
+    last_received_at: float
+    state_changed_at: float
+    calling_ae: str | None
+    calling_host: str | None
+
+
+@dataclass(frozen=True)
+class Transition:
+    study_uid: str
+    at: float
+    from_state: StudyState | None
+    to_state: StudyState
+    reason: str | None
+
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE studies (
+    study_uid TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    reason TEXT,
+    first_received_at REAL NOT NULL,
+    last_received_at REAL NOT NULL,
+    state_changed_at REAL NOT NULL,
+    calling_ae TEXT,
+    calling_host TEXT
+);
+CREATE INDEX studies_by_state ON studies (state, last_received_at);
+CREATE TABLE instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL REFERENCES studies (study_uid),
+    series_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    transfer_syntax TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    calling_ae TEXT NOT NULL
+);
+CREATE INDEX instances_by_study ON instances (study_uid, series_uid);
+CREATE TABLE transitions (
+    id INTEGER PRIMARY KEY,
+    study_uid TEXT NOT NULL REFERENCES studies (study_uid),
+    at REAL NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    reason TEXT
+);
+CREATE INDEX transitions_by_study ON transitions (study_uid, id);
+"""
+
+_STUDY_COLUMNS = ("s.study_uid, s.state, s.reason, "
+                  "(SELECT COUNT(*) FROM instances i WHERE i.study_uid = s.study_uid), "
+                  "s.first_received_at, s.last_received_at, s.state_changed_at, s.calling_ae, s.calling_host")
+
+
+class StateDB:
+    """The one access layer to the SQLite database; safe to share between threads."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._lock = threading.Lock()
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._conn.execute("PRAGMA busy_timeout=30000")
+        self._migrate()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as err:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise StateError(f"database: {err}") from err
+
+    def _migrate(self) -> None:
+        with self._transaction() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            elif version != _SCHEMA_VERSION:
+                raise RuntimeError(f"database schema version {version}, this OncoNode knows {_SCHEMA_VERSION}")
+
+    # --- instances -------------------------------------------------------------------------
+
+    def instance_sha256(self, sop_instance_uid: str) -> str | None:
+        """The content hash of a stored instance, to acknowledge a re-sent copy without rewriting."""
+        with self._lock:
+            row = self._conn.execute("SELECT sha256 FROM instances WHERE sop_instance_uid = ?",
+                                     (sop_instance_uid,)).fetchone()
+        return row[0] if row else None
+
+    def record_instance(self, instance: ReceivedInstance, calling_host: str | None = None) -> RecordOutcome:
+        """Index a stored instance and move its study back to RECEIVING if it had moved on."""
+        ident = instance.identity
+        with self._transaction() as db:
+            row = db.execute("SELECT sha256 FROM instances WHERE sop_instance_uid = ?",
+                             (ident.sop_instance_uid,)).fetchone()
+            if row and row[0] == instance.sha256:
+                return RecordOutcome.DUPLICATE
+            outcome = RecordOutcome.REPLACED if row else RecordOutcome.NEW
+            self._touch_study(db, ident.study_uid, instance.received_at, instance.calling_ae, calling_host)
+            db.execute(
+                "INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (sop_instance_uid) DO UPDATE SET study_uid = excluded.study_uid, "
+                "series_uid = excluded.series_uid, sop_class_uid = excluded.sop_class_uid, "
+                "modality = excluded.modality, transfer_syntax = excluded.transfer_syntax, "
+                "size = excluded.size, sha256 = excluded.sha256, received_at = excluded.received_at, "
+                "calling_ae = excluded.calling_ae",
+                (ident.sop_instance_uid, ident.study_uid, ident.series_uid, ident.sop_class_uid,
+                 ident.modality, instance.transfer_syntax, instance.size, instance.sha256,
+                 instance.received_at, instance.calling_ae))
+        return outcome
+
+    def _touch_study(self, db: sqlite3.Connection, study_uid: str, at: float, calling_ae: str,
+                     calling_host: str | None) -> None:
+        row = db.execute("SELECT state FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
+        if row is None:
+            db.execute("INSERT INTO studies VALUES (?, ?, NULL, ?, ?, ?, ?, ?)",
+                       (study_uid, StudyState.RECEIVING.value, at, at, at, calling_ae, calling_host))
+            self._log_transition(db, study_uid, at, None, StudyState.RECEIVING, "first instance")
+            return
+        db.execute("UPDATE studies SET last_received_at = MAX(last_received_at, ?), calling_ae = ?, "
+                   "calling_host = ? WHERE study_uid = ?", (at, calling_ae, calling_host, study_uid))
+        previous = StudyState(row[0])
+        if previous != StudyState.RECEIVING:
+            db.execute("UPDATE studies SET state = ?, reason = NULL, state_changed_at = ? WHERE study_uid = ?",
+                       (StudyState.RECEIVING.value, at, study_uid))
+            self._log_transition(db, study_uid, at, previous, StudyState.RECEIVING,
+                                 f"new instance while {previous.value}")
+
+    def instances(self, study_uid: str) -> list[ReceivedInstance]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT study_uid, series_uid, sop_instance_uid, sop_class_uid, modality, transfer_syntax, "
+                "size, sha256, received_at, calling_ae FROM instances WHERE study_uid = ? "
+                "ORDER BY series_uid, sop_instance_uid", (study_uid,)).fetchall()
+        return [ReceivedInstance(InstanceIdentity(*r[:5]), r[5], r[6], r[7], r[8], r[9]) for r in rows]
+
+    def instance_uids(self) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self._conn.execute("SELECT sop_instance_uid FROM instances")}
+
+    # --- studies ---------------------------------------------------------------------------
+
+    def study(self, study_uid: str) -> Study | None:
+        with self._lock:
+            row = self._conn.execute(f"SELECT {_STUDY_COLUMNS} FROM studies s WHERE s.study_uid = ?",
+                                     (study_uid,)).fetchone()
+        return _study(row) if row else None
+
+    def studies(self, states: Iterable[StudyState] | None = None) -> list[Study]:
+        query = f"SELECT {_STUDY_COLUMNS} FROM studies s"
+        params: tuple[str, ...] = ()
+        if states is not None:
+            params = tuple(s.value for s in states)
+            query += f" WHERE s.state IN ({', '.join('?' * len(params))})"
+        with self._lock:
+            rows = self._conn.execute(query + " ORDER BY s.last_received_at", params).fetchall()
+        return [_study(r) for r in rows]
+
+    def transitions(self, study_uid: str) -> list[Transition]:
+        with self._lock:
+            rows = self._conn.execute("SELECT study_uid, at, from_state, to_state, reason FROM transitions "
+                                      "WHERE study_uid = ? ORDER BY id", (study_uid,)).fetchall()
+        return [Transition(r[0], r[1], StudyState(r[2]) if r[2] else None, StudyState(r[3]), r[4]) for r in rows]
+
+    def transition(self, study_uid: str, to: StudyState, reason: str,
+                   expect: Iterable[StudyState] | None = None, received_before: float | None = None) -> bool:
+        """Move a study to ``to``; only if it is in one of ``expect`` and, with ``received_before``,
+        only if its last instance arrived before then. Returns whether it moved.
+
+        The conditions are checked inside the transaction, so an instance that arrives while the
+        assembler decides cannot be overtaken by a stale "stable" decision.
+        """
+        now = time.time()
+        with self._transaction() as db:
+            row = db.execute("SELECT state, last_received_at FROM studies WHERE study_uid = ?",
+                             (study_uid,)).fetchone()
+            if row is None:
+                return False
+            current = StudyState(row[0])
+            if expect is not None and current not in set(expect):
+                return False
+            if received_before is not None and row[1] > received_before:
+                return False
+            db.execute("UPDATE studies SET state = ?, reason = ?, state_changed_at = ? WHERE study_uid = ?",
+                       (to.value, reason, now, study_uid))
+            self._log_transition(db, study_uid, now, current, to, reason)
+        return True
+
+    def receiving_since_before(self, cutoff: float) -> list[str]:
+        """Studies still RECEIVING whose last instance arrived before ``cutoff``."""
+        with self._lock:
+            rows = self._conn.execute("SELECT study_uid FROM studies WHERE state = ? AND last_received_at <= ? "
+                                      "ORDER BY last_received_at",
+                                      (StudyState.RECEIVING.value, cutoff)).fetchall()
+        return [r[0] for r in rows]
+
+    def _log_transition(self, db: sqlite3.Connection, study_uid: str, at: float,
+                        from_state: StudyState | None, to: StudyState, reason: str) -> None:
+        db.execute("INSERT INTO transitions (study_uid, at, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?)",
+                   (study_uid, at, from_state.value if from_state else None, to.value, reason))
+        log_event(log, Event.STUDY_TRANSITION, study=study_uid,
+                  from_state=from_state.value if from_state else "-", to=to.value, reason=reason)
+
+
+def _study(row: tuple) -> Study:  # type: ignore[type-arg]
+    return Study(row[0], StudyState(row[1]), row[2], row[3], row[4], row[5], row[6], row[7], row[8])

@@ -1,0 +1,27 @@
+"""Shared fixtures: the real data folder and a real ``onconode serve`` process on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import NodeProcess, data_root
+
+
+@pytest.fixture(scope="session")
+def data() -> Path:
+    root = data_root()
+    if root is None:
+        pytest.skip("shared DICOM data not found: set ONCONODE_DATA (default ../shared/data)")
+    return root
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[NodeProcess]:
+    """A node with a 1 s stable time, accepting any caller, stopped after the test."""
+    process = NodeProcess(tmp_path)
+    process.start()
+    yield process
+    process.stop()

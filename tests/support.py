@@ -1,0 +1,147 @@
+"""Test support: start a real node process, find the shared data, send and inspect instances."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+from onconode.state import StateDB, Study, StudyState
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path | None:
+    root = Path(os.environ.get("ONCONODE_DATA", REPO.parent / "shared" / "data"))
+    return root if (root / "dicom").is_dir() else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} not installed (CI installs it via .ci/run: apt-get install dcmtk)")
+    return path
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The bytes of a Part 10 file after its File Meta Information: the data set as sent."""
+    with path.open("rb") as f:
+        read_preamble(f, force=False)
+        _read_file_meta_info(f)
+        return f.read()
+
+
+def echo_status(port: int, called_ae: str = "ONCONODE", calling_ae: str = "TESTSCU") -> int | None:
+    """C-ECHO status, or None when the association is not established."""
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
+    if not assoc.is_established:
+        return None
+    try:
+        return int(assoc.send_c_echo().Status)
+    finally:
+        assoc.release()
+
+
+class NodeProcess:
+    """``onconode serve`` as a child process with its own config, storage and database in a folder."""
+
+    def __init__(self, folder: Path, **overrides: Any) -> None:
+        self.folder = folder
+        self.port = free_port()
+        config: dict[str, Any] = {
+            "node": {"port": self.port},
+            "storage": {"root": str(folder / "store"), "min_free_mb": 1},
+            "state": {"database": str(folder / "onconode.db")},
+            "study": {"stable_seconds": 1, "poll_seconds": 0.2},
+            "callers": [],
+        }
+        for section, values in overrides.items():
+            if isinstance(values, dict):
+                config.setdefault(section, {}).update(values)
+            else:
+                config[section] = values
+        self.config_path = folder / "onconode.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = folder / "node.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def store(self) -> Path:
+        return self.folder / "store"
+
+    def start(self, timeout: float = 20) -> None:
+        log = self.log_path.open("ab")
+        offset = log.tell()
+        self.proc = subprocess.Popen([sys.executable, "-m", "onconode", "--config", str(self.config_path), "serve"],
+                                     stdout=log, stderr=subprocess.STDOUT, cwd=self.folder)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
+            if "event=node_started" in self.log_path.read_text()[offset:]:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"node not ready:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def db(self) -> StateDB:
+        return StateDB(self.folder / "onconode.db")
+
+    def study(self, study_uid: str) -> Study | None:
+        db = self.db()
+        try:
+            return db.study(study_uid)
+        finally:
+            db.close()
+
+    def wait_for_state(self, study_uid: str, state: StudyState, timeout: float = 15) -> Study:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            study = self.study(study_uid)
+            if study is not None and study.state == state:
+                return study
+            time.sleep(0.1)
+        raise AssertionError(f"study {study_uid} not {state.value} after {timeout} s: {self.study(study_uid)}")
+
+    def stored_files(self) -> list[Path]:
+        return sorted(self.store.rglob("*.dcm"))
+
+    def leftovers(self) -> list[Path]:
+        """Temporary files: none may remain after any failure."""
+        return sorted(self.store.rglob("*.tmp"))
+
+    def log(self) -> str:
+        return self.log_path.read_text()
