@@ -57,7 +57,8 @@ class StorageSettings(_Section):
     """Where received instances live."""
 
     root: Path = Path("var/store")
-    # Below this much free space C-STORE answers Out of Resources instead of filling the disk.
+    # Below this much free space C-STORE answers Out of Resources instead of filling the disk
+    # (0 turns the guard off: a full disk then fails the write itself, also Out of Resources).
     min_free_mb: int = Field(500, ge=0)
 
 

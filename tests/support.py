@@ -18,6 +18,7 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from onconode.dicom_node import scu  # noqa: F401  (sends files unchanged: STORE_SEND_CHUNKED_DATASET)
 from onconode.state import StateDB, Study, StudyState
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,6 +81,7 @@ class NodeProcess:
                 config.setdefault(section, {}).update(values)
             else:
                 config[section] = values
+        self.config = config
         self.config_path = folder / "onconode.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = folder / "node.log"
@@ -87,7 +89,7 @@ class NodeProcess:
 
     @property
     def store(self) -> Path:
-        return self.folder / "store"
+        return Path(self.config["storage"]["root"])
 
     def start(self, timeout: float = 20) -> None:
         log = self.log_path.open("ab")

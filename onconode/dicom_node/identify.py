@@ -22,6 +22,10 @@ from onconode.dicom_node.sop_classes import IMAGE_STORAGE, SR_STORAGE
 from onconode.dicom_node.status import StoreStatus
 from onconode.dicom_node.validators import check_uid
 
+# Values are validated here, by rules that return a reason; pydicom's own value warnings would
+# write the offending value into the log, and a value is exactly what must not be logged.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
 _TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
          "Rows", "Columns", "ValueType", "PixelData", "FloatPixelData", "DoubleFloatPixelData"]
 _PIXELS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -68,8 +72,13 @@ def identify(encoded: bytes, affected_sop_class: str, affected_sop_instance: str
             NotImplementedError) as err:
         raise InvalidInstance(StoreStatus.CANNOT_DECODE, f"data set cannot be parsed ({type(err).__name__})") from err
 
-    for name, value in values.items():
-        if value is None or str(value).strip() == "":
+    present = {name for name, value in values.items() if value is not None and str(value).strip()}
+    if not present:
+        # pydicom reads arbitrary bytes leniently into "elements"; a data set in which not one of
+        # the identifying attributes can be found was not understood at all.
+        raise InvalidInstance(StoreStatus.CANNOT_DECODE, "no identifying attribute could be read")
+    for name in values:
+        if name not in present:
             raise InvalidInstance(StoreStatus.MISSING_UID, f"{name} is missing or empty")
     for name, value in values.items():
         reason = check_uid(str(value))

@@ -17,12 +17,16 @@ from pathlib import Path
 
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification
 
 from onconode.dicom_node.validators import check_ae_title
+
+# Send a file's data set bytes straight from disk instead of decoding and re-encoding it
+# (pynetdicom's documented switch; its default re-encodes, which may change the bytes).
+_config.STORE_SEND_CHUNKED_DATASET = True
 
 _PEER = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>\[[0-9a-fA-F:]+\]|[^:@\s]+):(?P<port>\d{1,5})$")
 _MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1..255

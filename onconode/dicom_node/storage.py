@@ -50,13 +50,13 @@ class InstanceStorage:
         Raises
         ------
         LowDiskSpace
-            When writing would leave less than the minimum free space.
+            When writing would leave less than the minimum free space (0 disables the guard).
         StorageFull
             When the disk fills during the write.
         OSError
             For any other I/O failure. In every case nothing is left behind.
         """
-        if shutil.disk_usage(self.root).free - len(data) < self.min_free_bytes:
+        if self.min_free_bytes and shutil.disk_usage(self.root).free - len(data) < self.min_free_bytes:
             raise LowDiskSpace(errno.ENOSPC, "free space below storage.min_free_mb")
         final = self.path_for(identity)
         folder = final.parent
