@@ -1,0 +1,79 @@
+"""DICOM TLS with DCMTK's TLS-enabled echoscu/storescu and with our own SCU, on real certificates."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from onconode.cli import main
+from tests.support import NodeProcess, echo_status, require
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A test CA and a server and a client certificate signed by it (openssl, as in PEERS.md)."""
+    openssl = require("openssl")
+    d = tmp_path_factory.mktemp("pki")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=d, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=OncoNode Test CA",
+        "-keyout", "ca.key", "-out", "ca.pem", "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    for name in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+            "-out", f"{name}.csr")
+        (d / f"{name}.ext").write_text(
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+            "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+    return d
+
+
+@pytest.fixture(scope="module")
+def tls_node(tmp_path_factory: pytest.TempPathFactory, pki: Path) -> Iterator[NodeProcess]:
+    process = NodeProcess(tmp_path_factory.mktemp("tls"), tls={
+        "enabled": True, "cert": str(pki / "server.pem"), "key": str(pki / "server.key"), "ca": str(pki / "ca.pem")})
+    process.start()
+    yield process
+    process.stop()
+
+
+def _dcmtk_tls(pki: Path) -> list[str]:
+    return ["+tls", str(pki / "client.key"), str(pki / "client.pem"), "-pw", "+cf", str(pki / "ca.pem")]
+
+
+def test_dcmtk_echoscu_and_storescu_over_tls(tls_node: NodeProcess, pki: Path, data: Path) -> None:
+    echoscu, storescu = require("echoscu"), require("storescu")
+    echoed = subprocess.run([echoscu, *_dcmtk_tls(pki), "-aec", "ONCONODE", "127.0.0.1", str(tls_node.port)],
+                            capture_output=True, text=True, timeout=30)
+    assert echoed.returncode == 0, echoed.stderr
+
+    source = data / "dicom" / "lidc-idri-0001" / "IM-0001.dcm"
+    stored = subprocess.run([storescu, *_dcmtk_tls(pki), "-aec", "ONCONODE", "127.0.0.1", str(tls_node.port),
+                             str(source)], capture_output=True, text=True, timeout=30)
+    assert stored.returncode == 0, stored.stderr
+    ds = pydicom.dcmread(source, stop_before_pixels=True)
+    assert (tls_node.store / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm").is_file()
+
+
+def test_onconode_echo_over_tls(tls_node: NodeProcess, pki: Path) -> None:
+    assert main(["echo", f"ONCONODE@127.0.0.1:{tls_node.port}", "--tls-ca", str(pki / "ca.pem"),
+                 "--tls-cert", str(pki / "client.pem"), "--tls-key", str(pki / "client.key")]) == 0
+
+
+def test_plain_and_certificate_less_callers_fail_and_tls_keeps_working(tls_node: NodeProcess, pki: Path) -> None:
+    echoscu = require("echoscu")
+    assert echo_status(tls_node.port) is None  # plain TCP to the TLS port
+    no_cert = subprocess.run([echoscu, "+tla", "+cf", str(pki / "ca.pem"), "-aec", "ONCONODE", "127.0.0.1",
+                              str(tls_node.port)], capture_output=True, text=True, timeout=30)
+    assert no_cert.returncode != 0 and "Association Request Failed" in no_cert.stderr, no_cert.stderr
+    again = subprocess.run([echoscu, *_dcmtk_tls(pki), "-aec", "ONCONODE", "127.0.0.1", str(tls_node.port)],
+                           capture_output=True, text=True, timeout=30)
+    assert again.returncode == 0, again.stderr
