@@ -12,6 +12,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 
+from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 
 from onconode.dicom_node.identify import InvalidInstance, identify
@@ -43,7 +44,7 @@ def recover(storage: InstanceStorage, db: StateDB) -> RecoveryReport:
         try:
             meta = read_file_meta_info(path)
             identity = identify(data, str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID))
-        except (InvalidInstance, OSError, ValueError, AttributeError) as err:
+        except (InvalidInstance, InvalidDicomError, OSError, ValueError, AttributeError) as err:
             unreadable += 1
             log_event(log, Event.RECOVERY, level=logging.ERROR, file=path.name, problem=str(err))
             continue

@@ -1,0 +1,38 @@
+"""Start-up recovery on a real storage tree: stale temporaries, un-indexed files, interrupted studies."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pydicom
+
+from onconode.dicom_node.identify import identify
+from onconode.dicom_node.recovery import recover
+from onconode.dicom_node.storage import InstanceStorage
+from onconode.state import StateDB, StudyState
+
+
+def test_recovery_reindexes_files_removes_temporaries_and_resumes(tmp_path: Path, data: Path) -> None:
+    storage = InstanceStorage(tmp_path / "store", 0)
+    db = StateDB(tmp_path / "state.db")
+    sources = sorted((data / "dicom" / "brain-tumor-progression-pgbm-001-t1post").glob("*.dcm"))[:3]
+    for source in sources:  # as if the process died after rename, before commit
+        ds = pydicom.dcmread(source, stop_before_pixels=True)
+        identity = identify(source.read_bytes(), ds.SOPClassUID, ds.SOPInstanceUID)
+        storage.write(identity, source.read_bytes())
+    folder = storage.path_for(identity).parent
+    (folder / ".half-written.tmp").write_bytes(b"partial")
+    (folder / "9.9.9.dcm").write_bytes(b"not dicom")  # damaged: reported, never deleted
+
+    report = recover(storage, db)
+
+    assert (report.temporaries_removed, report.reindexed, report.unreadable) == (1, 3, 1)
+    assert not (folder / ".half-written.tmp").exists() and (folder / "9.9.9.dcm").exists()
+    study_uid = identity.study_uid
+    assert len(db.instances(study_uid)) == 3
+
+    db.transition(study_uid, StudyState.ANALYSING, "test")
+    assert recover(storage, db).resumed == 1
+    assert db.study(study_uid).state == StudyState.QUEUED  # type: ignore[union-attr]
+    shutil.rmtree(tmp_path / "store")
