@@ -75,7 +75,7 @@ def _print_table(result: AnalysisResult, overlays: list[str], stream: TextIO) ->
 
 
 def run_analyze(path: Path, settings: Settings, models: Path | None = None, out: Path | None = None,
-                as_json: bool = False, stream: TextIO = sys.stdout) -> int:
+                as_json: bool = False, stream: TextIO | None = None) -> int:
     """Analyse every study under ``path``; see the module docstring for the exit status.
 
     Raises
@@ -83,6 +83,7 @@ def run_analyze(path: Path, settings: Settings, models: Path | None = None, out:
     AnalyzeError
         If ``path`` does not exist, holds no DICOM study, or a model fails its start-up checks.
     """
+    stream = stream or sys.stdout
     if not path.exists():
         raise AnalyzeError(f"no such file or folder: {path}")
     studies = group_by_study(dicom_files([path]))
