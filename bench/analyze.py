@@ -32,14 +32,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-import pydicom  # noqa: E402
+import numpy as np
+import pydicom
 
-from onconode.config import RoutingRule  # noqa: E402
-from onconode.inference import pipeline, series, volume  # noqa: E402
-from onconode.inference.models import load_registry  # noqa: E402
-from onconode.inference.preprocess import scale_intensities, to_model_input  # noqa: E402
-from onconode.inference.runner import RunnerPool  # noqa: E402
+from onconode.config import RoutingRule
+from onconode.inference import pipeline, series, volume
+from onconode.inference.models import load_registry
+from onconode.inference.preprocess import scale_intensities, to_model_input
+from onconode.inference.runner import RunnerPool
 
 DATA = Path(os.environ.get("ONCONODE_DATA", REPO.parent / "shared" / "data")) / "dicom"
 STUDY = DATA / "lidc-idri-0001"

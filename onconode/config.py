@@ -137,11 +137,11 @@ class RoutingRule(_Section):
     series_description: Regex = None
     sop_class: list[str] = []
     image_type: list[str] = []
-    min_slices: int = Field(1, ge=1)
-    max_slices: int | None = Field(None, ge=1)
+    min_slices: int = Field(default=1, ge=1)
+    max_slices: int | None = Field(default=None, ge=1)
     target: Literal["lung", "brain", "body"] = "body"
-    max_analysed_slices: int = Field(48, ge=1)
-    key_slices: int = Field(3, ge=1)
+    max_analysed_slices: int = Field(default=48, ge=1)
+    key_slices: int = Field(default=3, ge=1)
 
     @model_validator(mode="after")
     def _slice_range(self) -> RoutingRule:
@@ -155,7 +155,7 @@ class AnalysisSettings(_Section):
     """Where models live and how hard onnxruntime may use the CPU."""
 
     models: Path = Path("models")
-    intra_op_threads: int = Field(2, ge=1)
+    intra_op_threads: int = Field(default=2, ge=1)
 
 
 class LogSettings(_Section):

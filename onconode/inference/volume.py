@@ -80,11 +80,12 @@ def build_volume(series: SeriesInfo) -> Volume:
         raise ValueError(f"series {series.series_uid}: no image slices")
 
     shapes = Counter(shape for _, shape in refs)
-    shape, _ = shapes.most_common(1)[0]
+    majority, _ = shapes.most_common(1)[0]
     if len(shapes) > 1:
-        odd = sum(n for s, n in shapes.items() if s != shape)
-        notes.append(f"dropped {odd} slices whose matrix differs from the majority {shape[0]}x{shape[1]}")
-    slices = [ref for ref, s in refs if s == shape]
+        odd = sum(n for s, n in shapes.items() if s != majority)
+        notes.append(f"dropped {odd} slices whose matrix differs from the majority {majority[0]}x{majority[1]}")
+    slices = [ref for ref, s in refs if s == majority]
+    shape = (int(majority[0] or 0), int(majority[1] or 0))
 
     orientations = {inst.orientation for inst in series.instances if inst.has_pixels}
     orientation = next(iter(orientations)) if len(orientations) == 1 else None

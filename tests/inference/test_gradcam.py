@@ -77,7 +77,7 @@ def test_onnx_only_map_equals_gradient_gradcam(registry, real_slice_features) ->
     head, weight = _head_session(model.onnx_path, *features.shape)
     (y,) = head.run(None, {"A": features[None]})
     np.testing.assert_allclose(y[0], logits, atol=1e-4)  # the rebuilt head is the model's head
-    k, h, w = features.shape
+    _, h, w = features.shape
     for label in range(weight.shape[0]):
         gradient = _gradient(head, features, label)
         # The derivation in gradcam.py: the gradient is w_ck / (h·w) at every position.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def test_shuffled_files_come_back_in_spatial_order(dicom_dir: Path) -> None:
     vol = _volume(shuffled)
     distances = [s.distance for s in vol.slices]
     assert vol.ordered_by == "position"
-    assert all(b > a for a, b in zip(distances, distances[1:]))  # type: ignore[operator]
+    assert all(b > a for a, b in itertools.pairwise(distances))  # type: ignore[operator]
     # IM-0001 is the cranial end (z -10 mm); increasing distance along +z runs feet → head.
     assert [s.path.name for s in vol.slices] == [f.name for f in reversed(files)]
 
