@@ -111,8 +111,7 @@ def _screen(scan: series.StudyScan) -> tuple[list[series.SeriesInfo], list[serie
         if why is None:
             candidates.append(info)
         else:
-            left.append(series.SeriesDecision(info.series_uid, info.first.series_description,
-                                              info.first.modality, info.slice_count, False, why))
+            left.append(series.decide(info, False, why))
     return candidates, left
 
 
@@ -133,21 +132,19 @@ def analyze_study(paths: Sequence[Path], registry: Mapping[str, RegisteredModel]
         candidates, decisions = _screen(scan)
         chosen_route = routing.route(candidates, rules)
     if chosen_route is None:
-        unmatched = [series.SeriesDecision(c.series_uid, c.first.series_description, c.first.modality,
-                                           c.slice_count, False,
-                                           "no routing rule matches: " + "; ".join(
-                                               f"{r.name}: {routing.mismatch(r, c)}" for r in rules))
+        unmatched = [series.decide(c, False, "no routing rule matches: " + "; ".join(
+                         f"{r.name}: {routing.mismatch(r, c)}" for r in rules) if rules else "no routing rules")
                      for c in candidates]
-        return AnalysisResult(scan.study_uid, Outcome.NO_APPLICABLE_MODEL,
-                              "no applicable model: no routing rule matches any image series of the study",
+        why = ("no routing rule matches any axial image series of the study" if candidates
+               else "the study has no axial image series to analyse")
+        return AnalysisResult(scan.study_uid, Outcome.NO_APPLICABLE_MODEL, f"no applicable model: {why}",
                               tuple(decisions + unmatched), timings_ms=clock.ms)
     rule = chosen_route.rule
     with clock.stage("scan"):
         chosen, ranked = series.select(chosen_route.series)
-    others = [series.SeriesDecision(c.series_uid, c.first.series_description, c.first.modality,
-                                    c.slice_count, False, f"routing rule {rule.name} does not match: "
-                                    f"{routing.mismatch(rule, c)}")
-              for c in candidates if c not in chosen_route.series]
+    routed = {s.series_uid for s in chosen_route.series}
+    others = [series.decide(c, False, f"routing rule {rule.name} does not match: {routing.mismatch(rule, c)}")
+              for c in candidates if c.series_uid not in routed]
     all_decisions = tuple(list(ranked) + others + decisions)
     model = registry.get(rule.model)
     if model is None:
@@ -168,9 +165,8 @@ def _run_model(study_uid: str, decisions: tuple[series.SeriesDecision, ...], rul
     prepared: dict[int, tuple[np.ndarray, Placement]] = {}
     fractions: list[float] = []
 
-    def prepare(values: np.ndarray) -> tuple[np.ndarray, Placement]:
-        return to_model_input(scale_intensities(values, manifest.preprocess), manifest.preprocess,
-                              manifest.input.size, manifest.input.channels)
+    def prepare(scaled: np.ndarray) -> tuple[np.ndarray, Placement]:
+        return to_model_input(scaled, manifest.preprocess, manifest.input.size, manifest.input.channels)
 
     slice_iter = volume.iter_slices(vol)
     while True:
@@ -182,11 +178,13 @@ def _run_model(study_uid: str, decisions: tuple[series.SeriesDecision, ...], rul
             break
         index, _, values = item
         with clock.stage("preprocess"):
+            # MR masks need the scaled slice; CT masks read HU, so CT scales only the slices it keeps.
             scaled = None if hounsfield else scale_intensities(values, manifest.preprocess)
             fraction = slices.tissue_fraction(values if scaled is None else scaled, rule.target, hounsfield)
             fractions.append(fraction)
             if slices.is_eligible(fraction, rule.target):
-                prepared[index] = prepare(values)
+                prepared[index] = prepare(scaled if scaled is not None else
+                                          scale_intensities(values, manifest.preprocess))
         del values, scaled
     chosen_idx = slices.choose(fractions, rule.target, rule.max_analysed_slices)
     for index in chosen_idx:
@@ -194,7 +192,7 @@ def _run_model(study_uid: str, decisions: tuple[series.SeriesDecision, ...], rul
             with clock.stage("decode"):
                 values = volume.read_slice(vol.slices[index])
             with clock.stage("preprocess"):
-                prepared[index] = prepare(values)
+                prepared[index] = prepare(scale_intensities(values, manifest.preprocess))
     with clock.stage("preprocess"):
         batch = np.stack([prepared[i][0] for i in chosen_idx])
         placements = {i: prepared[i][1] for i in chosen_idx}

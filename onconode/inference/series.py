@@ -113,6 +113,12 @@ class SeriesDecision:
     reason: str
 
 
+def decide(info: SeriesInfo, taken: bool, reason: str) -> SeriesDecision:
+    """The decision record of ``info``."""
+    head = info.first
+    return SeriesDecision(info.series_uid, head.series_description, head.modality, info.slice_count, taken, reason)
+
+
 def _floats(value: object, count: int) -> tuple[float, ...] | None:
     try:
         numbers = tuple(float(v) for v in value)  # type: ignore[attr-defined]
@@ -290,7 +296,6 @@ def select(candidates: Sequence[SeriesInfo]) -> tuple[SeriesInfo, tuple[SeriesDe
             reason = "DERIVED/SECONDARY: an ORIGINAL axial series of the study was preferred"
         else:
             reason = f"fewer slices ({series.slice_count}) than the chosen series ({chosen.slice_count})"
-        decisions.append(SeriesDecision(series.series_uid, series.first.series_description,
-                                        series.first.modality, series.slice_count, series is chosen, reason))
+        decisions.append(decide(series, series is chosen, reason))
     log.info("event=series_selected series=%s slices=%d", chosen.series_uid, chosen.slice_count)
     return chosen, tuple(decisions)
