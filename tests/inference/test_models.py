@@ -156,3 +156,10 @@ def test_reader_refuses_truncated_files(tmp_path: Path) -> None:
     (tmp_path / "cut.onnx").write_bytes(path.read_bytes()[:200])
     with pytest.raises(InitializerError, match="truncated"):
         read_initializers(tmp_path / "cut.onnx", {"classifier.weight"})
+
+
+def test_reader_refuses_an_unknown_wire_type(tmp_path: Path) -> None:
+    path = tmp_path / "odd.onnx"
+    path.write_bytes(b"\x0b")  # field 1, wire type 3 (start group): never used by ONNX
+    with pytest.raises(InitializerError, match="wire type 3"):
+        read_initializers(path, {"w"})

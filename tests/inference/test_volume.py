@@ -172,3 +172,15 @@ def test_iter_slices_decodes_a_whole_series_lazily(dicom_dir: Path) -> None:
     first = next(it)
     assert first[0] == 0 and first[2].dtype == np.float32
     assert sum(1 for _ in it) == len(vol.slices) - 1
+
+
+def test_a_colour_image_is_refused_with_its_shape(dicom_dir: Path, copy_series) -> None:
+    def rgb(ds: pydicom.Dataset, index: int) -> None:
+        ds.SamplesPerPixel, ds.PlanarConfiguration, ds.PhotometricInterpretation = 3, 0, "RGB"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.Rows = ds.Columns = 16
+        ds.PixelData = np.zeros((16, 16, 3), np.uint8).tobytes()
+
+    vol = _volume(copy_series(_lidc(dicom_dir, 1), edit=rgb))
+    with pytest.raises(volume.PixelDecodeError, match=r"one grey-level frame.*\(16, 16, 3\)"):
+        volume.read_slice(vol.slices[0])
