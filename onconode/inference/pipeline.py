@@ -132,9 +132,7 @@ def analyze_study(paths: Sequence[Path], registry: Mapping[str, RegisteredModel]
         candidates, decisions = _screen(scan)
         chosen_route = routing.route(candidates, rules)
     if chosen_route is None:
-        unmatched = [series.decide(c, False, "no routing rule matches: " + "; ".join(
-                         f"{r.name}: {routing.mismatch(r, c)}" for r in rules) if rules else "no routing rules")
-                     for c in candidates]
+        unmatched = [series.decide(c, False, _no_rule_reason(rules, c)) for c in candidates]
         why = ("no routing rule matches any axial image series of the study" if candidates
                else "the study has no axial image series to analyse")
         return AnalysisResult(scan.study_uid, Outcome.NO_APPLICABLE_MODEL, f"no applicable model: {why}",
@@ -152,7 +150,19 @@ def analyze_study(paths: Sequence[Path], registry: Mapping[str, RegisteredModel]
                               f"no applicable model: rule {rule.name} wants model {rule.model}, which is not "
                               f"installed (models present: {sorted(registry) or 'none'})",
                               all_decisions, rule=rule.name, series_uid=chosen.series_uid, timings_ms=clock.ms)
+    if model.manifest.modality != chosen.first.modality:
+        return AnalysisResult(scan.study_uid, Outcome.NO_APPLICABLE_MODEL,
+                              f"no applicable model: rule {rule.name} sends a {chosen.first.modality} series to "
+                              f"model {rule.model}, which is made for {model.manifest.modality}; check the "
+                              "routing configuration", all_decisions, rule=rule.name,
+                              series_uid=chosen.series_uid, timings_ms=clock.ms)
     return _run_model(scan.study_uid, all_decisions, rule, model, chosen, runners or RunnerPool(), clock)
+
+
+def _no_rule_reason(rules: Sequence[RoutingRule], candidate: series.SeriesInfo) -> str:
+    if not rules:
+        return "no routing rules are configured"
+    return "no routing rule matches: " + "; ".join(f"{r.name}: {routing.mismatch(r, candidate)}" for r in rules)
 
 
 def _run_model(study_uid: str, decisions: tuple[series.SeriesDecision, ...], rule: RoutingRule,

@@ -49,3 +49,18 @@ def test_multiframe_key_slices_carry_the_frame(dicom_dir: Path, registry, rules)
     result = pipeline.analyze_study(series.dicom_files([dicom_dir / "enhanced-multiframe"]), registry, rules)
     assert result.outcome is pipeline.Outcome.ANALYSED
     assert sorted(k.frame for k in result.key_slices) == [0, 1]  # type: ignore[type-var]
+
+
+def test_rule_sending_mr_to_a_ct_model_is_not_run(dicom_dir: Path, registry) -> None:
+    from onconode.config import RoutingRule
+
+    wrong = [RoutingRule(name="oops", modality="MR", model="test-ct")]
+    files = sorted((dicom_dir / "brain-tumor-progression-pgbm-001-t1post").glob("*.dcm"))
+    result = pipeline.analyze_study(files, registry, wrong)
+    assert result.outcome is pipeline.Outcome.NO_APPLICABLE_MODEL
+    assert "made for CT" in result.reason
+
+
+def test_without_rules_every_series_says_so(dicom_dir: Path, registry) -> None:
+    result = pipeline.analyze_study(sorted((dicom_dir / "lidc-idri-0001").glob("*.dcm"))[:3], registry, [])
+    assert result.series[0].reason == "no routing rules are configured"
