@@ -43,10 +43,12 @@ def test_derived_series_loses_to_original_but_is_never_dropped_alone(dicom_dir: 
                                                                      registry, rules) -> None:
     upenn = sorted((dicom_dir / "upenn-gbm-00001-t1post").glob("*.dcm"))
     pgbm = sorted((dicom_dir / "brain-tumor-progression-pgbm-001-t1post").glob("*.dcm"))
-    both = copy_series(upenn[::8], "upenn", _into_study) + copy_series(pgbm, "pgbm", _into_study)
+    # The derived series has four times the slices and still loses to the original one.
+    both = copy_series(upenn[::2], "upenn", _into_study) + copy_series(pgbm, "pgbm", _into_study)
     result = pipeline.analyze_study(both, registry, rules)
     by_desc = _decisions(result)
-    assert by_desc["T1post"].taken
+    assert by_desc["T1post"].taken and by_desc["T1post"].slices == 24
+    assert by_desc["t1 axial stealth-post : Processed_CaPTk"].slices == 96
     derived = by_desc["t1 axial stealth-post : Processed_CaPTk"]
     assert not derived.taken and "DERIVED/SECONDARY" in derived.reason
 
