@@ -4,7 +4,7 @@ PYTHON  ?= python3
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench bench-analyze lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/ingest.py
+
+bench-analyze: $(STAMP)
+	$(VENV)/bin/python bench/analyze.py
 
 lint: $(STAMP)
 	$(VENV)/bin/pip install -q ruff mypy types-PyYAML

@@ -69,6 +69,17 @@ def cmd_echo(args: argparse.Namespace) -> int:
     return 0 if status == 0 else 1
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from onconode.inference.analyze_cli import AnalyzeError, run_analyze
+
+    settings = _settings(args)
+    _configure_logging(settings.log.level if args.verbose else "WARNING")
+    try:
+        return run_analyze(args.path, settings, models=args.models, out=args.out, as_json=args.json)
+    except AnalyzeError as err:
+        raise UsageError(str(err)) from err
+
+
 def _client_tls(args: argparse.Namespace) -> object | None:
     from onconode.dicom_node.tls import client_context
 
@@ -109,6 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     echo_parser.add_argument("peer", metavar="AE@HOST:PORT")
     _add_scu_options(echo_parser)
     echo_parser.set_defaults(func=cmd_echo)
+
+    analyze = sub.add_parser("analyze", help="analyse the DICOM studies in a folder, offline",
+                             description="Route, select the series, run the ONNX model and Grad-CAM on "
+                                         "every study under PATH, with no network. Prints a table (or "
+                                         "JSON) and writes heat-map PNGs to --out.")
+    analyze.add_argument("path", type=Path, metavar="PATH", help="a DICOM file or folder (recursive)")
+    analyze.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    analyze.add_argument("--out", type=Path, help="folder for heat-map overlay PNGs")
+    analyze.add_argument("--models", type=Path, help="models folder (default: analysis.models, 'models')")
+    analyze.add_argument("-v", "--verbose", action="store_true", help="log at the configured level")
+    analyze.set_defaults(func=cmd_analyze)
     return parser
 
 

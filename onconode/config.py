@@ -9,8 +9,9 @@ fails the start, not the first association.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import (
@@ -108,6 +109,56 @@ class TLSSettings(_Section):
         return self
 
 
+def _regex(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise ValueError(f"regular expression {value!r}: {err}") from err
+    return value
+
+
+Regex = Annotated[str | None, AfterValidator(_regex)]
+
+
+class RoutingRule(_Section):
+    """Which model analyses which series; rules are tried in order and the first match wins.
+
+    Every given condition must hold for a series to match; an absent condition matches anything.
+    Regexes are searched (``re.search``), so anchor them when you mean the whole value. ``image_type``
+    lists values that must be present in ImageType, or absent with a leading ``!`` (``!LOCALIZER``).
+    ``target`` says which slices carry the organ the model was trained on (``slices.py``).
+    """
+
+    name: str = Field(min_length=1)
+    model: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    modality: Literal["CT", "MR"] | None = None
+    body_part: Regex = None
+    study_description: Regex = None
+    series_description: Regex = None
+    sop_class: list[str] = []
+    image_type: list[str] = []
+    min_slices: int = Field(default=1, ge=1)
+    max_slices: int | None = Field(default=None, ge=1)
+    target: Literal["lung", "brain", "body"] = "body"
+    max_analysed_slices: int = Field(default=48, ge=1)
+    key_slices: int = Field(default=3, ge=1)
+
+    @model_validator(mode="after")
+    def _slice_range(self) -> RoutingRule:
+        if self.max_slices is not None and self.max_slices < self.min_slices:
+            raise ValueError(f"routing rule {self.name}: max_slices {self.max_slices} < min_slices "
+                             f"{self.min_slices}")
+        return self
+
+
+class AnalysisSettings(_Section):
+    """Where models live and how hard onnxruntime may use the CPU."""
+
+    models: Path = Path("models")
+    intra_op_threads: int = Field(default=2, ge=1)
+
+
 class LogSettings(_Section):
     level: str = "INFO"
 
@@ -127,6 +178,9 @@ class Settings(BaseSettings):
     callers: list[Caller] = []
     tls: TLSSettings = TLSSettings()
     log: LogSettings = LogSettings()
+    # First match wins; no match means "no applicable model" for the study (not an error).
+    routing: list[RoutingRule] = []
+    analysis: AnalysisSettings = AnalysisSettings()
 
     @classmethod
     def settings_customise_sources(

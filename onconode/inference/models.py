@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -149,10 +150,15 @@ class ModelError(ValueError):
     """A model that cannot be used; the message names the model and what is wrong."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RegisteredModel:
+    """A verified model. ``head_weights`` (classes, K) and ``head_bias`` (classes,) are the classifier
+    initializers the manifest names, read once at start-up for Grad-CAM (``gradcam.py``)."""
+
     manifest: Manifest
     onnx_path: Path
+    head_weights: np.ndarray | None = None
+    head_bias: np.ndarray | None = None
 
 
 def load_manifest(path: Path) -> Manifest:
@@ -206,7 +212,40 @@ def verify(manifest: Manifest, folder: Path) -> RegisteredModel:
     for wanted in (manifest.outputs.logits, manifest.outputs.features):
         if wanted not in outputs:
             raise ModelError(f"{who}: output {wanted!r} not in the graph outputs {outputs}")
-    return RegisteredModel(manifest=manifest, onnx_path=onnx_path)
+    features = next(o for o in session.get_outputs() if o.name == manifest.outputs.features)
+    weights, bias = _check_head(manifest, onnx_path, features.shape, who)
+    return RegisteredModel(manifest=manifest, onnx_path=onnx_path, head_weights=weights, head_bias=bias)
+
+
+def _check_head(manifest: Manifest, onnx_path: Path, features_shape: list[object], who: str
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The Grad-CAM head must be (classes, K) [+ (classes,)], K = channels of the feature output.
+
+    Read with ``initializers.read_initializers`` (a protobuf reader) because ``onnx`` is not a
+    runtime dependency. A head that does not fit would give heat maps for the wrong label or
+    channel, so it fails start-up like a wrong hash.
+    """
+    from onconode.inference.initializers import InitializerError, read_initializers
+
+    spec = manifest.gradcam
+    wanted = {spec.weights} | ({spec.bias} if spec.bias else set())
+    try:
+        found = read_initializers(onnx_path, wanted)
+    except (OSError, InitializerError) as err:
+        raise ModelError(f"{who}: gradcam head: {err}") from err
+    weights = found[spec.weights]
+    classes = len(manifest.labels)
+    if weights.ndim != 2 or weights.shape[0] != classes:
+        raise ModelError(f"{who}: gradcam.weights {spec.weights!r} has shape {weights.shape}, "
+                         f"expected ({classes}, K) for {classes} labels")
+    channels = features_shape[1] if len(features_shape) == 4 else None
+    if isinstance(channels, int) and weights.shape[1] != channels:
+        raise ModelError(f"{who}: gradcam.weights {spec.weights!r} has {weights.shape[1]} columns but "
+                         f"output {manifest.outputs.features!r} has {channels} channels")
+    bias = found.get(spec.bias) if spec.bias else None
+    if bias is not None and bias.shape != (classes,):
+        raise ModelError(f"{who}: gradcam.bias {spec.bias!r} has shape {bias.shape}, expected ({classes},)")
+    return weights, bias
 
 
 def load_registry(folder: Path) -> dict[str, RegisteredModel]:

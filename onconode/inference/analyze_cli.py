@@ -1,0 +1,115 @@
+"""``onconode analyze PATH``: the whole analysis on a folder of DICOM files, with no network.
+
+Input: a file or folder, the settings (routing rules, models folder, threads). Output: a table or
+JSON on stdout, heat-map PNGs under ``--out``, and an exit status: 0 when every study ended with a
+result or a "no applicable model" reason, 1 when a study failed (e.g. pixels not decodable).
+Kept apart from ``cli.py`` so the CLI stays a thin argument parser.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from onconode.config import Settings
+from onconode.inference.heatmap_png import write_png
+from onconode.inference.models import ModelError, RegisteredModel, load_registry
+from onconode.inference.pipeline import AnalysisResult, Outcome, analyze_study
+from onconode.inference.runner import RunnerPool
+from onconode.inference.series import dicom_files, group_by_study
+from onconode.inference.volume import PixelDecodeError
+
+
+class AnalyzeError(Exception):
+    """A problem with the command's inputs (path, models); printed as one line by the CLI."""
+
+
+def _registry(folder: Path) -> tuple[dict[str, RegisteredModel], str | None]:
+    if not folder.is_dir():
+        return {}, f"models folder {folder} does not exist: no model is installed"
+    try:
+        registry = load_registry(folder)
+    except ModelError as err:
+        raise AnalyzeError(str(err)) from err
+    return registry, None if registry else f"models folder {folder} holds no model manifest (*.yaml)"
+
+
+def overlay_name(rank: int, sop_uid: str, frame: int | None) -> str:
+    return f"key{rank}-{sop_uid}" + (f"-f{frame}" if frame is not None else "") + ".png"
+
+
+def _write_overlays(result: AnalysisResult, out: Path) -> list[str]:
+    return [str(write_png(out / result.study_uid / overlay_name(rank, key.sop_instance_uid, key.frame),
+                          key.image, key.heat_map))
+            for rank, key in enumerate(result.key_slices, start=1)]
+
+
+def _print_table(result: AnalysisResult, overlays: list[str], stream: TextIO) -> None:
+    print(f"Study {result.study_uid}", file=stream)
+    print(f"  outcome   {result.reason}", file=stream)
+    for decision in result.series:
+        mark = "TAKEN" if decision.taken else "left "
+        desc = decision.description or "(no description)"
+        print(f"  {mark}     {decision.modality:<3} {desc[:38]:<38} {decision.slices:>4} sl  {decision.reason}",
+              file=stream)
+    if result.outcome is Outcome.ANALYSED:
+        print(f"  model     {result.model} {result.model_version} (rule {result.rule}); "
+              f"{len(result.slices_analysed)} of {result.slices_total} slices analysed", file=stream)
+        for label, p in zip(result.labels, result.probabilities):
+            print(f"    {label:<28} {p:6.3f}", file=stream)
+        verdict = "POSITIVE" if result.positive else "negative"
+        print(f"  decision  {verdict} (P(positive) {result.positive_probability:.3f}, threshold "
+              f"{result.threshold}); most probable: {result.predicted_label}", file=stream)
+        for rank, key in enumerate(result.key_slices, start=1):
+            frame = f" frame {key.frame}" if key.frame is not None else ""
+            print(f"  key {rank}     slice {key.index:>4}  P(positive) {key.positive_probability:.3f}  "
+                  f"SOP {key.sop_instance_uid}{frame}", file=stream)
+    for note in result.volume_notes:
+        print(f"  note      {note}", file=stream)
+    for path in overlays:
+        print(f"  overlay   {path}", file=stream)
+    timings = ", ".join(f"{k} {v:.0f}" for k, v in result.timings_ms.items())
+    print(f"  time (ms) {timings}", file=stream)
+
+
+def run_analyze(path: Path, settings: Settings, models: Path | None = None, out: Path | None = None,
+                as_json: bool = False, stream: TextIO | None = None) -> int:
+    """Analyse every study under ``path``; see the module docstring for the exit status.
+
+    Raises
+    ------
+    AnalyzeError
+        If ``path`` does not exist, holds no DICOM study, or a model fails its start-up checks.
+    """
+    stream = stream or sys.stdout
+    if not path.exists():
+        raise AnalyzeError(f"no such file or folder: {path}")
+    studies = group_by_study(dicom_files([path]))
+    if not studies:
+        raise AnalyzeError(f"no DICOM study found under {path}")
+    registry, models_note = _registry(models or settings.analysis.models)
+    if models_note:
+        print(f"onconode analyze: {models_note}", file=sys.stderr)
+    pool = RunnerPool(settings.analysis.intra_op_threads)
+    status, reports = 0, []
+    for study_uid, files in sorted(studies.items()):
+        try:
+            result = analyze_study(files, registry, settings.routing, pool)
+        except (PixelDecodeError, ValueError) as err:
+            status = 1
+            reports.append({"study_uid": study_uid, "outcome": "failed", "reason": str(err)})
+            if not as_json:
+                print(f"Study {study_uid}\n  outcome   failed: {err}", file=stream)
+            continue
+        overlays = _write_overlays(result, out) if out is not None else []
+        if as_json:
+            reports.append(result.summary() | {"overlays": overlays})
+        else:
+            _print_table(result, overlays, stream)
+            print(file=stream)
+    if as_json:
+        json.dump(reports, stream, indent=2)
+        print(file=stream)
+    return status

@@ -1,0 +1,240 @@
+"""The analysis of one stable study: route → select series → volume → preprocess → slices → ONNX →
+Grad-CAM. The only module that wires the inference stages together.
+
+Input: the file paths of one study, the verified model registry and the routing rules.
+Output: a frozen ``AnalysisResult``. The node's worker calls ``analyze_study`` for each queued
+study (keeping one ``RunnerPool`` so onnxruntime sessions are built once); ``onconode analyze``
+calls it for each study in a folder. "No applicable model" is a result, not an exception;
+undecodable pixels raise ``PixelDecodeError`` so the worker can mark the study failed with a reason.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onconode.config import RoutingRule
+from onconode.inference import gradcam, routing, series, slices, volume
+from onconode.inference.models import RegisteredModel
+from onconode.inference.preprocess import Placement, scale_intensities, to_model_input
+from onconode.inference.runner import RunnerPool
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(enum.Enum):
+    ANALYSED = "analysed"
+    NO_APPLICABLE_MODEL = "no_applicable_model"
+
+
+@dataclass(frozen=True, eq=False)
+class KeySlice:
+    """A slice shown in the report: where it is, what the model said, and why (Grad-CAM)."""
+
+    sop_instance_uid: str
+    frame: int | None            # frame index in a multi-frame instance, else None
+    index: int                   # position in the ordered volume (0 = first along the normal)
+    position: tuple[float, float, float] | None
+    probabilities: tuple[float, ...]  # per label, manifest order
+    positive_probability: float
+    heat_map: np.ndarray         # float32 (H, W) in [0, 1], slice pixel grid, for the predicted label
+    image: np.ndarray            # float32 (H, W) in [0, 1]: the slice as the model saw it (windowed)
+
+
+@dataclass(frozen=True, eq=False)
+class AnalysisResult:
+    study_uid: str
+    outcome: Outcome
+    reason: str                          # one line a person can read
+    series: tuple[series.SeriesDecision, ...]
+    rule: str | None = None
+    model: str | None = None
+    model_version: str | None = None
+    series_uid: str | None = None
+    labels: tuple[str, ...] = ()
+    probabilities: tuple[float, ...] = ()  # per label, same order as ``labels``
+    predicted_label: str | None = None
+    positive: bool | None = None         # decision: positive_probability >= threshold
+    positive_probability: float | None = None
+    threshold: float | None = None
+    slices_total: int = 0
+    slices_analysed: tuple[int, ...] = ()  # volume indices that went through the model
+    key_slices: tuple[KeySlice, ...] = ()
+    volume_notes: tuple[str, ...] = ()
+    timings_ms: Mapping[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary (no pixel arrays), as ``onconode analyze --json`` prints it."""
+        return {
+            "study_uid": self.study_uid, "outcome": self.outcome.value, "reason": self.reason,
+            "series": [vars(d) for d in self.series], "rule": self.rule,
+            "model": self.model, "model_version": self.model_version, "series_uid": self.series_uid,
+            "probabilities": dict(zip(self.labels, (round(p, 6) for p in self.probabilities))),
+            "predicted_label": self.predicted_label, "positive": self.positive,
+            "positive_probability": self.positive_probability, "threshold": self.threshold,
+            "slices_total": self.slices_total, "slices_analysed": len(self.slices_analysed),
+            "key_slices": [{"sop_instance_uid": k.sop_instance_uid, "frame": k.frame, "index": k.index,
+                            "position": k.position, "positive_probability": round(k.positive_probability, 6)}
+                           for k in self.key_slices],
+            "volume_notes": list(self.volume_notes),
+            "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
+        }
+
+
+class _Clock:
+    """Milliseconds per stage; a stage entered several times (per slice) accumulates."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - start) * 1000.0
+
+
+def _screen(scan: series.StudyScan) -> tuple[list[series.SeriesInfo], list[series.SeriesDecision]]:
+    candidates, left = [], []
+    for info in scan.series:
+        why = series.exclusion(info)
+        if why is None:
+            candidates.append(info)
+        else:
+            left.append(series.decide(info, False, why))
+    return candidates, left
+
+
+def analyze_study(paths: Sequence[Path], registry: Mapping[str, RegisteredModel],
+                  rules: Sequence[RoutingRule], runners: RunnerPool | None = None) -> AnalysisResult:
+    """Analyse one study from its files; see the module docstring.
+
+    Raises
+    ------
+    ValueError
+        If the paths hold no readable DICOM file or more than one study.
+    PixelDecodeError
+        If a chosen slice cannot be decoded (missing codec, corrupt data).
+    """
+    clock = _Clock()
+    with clock.stage("scan"):
+        scan = series.scan(paths)
+        candidates, decisions = _screen(scan)
+        chosen_route = routing.route(candidates, rules)
+    if chosen_route is None:
+        unmatched = [series.decide(c, False, _no_rule_reason(rules, c)) for c in candidates]
+        why = ("no routing rule matches any axial image series of the study" if candidates
+               else "the study has no axial image series to analyse")
+        return AnalysisResult(scan.study_uid, Outcome.NO_APPLICABLE_MODEL, f"no applicable model: {why}",
+                              tuple(decisions + unmatched), timings_ms=clock.ms)
+    rule = chosen_route.rule
+    with clock.stage("scan"):
+        chosen, ranked = series.select(chosen_route.series)
+    routed = {s.series_uid for s in chosen_route.series}
+    others = [series.decide(c, False, f"routing rule {rule.name} does not match: {routing.mismatch(rule, c)}")
+              for c in candidates if c.series_uid not in routed]
+    all_decisions = tuple(list(ranked) + others + decisions)
+    model = registry.get(rule.model)
+    if model is None:
+        return AnalysisResult(scan.study_uid, Outcome.NO_APPLICABLE_MODEL,
+                              f"no applicable model: rule {rule.name} wants model {rule.model}, which is not "
+                              f"installed (models present: {sorted(registry) or 'none'})",
+                              all_decisions, rule=rule.name, series_uid=chosen.series_uid, timings_ms=clock.ms)
+    if model.manifest.modality != chosen.first.modality:
+        return AnalysisResult(scan.study_uid, Outcome.NO_APPLICABLE_MODEL,
+                              f"no applicable model: rule {rule.name} sends a {chosen.first.modality} series to "
+                              f"model {rule.model}, which is made for {model.manifest.modality}; check the "
+                              "routing configuration", all_decisions, rule=rule.name,
+                              series_uid=chosen.series_uid, timings_ms=clock.ms)
+    return _run_model(scan.study_uid, all_decisions, rule, model, chosen, runners or RunnerPool(), clock)
+
+
+def _no_rule_reason(rules: Sequence[RoutingRule], candidate: series.SeriesInfo) -> str:
+    if not rules:
+        return "no routing rules are configured"
+    return "no routing rule matches: " + "; ".join(f"{r.name}: {routing.mismatch(r, candidate)}" for r in rules)
+
+
+def _run_model(study_uid: str, decisions: tuple[series.SeriesDecision, ...], rule: RoutingRule,
+               model: RegisteredModel, chosen: series.SeriesInfo, runners: RunnerPool, clock: _Clock
+               ) -> AnalysisResult:
+    manifest = model.manifest
+    with clock.stage("scan"):
+        vol = volume.build_volume(chosen)
+    hounsfield = vol.modality == "CT"
+    prepared: dict[int, tuple[np.ndarray, Placement]] = {}
+    fractions: list[float] = []
+
+    def prepare(scaled: np.ndarray) -> tuple[np.ndarray, Placement]:
+        return to_model_input(scaled, manifest.preprocess, manifest.input.size, manifest.input.channels)
+
+    slice_iter = volume.iter_slices(vol)
+    while True:
+        # Decode and preprocess alternate slice by slice: one decoded slice is alive at a time, and
+        # only the (C, h, w) inputs of slices that show the target organ are kept.
+        with clock.stage("decode"):
+            item = next(slice_iter, None)
+        if item is None:
+            break
+        index, _, values = item
+        with clock.stage("preprocess"):
+            # MR masks need the scaled slice; CT masks read HU, so CT scales only the slices it keeps.
+            scaled = None if hounsfield else scale_intensities(values, manifest.preprocess)
+            fraction = slices.tissue_fraction(values if scaled is None else scaled, rule.target, hounsfield)
+            fractions.append(fraction)
+            if slices.is_eligible(fraction, rule.target):
+                prepared[index] = prepare(scaled if scaled is not None else
+                                          scale_intensities(values, manifest.preprocess))
+        del values, scaled
+    chosen_idx = slices.choose(fractions, rule.target, rule.max_analysed_slices)
+    for index in chosen_idx:
+        if index not in prepared:  # no slice showed the organ: ``choose`` spread over all of them
+            with clock.stage("decode"):
+                values = volume.read_slice(vol.slices[index])
+            with clock.stage("preprocess"):
+                prepared[index] = prepare(scale_intensities(values, manifest.preprocess))
+    with clock.stage("preprocess"):
+        batch = np.stack([prepared[i][0] for i in chosen_idx])
+        placements = {i: prepared[i][1] for i in chosen_idx}
+        prepared.clear()
+    with clock.stage("inference"):
+        runner = runners.get(model)
+        logits, features = runner.run(batch)
+        labels = [label.name for label in manifest.labels]
+        score = slices.aggregate(logits, labels, manifest.decision, rule.key_slices)
+    assert model.head_weights is not None  # set by models.verify
+    keys = []
+    for row in score.key:
+        index = chosen_idx[row]
+        ref = vol.slices[index]
+        with clock.stage("gradcam"):
+            heat = gradcam.heat_map(features[row], model.head_weights, score.predicted, placements[index])
+        with clock.stage("decode"):  # key slices only: the image under the overlay
+            image = scale_intensities(volume.read_slice(ref), manifest.preprocess)
+        probs = score.slice_probabilities[row]
+        positive = float(sum(probs[labels.index(n)] for n in manifest.decision.positive_labels))
+        keys.append(KeySlice(ref.sop_instance_uid, ref.frame, index, ref.position,
+                             tuple(float(p) for p in probs), positive, heat, image))
+    predicted = labels[score.predicted]
+    verdict = "positive" if score.positive else "negative"
+    reason = (f"{verdict}: P(positive)={score.positive_probability:.3f} vs threshold "
+              f"{manifest.decision.threshold}; most probable label {predicted}")
+    log.info("event=study_analysed study=%s series=%s model=%s slices=%d ms=%.0f", study_uid,
+             chosen.series_uid, manifest.name, len(chosen_idx), sum(clock.ms.values()))
+    return AnalysisResult(
+        study_uid, Outcome.ANALYSED, reason, decisions, rule=rule.name, model=manifest.name,
+        model_version=manifest.version, series_uid=chosen.series_uid, labels=tuple(labels),
+        probabilities=score.probabilities, predicted_label=predicted, positive=score.positive,
+        positive_probability=score.positive_probability, threshold=manifest.decision.threshold,
+        slices_total=len(vol.slices), slices_analysed=chosen_idx, key_slices=tuple(keys),
+        volume_notes=vol.notes, timings_ms=dict(clock.ms))

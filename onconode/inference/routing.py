@@ -1,0 +1,55 @@
+"""Routing: which configured rule (and so which model) applies to a study's candidate series.
+
+Input: candidate ``SeriesInfo`` (after ``series.exclusion``) and the ``routing`` rules of the
+configuration. Output: a ``Route`` (the first rule, in configuration order, that matches at least
+one series, with the series it matched) or None, which the pipeline reports as "no applicable
+model" — a normal outcome for a study we have no model for, not an error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from onconode.config import RoutingRule
+from onconode.inference.series import SeriesInfo
+
+
+@dataclass(frozen=True)
+class Route:
+    rule: RoutingRule
+    series: tuple[SeriesInfo, ...]
+
+
+def mismatch(rule: RoutingRule, series: SeriesInfo) -> str | None:
+    """The first condition of ``rule`` that ``series`` fails, or None when it matches."""
+    head = series.first
+    if rule.modality and head.modality != rule.modality:
+        return f"modality {head.modality} is not {rule.modality}"
+    for field, value in (("body_part", head.body_part), ("study_description", head.study_description),
+                         ("series_description", head.series_description)):
+        pattern = getattr(rule, field)
+        if pattern is not None and not re.search(pattern, value):
+            return f"{field} {value!r} does not match {pattern!r}"
+    if rule.sop_class and head.sop_class_uid not in rule.sop_class:
+        return f"SOP class {head.sop_class_uid} not in {rule.sop_class}"
+    for wanted in rule.image_type:
+        absent = wanted.startswith("!")
+        value = wanted.lstrip("!").upper()
+        if (value in head.image_type) == absent:
+            verb = "has" if absent else "lacks"
+            return f"ImageType {'/'.join(head.image_type)} {verb} {value}"
+    count = series.slice_count
+    if count < rule.min_slices or (rule.max_slices is not None and count > rule.max_slices):
+        return f"{count} slices outside [{rule.min_slices}, {rule.max_slices or '∞'}]"
+    return None
+
+
+def route(candidates: Sequence[SeriesInfo], rules: Sequence[RoutingRule]) -> Route | None:
+    """First rule (configuration order) matching any candidate, with every candidate it matches."""
+    for rule in rules:
+        matched = tuple(s for s in candidates if mismatch(rule, s) is None)
+        if matched:
+            return Route(rule, matched)
+    return None

@@ -1,0 +1,70 @@
+"""ONNX inference: one onnxruntime session per model, created once, run in batches.
+
+Input: float32 (N, C, h, w) model inputs. Output: (logits (N, L), features (N, K, h', w')) as the
+manifest names them. The thread count is explicit because the node shares the CPU with the DICOM
+listener and other workers; onnxruntime's default (all cores) would starve them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnxruntime as ort
+
+from onconode.inference.models import RegisteredModel
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH = 16
+
+
+class OnnxRunner:
+    """A loaded model. Sessions are expensive (graph optimisation); build one and reuse it."""
+
+    def __init__(self, model: RegisteredModel, intra_op_threads: int = 2, batch: int = DEFAULT_BATCH):
+        """Raises ValueError if ``intra_op_threads`` or ``batch`` is below 1."""
+        if intra_op_threads < 1:
+            raise ValueError(f"intra_op_threads must be at least 1, got {intra_op_threads}")
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.model = model
+        self.session = ort.InferenceSession(str(model.onnx_path), options, providers=["CPUExecutionProvider"])
+        fixed = self.session.get_inputs()[0].shape[0]
+        # A graph exported with a fixed batch dimension accepts only that many inputs per run.
+        self.fixed_batch = isinstance(fixed, int) and fixed > 0
+        self.batch = int(fixed) if self.fixed_batch else batch
+        outputs = model.manifest.outputs
+        self._names = [outputs.logits, outputs.features]
+
+    def run(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits (N, L) and features (N, K, h', w') for float32 inputs (N, C, h, w)."""
+        logits, features = [], []
+        for start in range(0, len(inputs), self.batch):
+            chunk = np.ascontiguousarray(inputs[start:start + self.batch], dtype=np.float32)
+            count = len(chunk)
+            if self.fixed_batch and count < self.batch:
+                chunk = np.concatenate([chunk, np.zeros((self.batch - count, *chunk.shape[1:]), np.float32)])
+            out = self.session.run(self._names, {self.model.manifest.input.name: chunk})
+            logits.append(out[0][:count])
+            features.append(out[1][:count])
+        return np.concatenate(logits), np.concatenate(features)
+
+
+@dataclass
+class RunnerPool:
+    """One ``OnnxRunner`` per model name, created on first use; the worker keeps one pool."""
+
+    intra_op_threads: int = 2
+    runners: dict[str, OnnxRunner] = field(default_factory=dict)
+
+    def get(self, model: RegisteredModel) -> OnnxRunner:
+        name = model.manifest.name
+        if name not in self.runners or self.runners[name].model is not model:
+            self.runners[name] = OnnxRunner(model, self.intra_op_threads)
+        return self.runners[name]

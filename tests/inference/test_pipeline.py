@@ -1,0 +1,66 @@
+"""pipeline.analyze_study end to end on real series, as the worker will call it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pydicom
+
+from onconode.inference import pipeline, series
+
+
+def test_result_of_a_real_ct_series(dicom_dir: Path, registry, rules) -> None:
+    files = sorted((dicom_dir / "lidc-idri-0001").glob("*.dcm"))[::3]
+    result = pipeline.analyze_study(files, registry, rules)
+    assert result.outcome is pipeline.Outcome.ANALYSED
+    assert result.study_uid == str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    assert result.model == "test-ct" and result.rule == "ct" and result.labels == ("malignant", "benign", "normal")
+    assert abs(sum(result.probabilities) - 1) < 1e-9
+    assert 0 < len(result.slices_analysed) <= 8 and result.slices_total == len(files)
+    assert result.positive == (result.positive_probability >= 0.5)  # type: ignore[operator]
+    uids = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    assert len(result.key_slices) == 3
+    for key in result.key_slices:
+        assert key.sop_instance_uid in uids
+        assert key.heat_map.shape == (512, 512) == key.image.shape
+        assert key.index in result.slices_analysed
+    assert set(result.timings_ms) == {"scan", "decode", "preprocess", "inference", "gradcam"}
+    json.dumps(result.summary())  # JSON-ready
+
+
+def test_rule_whose_model_is_not_installed_ends_no_applicable_model(dicom_dir: Path, rules) -> None:
+    files = sorted((dicom_dir / "brain-tumor-progression-pgbm-001-t1post").glob("*.dcm"))
+    result = pipeline.analyze_study(files, {}, rules)
+    assert result.outcome is pipeline.Outcome.NO_APPLICABLE_MODEL
+    assert "test-mr, which is not installed" in result.reason
+    assert result.series[0].taken  # the series that would have been analysed is still named
+
+
+def test_study_no_rule_matches_names_each_rule_that_failed(dicom_dir: Path, registry, rules) -> None:
+    ct_only = [r for r in rules if r.modality == "CT"]
+    files = sorted((dicom_dir / "brain-tumor-progression-pgbm-001-t1post").glob("*.dcm"))
+    result = pipeline.analyze_study(files, registry, ct_only)
+    assert result.outcome is pipeline.Outcome.NO_APPLICABLE_MODEL
+    assert "ct: modality MR is not CT" in result.series[0].reason
+
+
+def test_multiframe_key_slices_carry_the_frame(dicom_dir: Path, registry, rules) -> None:
+    result = pipeline.analyze_study(series.dicom_files([dicom_dir / "enhanced-multiframe"]), registry, rules)
+    assert result.outcome is pipeline.Outcome.ANALYSED
+    assert sorted(k.frame for k in result.key_slices) == [0, 1]  # type: ignore[type-var]
+
+
+def test_rule_sending_mr_to_a_ct_model_is_not_run(dicom_dir: Path, registry) -> None:
+    from onconode.config import RoutingRule
+
+    wrong = [RoutingRule(name="oops", modality="MR", model="test-ct")]
+    files = sorted((dicom_dir / "brain-tumor-progression-pgbm-001-t1post").glob("*.dcm"))
+    result = pipeline.analyze_study(files, registry, wrong)
+    assert result.outcome is pipeline.Outcome.NO_APPLICABLE_MODEL
+    assert "made for CT" in result.reason
+
+
+def test_without_rules_every_series_says_so(dicom_dir: Path, registry) -> None:
+    result = pipeline.analyze_study(sorted((dicom_dir / "lidc-idri-0001").glob("*.dcm"))[:3], registry, [])
+    assert result.series[0].reason == "no routing rules are configured"

@@ -1,0 +1,89 @@
+"""The shared preprocessing contract (also used by training): window, percentiles, resize, inverse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onconode.inference import series, volume
+from onconode.inference.models import CropBody, Normalize, Percentiles, Preprocess, Resize, Window
+from onconode.inference.preprocess import (
+    body_box,
+    percentile_scale,
+    resize_into,
+    scale_intensities,
+    to_model_input,
+    to_slice_geometry,
+    window,
+)
+
+CT = Preprocess(kind="ct_window", window=Window(center=-600, width=1500),
+                normalize=Normalize(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
+
+
+@pytest.fixture(scope="module")
+def hu(dicom_dir: Path) -> np.ndarray:
+    vol = volume.build_volume(series.scan([dicom_dir / "lidc-idri-0001" / "IM-0060.dcm"]).series[0])
+    return volume.read_slice(vol.slices[0])
+
+
+def test_window_maps_the_chosen_hu_range_onto_0_1(hu: np.ndarray) -> None:
+    spec = Window(center=-600, width=1500)  # [-1350, 150] HU
+    out = window(hu, spec)
+    assert out.dtype == np.float32 and out.shape == hu.shape
+    np.testing.assert_allclose(window(np.array([-1350.0, -600.0, 150.0, -2000.0, 3000.0]), spec),
+                               [0.0, 0.5, 1.0, 0.0, 1.0])
+    inside = (hu > -1350) & (hu < 150)
+    np.testing.assert_allclose(out[inside], (hu[inside] + 1350) / 1500, rtol=1e-6)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_percentile_scale_uses_the_slice_percentiles(dicom_dir: Path) -> None:
+    path = sorted((dicom_dir / "brain-tumor-progression-pgbm-001-t1post").glob("*.dcm"))[12]
+    mr = volume.read_slice(volume.build_volume(series.scan([path]).series[0]).slices[0])
+    out = percentile_scale(mr, Percentiles(low=1, high=99))
+    low, high = np.percentile(mr, [1, 99])
+    np.testing.assert_allclose(out, np.clip((mr - low) / (high - low), 0, 1), rtol=1e-5, atol=1e-6)
+    assert not percentile_scale(np.full((4, 4), 7.0), Percentiles(low=1, high=99)).any()  # flat slice
+
+
+def test_scale_intensities_follows_the_manifest_kind(hu: np.ndarray) -> None:
+    np.testing.assert_array_equal(scale_intensities(hu, CT), window(hu, CT.window))  # type: ignore[arg-type]
+    mr = Preprocess(kind="mr_percentile", percentiles=Percentiles(low=2, high=98),
+                    normalize=Normalize(mean=(0.0,), std=(1.0,)))
+    np.testing.assert_array_equal(scale_intensities(hu, mr), percentile_scale(hu, mr.percentiles))  # type: ignore[arg-type]
+
+
+def test_resize_keeps_the_aspect_and_pads_centred() -> None:
+    image = np.ones((100, 50), np.float32)
+    canvas, sy, sx, top, left = resize_into(image, (64, 64), keep_aspect=True, pad_value=0.0)
+    assert (sy, sx, top) == (0.64, 0.64, 0) and left == (64 - 32) // 2
+    assert canvas[:, :left].max() == 0 and canvas[:, left:left + 32].min() == pytest.approx(1, abs=1e-6)
+    stretched, sy, sx, _, _ = resize_into(image, (64, 64), keep_aspect=False, pad_value=0.0)
+    assert stretched.min() == pytest.approx(1, abs=1e-6) and (sy, sx) == (0.64, 1.28)
+
+
+def test_model_input_is_normalised_per_channel(hu: np.ndarray) -> None:
+    x, placement = to_model_input(window(hu, CT.window), CT, (64, 64), 3)  # type: ignore[arg-type]
+    assert x.shape == (3, 64, 64) and x.dtype == np.float32
+    assert placement.slice_shape == hu.shape and placement.input_shape == (64, 64)
+    assert float(x.min()) >= (0 - 0.5) / 0.25 and float(x.max()) <= (1 - 0.5) / 0.25
+
+
+def test_slice_geometry_undoes_crop_scale_and_padding(hu: np.ndarray) -> None:
+    spec = CT.model_copy(update={"crop_body": CropBody(threshold=0.3, margin=0.0),
+                                 "resize": Resize(keep_aspect=True, pad_value=0.0)})
+    scaled = window(hu, CT.window)  # type: ignore[arg-type]
+    _, placement = to_model_input(scaled, spec, (64, 64), 3)
+    top, bottom, left, right = placement.crop
+    assert (bottom - top, right - left) != hu.shape  # the body crop did something
+    ones = np.ones((64, 64), np.float32)
+    back = to_slice_geometry(ones, placement)
+    assert back.shape == hu.shape
+    assert back[top:bottom, left:right].min() == 1 and back.sum() == (bottom - top) * (right - left)
+
+
+def test_body_box_of_an_empty_slice_is_the_whole_slice() -> None:
+    assert body_box(np.zeros((30, 40), np.float32), CropBody()) == (0, 30, 0, 40)

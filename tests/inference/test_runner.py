@@ -1,0 +1,49 @@
+"""The onnxruntime runner: batching, fixed-batch graphs, argument checks."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+
+from onconode.inference.models import load_registry
+from onconode.inference.runner import OnnxRunner, RunnerPool
+from tests.inference.tiny_model import write_model
+
+
+def test_batches_give_the_same_answer_as_one_run(registry) -> None:
+    inputs = np.random.default_rng(1).normal(size=(7, 3, 64, 64)).astype(np.float32)
+    logits_1, feats_1 = OnnxRunner(registry["test-ct"], batch=3).run(inputs)
+    logits_all, feats_all = OnnxRunner(registry["test-ct"], batch=16).run(inputs)
+    assert logits_1.shape == (7, 3) and feats_1.shape == (7, 8, 8, 8)
+    np.testing.assert_allclose(logits_1, logits_all, atol=1e-5)
+    np.testing.assert_allclose(feats_1, feats_all, atol=1e-5)
+
+
+def test_a_graph_with_a_fixed_batch_of_one_is_run_slice_by_slice(tmp_path: Path) -> None:
+    manifest = write_model(tmp_path)
+    path = tmp_path / "test-ct.onnx"
+    model = onnx.load(str(path))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(model, str(path))
+    data = yaml.safe_load(manifest.read_text())
+    manifest.write_text(yaml.safe_dump(data | {"sha256": hashlib.sha256(path.read_bytes()).hexdigest()}))
+    runner = OnnxRunner(load_registry(tmp_path)["test-ct"])
+    assert runner.batch == 1
+    logits, _ = runner.run(np.zeros((3, 3, 64, 64), np.float32))
+    assert logits.shape == (3, 3)
+
+
+def test_pool_builds_one_session_per_model(registry) -> None:
+    pool = RunnerPool(intra_op_threads=1)
+    assert pool.get(registry["test-ct"]) is pool.get(registry["test-ct"])
+
+
+@pytest.mark.parametrize(("threads", "batch", "message"), [(0, 4, "intra_op_threads"), (2, 0, "batch")])
+def test_runner_refuses_bad_arguments(registry, threads: int, batch: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        OnnxRunner(registry["test-ct"], intra_op_threads=threads, batch=batch)

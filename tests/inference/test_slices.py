@@ -1,0 +1,59 @@
+"""Slice selection and study aggregation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onconode.inference import slices
+from onconode.inference.models import Decision
+
+LABELS = ["malignant", "benign", "normal"]
+
+
+def test_choose_keeps_slices_showing_the_organ_capped_and_spread() -> None:
+    fractions = [0.0] * 10 + [0.2] * 50 + [0.0] * 10
+    picked = slices.choose(fractions, "lung", cap=5)
+    assert picked == (10, 22, 34, 47, 59)
+
+
+def test_choose_spreads_over_all_slices_when_none_shows_the_organ() -> None:
+    assert slices.choose([0.0] * 9, "brain", cap=3) == (0, 4, 8)
+
+
+def test_choose_refuses_a_cap_below_one() -> None:
+    with pytest.raises(ValueError, match="cap"):
+        slices.choose([0.5], "body", cap=0)
+
+
+def test_lung_fraction_counts_aerated_lung_only() -> None:
+    hu = np.array([[-1000.0, -800.0], [-600.0, 40.0]])
+    assert slices.tissue_fraction(hu, "lung", hounsfield=True) == 0.5
+    assert slices.tissue_fraction(hu, "body", hounsfield=True) == 0.25
+    assert slices.tissue_fraction(np.array([[0.1, 0.5]]), "brain", hounsfield=False) == 0.5
+
+
+def test_aggregate_averages_the_most_suspicious_slices() -> None:
+    logits = np.log(np.array([[0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.6, 0.2, 0.2], [0.1, 0.8, 0.1]]))
+    score = slices.aggregate(logits, LABELS, Decision(positive_labels=("malignant",), threshold=0.5), 2)
+    assert score.key == (0, 2)
+    np.testing.assert_allclose(score.probabilities, [0.7, 0.15, 0.15])
+    assert score.positive and score.predicted == 0 and score.positive_probability == pytest.approx(0.7)
+
+
+def test_temperature_softens_the_probabilities() -> None:
+    logits = np.array([[2.0, 0.0, 0.0]])
+    sharp = slices.aggregate(logits, LABELS, Decision(positive_labels=("malignant",)), 1)
+    soft = slices.aggregate(logits, LABELS, Decision(positive_labels=("malignant",), temperature=4.0), 1)
+    assert soft.positive_probability < sharp.positive_probability
+    assert sum(soft.probabilities) == pytest.approx(1.0)
+
+
+def test_threshold_decides() -> None:
+    logits = np.log(np.array([[0.6, 0.3, 0.1]]))
+    assert not slices.aggregate(logits, LABELS, Decision(positive_labels=("malignant",), threshold=0.7), 1).positive
+
+
+def test_aggregate_refuses_logits_of_the_wrong_shape() -> None:
+    with pytest.raises(ValueError, match="logits"):
+        slices.aggregate(np.zeros((2, 4)), LABELS, Decision(positive_labels=("malignant",)), 1)
