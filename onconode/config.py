@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -58,6 +58,8 @@ class StorageSettings(_Section):
     """Where received instances live."""
 
     root: Path = Path("var/store")
+    # Analysis results a person looks at (overlay PNGs for the status page), one folder per study.
+    results: Path = Path("var/results")
     # Below this much free space C-STORE answers Out of Resources instead of filling the disk
     # (0 turns the guard off: a full disk then fails the write itself, also Out of Resources).
     min_free_mb: int = Field(500, ge=0)
@@ -163,6 +165,30 @@ class LogSettings(_Section):
     level: str = "INFO"
 
 
+class ApiSettings(_Section):
+    """The HTTP API and status page, served by ``onconode serve`` beside the DICOM listener.
+
+    Loopback by default; set ``host: 0.0.0.0`` only behind a firewall or with a ``token``. With a
+    token every route except ``/health`` needs ``Authorization: Bearer <token>``.
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)  # 0: any free port (tests)
+    token: SecretStr | None = None
+
+
+class AuditSettings(_Section):
+    """The JSON-lines audit trail: associations, study transitions, deliveries; no patient data.
+
+    ``salt`` keys the hash that stands in for a patient ID where a link between records is needed;
+    keep it secret and stable, or the hashes of one patient stop matching across restarts.
+    """
+
+    path: Path | None = Path("var/audit.jsonl")  # null turns the audit trail off
+    salt: SecretStr = SecretStr("change-me")
+
+
 class Settings(BaseSettings):
     """The whole configuration; one nested model per YAML section."""
 
@@ -181,6 +207,8 @@ class Settings(BaseSettings):
     # First match wins; no match means "no applicable model" for the study (not an error).
     routing: list[RoutingRule] = []
     analysis: AnalysisSettings = AnalysisSettings()
+    api: ApiSettings = ApiSettings()
+    audit: AuditSettings = AuditSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -12,15 +12,17 @@ and each C-STORE costs one fsync fewer.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from onconode.dicom_node.identify import InstanceIdentity
 from onconode.events import Event, log_event
@@ -89,6 +91,33 @@ class Transition:
     reason: str | None
 
 
+@dataclass(frozen=True)
+class SeriesCount:
+    series_uid: str
+    modality: str
+    instances: int
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One destination x object of a study's outputs and how sending it went."""
+
+    id: int
+    study_uid: str
+    destination: str
+    kind: str  # dicom | fhir
+    object: str
+    status: str  # pending | delivered | dead
+    attempts: int
+    last_error: str | None
+    updated_at: float
+
+
+TransitionListener = Callable[[Transition], None]
+# States from which an operator may ask for a study to be analysed again.
+REPROCESSABLE = frozenset({StudyState.REPORTED, StudyState.DELIVERING, StudyState.DELIVERED,
+                           StudyState.NO_MODEL, StudyState.FAILED, StudyState.STABLE})
+
 _SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE studies (
@@ -138,6 +167,8 @@ class StateDB:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._lock = threading.Lock()
+        self._listeners: list[TransitionListener] = []
+        self._pending: list[Transition] = []  # transitions of the open transaction, told after commit
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
@@ -151,6 +182,7 @@ class StateDB:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            self._pending = []
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -163,6 +195,17 @@ class StateDB:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise StateError(f"database: {err}") from err
+            finally:
+                committed, self._pending = self._pending, []
+        self._notify(committed)  # reached only after COMMIT; outside the lock
+
+    def _notify(self, transitions: list[Transition]) -> None:
+        for transition in transitions:
+            for listener in self._listeners:
+                try:
+                    listener(transition)
+                except Exception:  # a listener's bug must not undo or block a committed transition
+                    log.exception("event=transition_listener_error study=%s", transition.study_uid)
 
     def _migrate(self) -> None:
         with self._transaction() as db:
@@ -291,10 +334,128 @@ class StateDB:
                                       (StudyState.RECEIVING.value, cutoff)).fetchall()
         return [r[0] for r in rows]
 
+    # --- read-only queries and operator actions for the API and CLI (issue 6) ----------------
+    # Deliveries and the dead letter belong to the delivery issue; until its tables land, the
+    # methods below answer "none" so the API and CLI can be built and tested against them.
+
+    def add_transition_listener(self, listener: TransitionListener) -> None:
+        """Call ``listener(transition)`` after each committed transition (the audit trail uses it)."""
+        self._listeners.append(listener)
+
+    def list_studies(self, states: Iterable[StudyState] | None = None, since: float | None = None,
+                     until: float | None = None, limit: int = 50, offset: int = 0) -> tuple[list[Study], int]:
+        """One page of studies, newest first, and the total that match the filters.
+
+        ``since``/``until`` bound the time of the study's last received instance (epoch seconds).
+        """
+        where, params = [], []  # type: ignore[var-annotated]
+        if states is not None:
+            values = [s.value for s in states]
+            where.append(f"s.state IN ({', '.join('?' * len(values))})")
+            params += values
+        if since is not None:
+            where.append("s.last_received_at >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("s.last_received_at < ?")
+            params.append(until)
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        with self._lock:
+            total = self._conn.execute(f"SELECT COUNT(*) FROM studies s{clause}", params).fetchone()[0]
+            rows = self._conn.execute(f"SELECT {_STUDY_COLUMNS} FROM studies s{clause} "
+                                      "ORDER BY s.last_received_at DESC, s.study_uid LIMIT ? OFFSET ?",
+                                      [*params, limit, offset]).fetchall()
+        return [_study(r) for r in rows], int(total)
+
+    def count_by_state(self) -> dict[StudyState, int]:
+        """How many studies are in each state (every state present, zero included)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT state, COUNT(*) FROM studies GROUP BY state").fetchall()
+        counts = dict.fromkeys(StudyState, 0)
+        counts.update({StudyState(r[0]): int(r[1]) for r in rows})
+        return counts
+
+    def instance_totals(self) -> tuple[int, int]:
+        """Number of indexed instances and their total size in bytes."""
+        with self._lock:
+            row = self._conn.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM instances").fetchone()
+        return int(row[0]), int(row[1])
+
+    def series_counts(self, study_uid: str) -> list[SeriesCount]:
+        """The series of a study as received: UID, modality and number of instances."""
+        with self._lock:
+            rows = self._conn.execute("SELECT series_uid, MIN(modality), COUNT(*) FROM instances "
+                                      "WHERE study_uid = ? GROUP BY series_uid ORDER BY series_uid",
+                                      (study_uid,)).fetchall()
+        return [SeriesCount(r[0], r[1], int(r[2])) for r in rows]
+
+    def study_result(self, study_uid: str) -> dict[str, Any] | None:
+        """The newest analysis summary of a study (the worker's JSON), or None."""
+        with self._lock:
+            if not self._has_table("results"):
+                return None
+            row = self._conn.execute("SELECT summary FROM results WHERE study_uid = ? ORDER BY id DESC LIMIT 1",
+                                     (study_uid,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def latest_results(self, study_uids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The newest analysis summary of each of ``study_uids`` that has one."""
+        uids = list(study_uids)
+        if not uids:
+            return {}
+        with self._lock:
+            if not self._has_table("results"):
+                return {}
+            rows = self._conn.execute(
+                f"SELECT r.study_uid, r.summary FROM results r WHERE r.study_uid IN ({', '.join('?' * len(uids))}) "
+                "AND r.id = (SELECT MAX(id) FROM results x WHERE x.study_uid = r.study_uid)", uids).fetchall()
+        return {r[0]: json.loads(r[1]) for r in rows}
+
+    def result_timings(self) -> list[dict[str, float]]:
+        """The per-stage timings (ms) of every stored analysis, oldest first, for the latency histograms."""
+        with self._lock:
+            if not self._has_table("results"):
+                return []
+            rows = self._conn.execute("SELECT summary FROM results ORDER BY id").fetchall()
+        timings = []
+        for (summary,) in rows:
+            value = json.loads(summary).get("timings_ms")
+            if isinstance(value, dict):
+                timings.append({str(k): float(v) for k, v in value.items() if isinstance(v, (int, float))})
+        return timings
+
+    def request_reprocess(self, study_uid: str, reason: str = "reprocess requested") -> bool:
+        """Queue a study again for analysis; only from a state where nothing is working on it.
+
+        Returns whether it moved. A study still RECEIVING, or QUEUED/ANALYSING already, is left alone.
+        """
+        return self.transition(study_uid, StudyState.QUEUED, reason, expect=REPROCESSABLE)
+
+    def deliveries(self, study_uid: str) -> list[Delivery]:
+        """Each destination x object of a study with its attempts (none until the delivery tables land)."""
+        return []
+
+    def delivery_counts(self) -> dict[str, int]:
+        """Deliveries by status (``delivered``, ``pending``, ``dead``); empty until the delivery tables land."""
+        return {}
+
+    def dead_letters(self, limit: int = 100, offset: int = 0) -> list[Delivery]:
+        """Deliveries that exhausted their attempts (none until the delivery tables land)."""
+        return []
+
+    def replay_dead_letter(self, delivery_id: int) -> Delivery | None:
+        """Give a dead delivery a fresh set of attempts; None if no such dead letter exists."""
+        return None
+
+    def _has_table(self, name: str) -> bool:
+        return self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                  (name,)).fetchone() is not None
+
     def _log_transition(self, db: sqlite3.Connection, study_uid: str, at: float,
                         from_state: StudyState | None, to: StudyState, reason: str) -> None:
         db.execute("INSERT INTO transitions (study_uid, at, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?)",
                    (study_uid, at, from_state.value if from_state else None, to.value, reason))
+        self._pending.append(Transition(study_uid, at, from_state, to, reason))
         log_event(log, Event.STUDY_TRANSITION, study=study_uid,
                   from_state=from_state.value if from_state else "-", to=to.value, reason=reason)
 
