@@ -58,6 +58,8 @@ class StorageSettings(_Section):
     """Where received instances live."""
 
     root: Path = Path("var/store")
+    # Analysis results a person looks at (overlay PNGs for the status page), one folder per study.
+    results: Path = Path("var/results")
     # Below this much free space C-STORE answers Out of Resources instead of filling the disk
     # (0 turns the guard off: a full disk then fails the write itself, also Out of Resources).
     min_free_mb: int = Field(500, ge=0)
