@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -84,7 +85,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from err
 
 
-def _client_tls(args: argparse.Namespace) -> object | None:
+def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     from onconode.dicom_node.tls import client_context
 
     if not args.tls_ca:
