@@ -196,19 +196,19 @@ class Settings(BaseSettings):
         env_prefix="ONCONODE_", env_nested_delimiter="__", extra="forbid", yaml_file=None
     )
 
-    node: NodeSettings = NodeSettings()
-    storage: StorageSettings = StorageSettings()
-    state: StateSettings = StateSettings()
-    study: StudySettings = StudySettings()
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
+    study: StudySettings = Field(default_factory=StudySettings)
     # Empty list: accept any calling AE (demo only; the shipped YAML lists the callers).
     callers: list[Caller] = []
-    tls: TLSSettings = TLSSettings()
-    log: LogSettings = LogSettings()
+    tls: TLSSettings = Field(default_factory=TLSSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
     # First match wins; no match means "no applicable model" for the study (not an error).
     routing: list[RoutingRule] = []
-    analysis: AnalysisSettings = AnalysisSettings()
-    api: ApiSettings = ApiSettings()
-    audit: AuditSettings = AuditSettings()
+    analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -18,6 +18,7 @@ class Event(str, Enum):
     ASSOCIATION = "association"
     STORE_FAILED = "store_failed"
     STUDY_TRANSITION = "study_transition"
+    ANALYSED = "analysed"
 
 
 def _format(value: object) -> str:

@@ -1,4 +1,4 @@
-"""The running node: state, storage, recovery, the DICOM listener and the study assembler.
+"""The running node: state, storage, recovery, models, the DICOM listener, the assembler, the worker.
 
 This is where the pieces are wired together for ``onconode serve``; each piece stays usable on its
 own (tests start exactly the parts they need).
@@ -20,7 +20,10 @@ from onconode.dicom_node.scp import AssociationSummary, StorageSCP
 from onconode.dicom_node.storage import InstanceStorage
 from onconode.dicom_node.tls import server_context
 from onconode.events import Event, log_event
+from onconode.inference.models import installed_models
+from onconode.inference.runner import RunnerPool
 from onconode.state import StateDB
+from onconode.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,10 @@ class Node:
             if tls.enabled and tls.cert and tls.key else None
         self.scp = StorageSCP(settings.node, settings.callers, self.storage, self.db, ssl_context)
         self.assembler = Assembler(self.db, settings.study.stable_seconds, settings.study.poll_seconds)
+        # Models are checked before anything listens: a broken model stops the start (ModelError).
+        self.models, self.models_note = installed_models(settings.analysis.models)
+        self.worker = Worker(self.db, self.storage, settings.storage.results, self.models, settings.routing,
+                             RunnerPool(settings.analysis.intra_op_threads), settings.study.poll_seconds)
         self._wire_operations()
 
     def _wire_operations(self) -> None:
@@ -56,30 +63,26 @@ class Node:
                                instances=s.instances, bytes_received=s.bytes, failures=s.failures, ms=s.ms)
 
     def _start_api(self) -> None:
-        from onconode.api.app import Runtime, standalone_runtime
+        from onconode.api.app import Runtime
 
         if not self.settings.api.enabled:
             return
-        models = getattr(self, "models", None)
-        if models is None:  # until the worker owns the registry, the API verifies the models itself
-            probe = standalone_runtime(self.settings)
-            probe.db.close()
-            models, note = probe.models, probe.models_note
-        else:
-            note = getattr(self, "models_note", None)
-        runtime = Runtime(self.db, self.metrics, models, note, lambda: self.scp.listening)
+        runtime = Runtime(self.db, self.metrics, self.models, self.models_note, lambda: self.scp.listening)
         self.api = ApiServer(self.settings, runtime)
         self.api.start()
 
     def start(self) -> None:
         recover(self.storage, self.db)
+        if self.models_note:
+            log.warning("event=models note=%r", self.models_note)
         self.assembler.start()
+        self.worker.start()
         self.scp.start()
         self._start_api()
         node = self.settings.node
         log_event(log, Event.NODE_STARTED, ae_title=node.ae_title, host=node.host, port=self.scp.port,
                   tls=self.settings.tls.enabled, storage=self.settings.storage.root,
-                  callers=len(self.settings.callers) or "any",
+                  callers=len(self.settings.callers) or "any", models=",".join(sorted(self.models)) or "none",
                   api=f"{self.settings.api.host}:{self.api.port}" if self.api else "off")
 
     def stop(self) -> None:
@@ -87,6 +90,7 @@ class Node:
             self.api.stop()
         self.scp.stop()
         self.assembler.stop()
+        self.worker.stop()
         self.db.close()
         log_event(log, Event.NODE_STOPPED)
 

@@ -153,6 +153,13 @@ CREATE TABLE transitions (
     reason TEXT
 );
 CREATE INDEX transitions_by_study ON transitions (study_uid, id);
+CREATE TABLE results (
+    id INTEGER PRIMARY KEY,
+    study_uid TEXT NOT NULL REFERENCES studies (study_uid),
+    created_at REAL NOT NULL,
+    summary TEXT NOT NULL
+);
+CREATE INDEX results_by_study ON results (study_uid, id);
 """
 
 _STUDY_COLUMNS = ("s.study_uid, s.state, s.reason, "
@@ -326,6 +333,19 @@ class StateDB:
             self._log_transition(db, study_uid, now, current, to, reason)
         return True
 
+    def claim_queued(self) -> str | None:
+        """Move the longest-waiting QUEUED study to ANALYSING and return its UID (None if none waits)."""
+        now = time.time()
+        with self._transaction() as db:
+            row = db.execute("SELECT study_uid FROM studies WHERE state = ? ORDER BY state_changed_at LIMIT 1",
+                             (StudyState.QUEUED.value,)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE studies SET state = ?, reason = NULL, state_changed_at = ? WHERE study_uid = ?",
+                       (StudyState.ANALYSING.value, now, row[0]))
+            self._log_transition(db, row[0], now, StudyState.QUEUED, StudyState.ANALYSING, "picked by the worker")
+        return str(row[0])
+
     def receiving_since_before(self, cutoff: float) -> list[str]:
         """Studies still RECEIVING whose last instance arrived before ``cutoff``."""
         with self._lock:
@@ -333,6 +353,20 @@ class StateDB:
                                       "ORDER BY last_received_at",
                                       (StudyState.RECEIVING.value, cutoff)).fetchall()
         return [r[0] for r in rows]
+
+    # --- analysis results ------------------------------------------------------------------
+
+    def add_result(self, study_uid: str, summary: dict[str, Any]) -> None:
+        """Keep every analysis of a study; the newest is the current one (a revision keeps history)."""
+        with self._transaction() as db:
+            db.execute("INSERT INTO results (study_uid, created_at, summary) VALUES (?, ?, ?)",
+                       (study_uid, time.time(), json.dumps(summary)))
+
+    def latest_result(self, study_uid: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._conn.execute("SELECT summary FROM results WHERE study_uid = ? ORDER BY id DESC LIMIT 1",
+                                     (study_uid,)).fetchone()
+        return json.loads(row[0]) if row else None
 
     # --- read-only queries and operator actions for the API and CLI (issue 6) ----------------
     # Deliveries and the dead letter belong to the delivery issue; until its tables land, the
@@ -389,23 +423,12 @@ class StateDB:
                                       (study_uid,)).fetchall()
         return [SeriesCount(r[0], r[1], int(r[2])) for r in rows]
 
-    def study_result(self, study_uid: str) -> dict[str, Any] | None:
-        """The newest analysis summary of a study (the worker's JSON), or None."""
-        with self._lock:
-            if not self._has_table("results"):
-                return None
-            row = self._conn.execute("SELECT summary FROM results WHERE study_uid = ? ORDER BY id DESC LIMIT 1",
-                                     (study_uid,)).fetchone()
-        return json.loads(row[0]) if row else None
-
     def latest_results(self, study_uids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """The newest analysis summary of each of ``study_uids`` that has one."""
         uids = list(study_uids)
         if not uids:
             return {}
         with self._lock:
-            if not self._has_table("results"):
-                return {}
             rows = self._conn.execute(
                 f"SELECT r.study_uid, r.summary FROM results r WHERE r.study_uid IN ({', '.join('?' * len(uids))}) "
                 "AND r.id = (SELECT MAX(id) FROM results x WHERE x.study_uid = r.study_uid)", uids).fetchall()
@@ -414,8 +437,6 @@ class StateDB:
     def result_timings(self) -> list[dict[str, float]]:
         """The per-stage timings (ms) of every stored analysis, oldest first, for the latency histograms."""
         with self._lock:
-            if not self._has_table("results"):
-                return []
             rows = self._conn.execute("SELECT summary FROM results ORDER BY id").fetchall()
         timings = []
         for (summary,) in rows:
@@ -446,10 +467,6 @@ class StateDB:
     def replay_dead_letter(self, delivery_id: int) -> Delivery | None:
         """Give a dead delivery a fresh set of attempts; None if no such dead letter exists."""
         return None
-
-    def _has_table(self, name: str) -> bool:
-        return self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                                  (name,)).fetchone() is not None
 
     def _log_transition(self, db: sqlite3.Connection, study_uid: str, at: float,
                         from_state: StudyState | None, to: StudyState, reason: str) -> None:

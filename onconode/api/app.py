@@ -244,7 +244,7 @@ def _routes() -> Any:
     def study_detail(study_uid: StudyUID, db: DB) -> schemas.StudyDetail:
         """One study: state history, series received and chosen (and why), result, timings, deliveries."""
         study = _study_or_404(db, study_uid)
-        result = db.study_result(study_uid)
+        result = db.latest_result(study_uid)
         summary = _summary(study, result)
         detail = schemas.StudyDetail(
             **summary.model_dump(),
@@ -263,7 +263,7 @@ def _routes() -> Any:
                 db: DB, settings: SettingsDep) -> FileResponse:
         """An overlay PNG (key slice with its Grad-CAM heat map) of the study's newest result."""
         _study_or_404(db, study_uid)
-        result = db.study_result(study_uid) or {}
+        result = db.latest_result(study_uid) or {}
         if name not in result.get("overlays", []):
             raise HTTPException(404, f"study {study_uid} has no overlay {name}")
         path = settings.storage.results / study_uid / name
@@ -280,7 +280,7 @@ def _routes() -> Any:
         if not db.request_reprocess(study_uid, "reprocess requested over the API"):
             raise HTTPException(409, f"study {study_uid} is {study.state.value}; it can be reprocessed once "
                                      "nothing is working on it")
-        return _summary(_study_or_404(db, study_uid), db.study_result(study_uid))
+        return _summary(_study_or_404(db, study_uid), db.latest_result(study_uid))
 
     @router.get("/deadletter", response_model=list[schemas.DeliveryOut], tags=["delivery"])
     def dead_letter(db: DB, limit: Annotated[int, Query(ge=1, le=500)] = 100,
