@@ -8,7 +8,7 @@ import time
 import pytest
 
 from onconode.state import StudyState
-from tests.api.conftest import Processed, wait_until_done
+from tests.processed_node import Processed, wait_until_done
 
 
 def _metric(text: str, name: str, labels: str = "") -> float:

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from onconode.api.app import create_app
 from onconode.config import Settings
-from tests.api.conftest import Processed
+from tests.processed_node import Processed
 
 TOKEN = "correct horse battery staple"
 

@@ -1,4 +1,4 @@
-"""One real node for the API tests: tiny ONNX models, a routing rule, two real studies sent and processed.
+"""One real node for the API and audit tests (the ``processed`` fixture in ``tests/conftest.py``): tiny ONNX models, a routing rule, two real studies sent and processed.
 
 The node runs as ``onconode serve`` (``tests.support.NodeProcess``) with its HTTP API on a free
 loopback port. It receives the Brain-Tumor-Progression T1 post series (routed to the test MR
@@ -57,8 +57,7 @@ def wait_until_done(node: NodeProcess, uid: str, timeout: float = 60) -> StudySt
     raise AssertionError(f"study {uid} not processed after {timeout} s: {node.study(uid)}\n{node.log()[-3000:]}")
 
 
-@pytest.fixture(scope="session")
-def processed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processed]:
+def processed_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processed]:
     root = data_root()
     if root is None:
         pytest.skip("shared DICOM data not found: set ONCONODE_DATA (default ../shared/data)")
