@@ -102,7 +102,7 @@ async function loadDetail() {
     img.alt = "key slice " + (i + 1) + " with heat map";
     img.className = "overlay";
     img.src = URL.createObjectURL(await api(url, true));
-    figure.append(img, text("figcaption", url.split("/").pop()));
+    figure.append(img, text("figcaption", "key slice " + (i + 1)));
     overlays.append(figure);
   }
 }
