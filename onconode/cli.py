@@ -95,43 +95,6 @@ def cmd_models_verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def cmd_deadletter_list(args: argparse.Namespace) -> int:
-    import json
-
-    from onconode.state import StateDB
-
-    db = StateDB(_settings(args).state.database)
-    try:
-        letters = db.dead_letters(limit=args.limit)
-    finally:
-        db.close()
-    if args.json:
-        print(json.dumps([vars(d) for d in letters], indent=2))
-    elif not letters:
-        print("the dead letter is empty")
-    for d in letters if not args.json else []:
-        print(f"{d.id:>6}  {d.study_uid}  {d.kind:<5} {d.destination}  {d.object}  attempts {d.attempts}  "
-              f"last error: {d.last_error or '-'}")
-    return 0
-
-
-def cmd_deadletter_replay(args: argparse.Namespace) -> int:
-    from onconode.state import StateDB
-
-    db = StateDB(_settings(args).state.database)
-    try:
-        replayed = [db.replay_dead_letter(i) for i in args.ids]
-    finally:
-        db.close()
-    missing = [str(i) for i, d in zip(args.ids, replayed) if d is None]
-    for d in replayed:
-        if d is not None:
-            print(f"{d.id}: queued again for {d.destination} ({d.object})")
-    if missing:
-        raise UsageError(f"no dead letter with id {', '.join(missing)} (see: onconode deadletter list)")
-    return 0
-
-
 def cmd_doctor(args: argparse.Namespace) -> int:
     from onconode.config import config_path
     from onconode.doctor import Finding, Level, examine
@@ -243,19 +206,6 @@ def build_parser() -> argparse.ArgumentParser:
         action = models_sub.add_parser(name, help=text, description=text)
         action.add_argument("--models", type=Path, help="models folder (default: analysis.models)")
         action.set_defaults(func=func)
-
-    dead = sub.add_parser("deadletter", help="list or replay deliveries that ran out of attempts",
-                          description="A delivery (one object to one destination) goes to the dead letter "
-                                      "after delivery.max_attempts failures; replay gives it fresh attempts.")
-    dead_sub = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
-    dead_list = dead_sub.add_parser("list", help="print the dead letter", description="Print the dead letter.")
-    dead_list.add_argument("--json", action="store_true", help="print JSON")
-    dead_list.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
-    dead_list.set_defaults(func=cmd_deadletter_list)
-    replay = dead_sub.add_parser("replay", help="send dead deliveries again",
-                                 description="Queue the given dead deliveries for sending again.")
-    replay.add_argument("ids", nargs="+", type=int, metavar="ID", help="ids from 'onconode deadletter list'")
-    replay.set_defaults(func=cmd_deadletter_replay)
 
     doctor = sub.add_parser("doctor", help="check configuration, models, ports, disk and destinations",
                             description="Check the configuration and what it points at, and say in plain words "

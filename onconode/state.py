@@ -98,19 +98,27 @@ class SeriesCount:
     instances: int
 
 
+class DeliveryState(str, Enum):
+    PENDING = "pending"
+    SENT = "sent"
+    DEAD = "dead"  # retry limit reached: the dead letter (``onconode deadletter list|replay``)
+
+
 @dataclass(frozen=True)
 class Delivery:
-    """One destination x object of a study's outputs and how sending it went."""
-
     id: int
+    report_id: int
     study_uid: str
     destination: str
-    kind: str  # dicom | fhir
-    object: str
-    status: str  # pending | delivered | dead
+    kind: str
+    seq: int
+    path: Path
+    object_uid: str
+    state: DeliveryState
     attempts: int
+    next_try_at: float
     last_error: str | None
-    updated_at: float
+    sent_at: float | None
 
 
 TransitionListener = Callable[[Transition], None]
@@ -452,21 +460,26 @@ class StateDB:
         """
         return self.transition(study_uid, StudyState.QUEUED, reason, expect=REPROCESSABLE)
 
-    def deliveries(self, study_uid: str) -> list[Delivery]:
-        """Each destination x object of a study with its attempts (none until the delivery tables land)."""
+    def delivery_totals(self) -> dict[DeliveryState, int]:
+        """Deliveries of all studies by state (every state present), for the metrics."""
+        counts = dict.fromkeys(DeliveryState, 0)
+        with self._lock:
+            if self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'deliveries'").fetchone() is None:
+                return counts
+            rows = self._conn.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall()
+        counts.update({DeliveryState(r[0]): int(r[1]) for r in rows})
+        return counts
+
+    # Stand-ins with the names and signatures of the delivery branch's methods, so the API is built
+    # against them before that branch lands; on merge its real methods replace these two.
+
+    def deliveries(self, study_uid: str | None = None, state: DeliveryState | None = None) -> list[Delivery]:
+        """Deliveries, of one study and/or in one state (none until the delivery tables land)."""
         return []
 
-    def delivery_counts(self) -> dict[str, int]:
-        """Deliveries by status (``delivered``, ``pending``, ``dead``); empty until the delivery tables land."""
-        return {}
-
-    def dead_letters(self, limit: int = 100, offset: int = 0) -> list[Delivery]:
-        """Deliveries that exhausted their attempts (none until the delivery tables land)."""
+    def replay_dead(self, delivery_ids: Iterable[int] | None = None) -> list[str]:
+        """Dead deliveries back to pending; returns the studies touched (none until the tables land)."""
         return []
-
-    def replay_dead_letter(self, delivery_id: int) -> Delivery | None:
-        """Give a dead delivery a fresh set of attempts; None if no such dead letter exists."""
-        return None
 
     def _log_transition(self, db: sqlite3.Connection, study_uid: str, at: float,
                         from_state: StudyState | None, to: StudyState, reason: str) -> None:

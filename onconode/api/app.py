@@ -37,7 +37,7 @@ from onconode.api import schemas
 from onconode.api.metrics import CONTENT_TYPE, NodeMetrics
 from onconode.config import Settings
 from onconode.inference.models import ModelError, RegisteredModel, load_registry
-from onconode.state import Delivery, StateDB, StateError, Study, StudyState
+from onconode.state import Delivery, DeliveryState, StateDB, StateError, Study, StudyState
 
 log = logging.getLogger(__name__)
 
@@ -285,17 +285,19 @@ def _routes() -> Any:
     @router.get("/deadletter", response_model=list[schemas.DeliveryOut], tags=["delivery"])
     def dead_letter(db: DB, limit: Annotated[int, Query(ge=1, le=500)] = 100,
                     offset: Annotated[int, Query(ge=0)] = 0) -> list[schemas.DeliveryOut]:
-        """Deliveries that exhausted their attempts."""
-        return [_delivery(d) for d in db.dead_letters(limit, offset)]
+        """Deliveries that exhausted their attempts, oldest first."""
+        return [_delivery(d) for d in db.deliveries(state=DeliveryState.DEAD)[offset:offset + limit]]
 
     @router.post("/deadletter/{delivery_id}/replay", response_model=schemas.DeliveryOut,
                  status_code=status.HTTP_202_ACCEPTED, tags=["delivery"])
     def replay(delivery_id: Annotated[int, PathParam(ge=1)], db: DB) -> schemas.DeliveryOut:
-        """Give a dead delivery a fresh set of attempts."""
-        delivery = db.replay_dead_letter(delivery_id)
-        if delivery is None:
+        """Give a dead delivery a fresh set of attempts; the node sends it on its next pass."""
+        dead = next((d for d in db.deliveries(state=DeliveryState.DEAD) if d.id == delivery_id), None)
+        if dead is None:
             raise HTTPException(404, f"no dead letter with id {delivery_id}")
-        return _delivery(delivery)
+        db.replay_dead([delivery_id])
+        now = next((d for d in db.deliveries(dead.study_uid) if d.id == delivery_id), dead)
+        return _delivery(now)
 
     @router.get("/models", response_model=schemas.Models, tags=["models"])
     def models(runtime: RuntimeDep) -> schemas.Models:
@@ -353,5 +355,6 @@ def _add_result(detail: schemas.StudyDetail, study_uid: str, result: dict[str, A
 
 def _delivery(d: Delivery) -> schemas.DeliveryOut:
     return schemas.DeliveryOut(id=d.id, study_uid=d.study_uid, destination=d.destination, kind=d.kind,
-                               object=d.object, status=d.status, attempts=d.attempts, last_error=d.last_error,
-                               updated_at=d.updated_at)
+                               object=Path(d.path).name, object_uid=d.object_uid, state=d.state,
+                               attempts=d.attempts, next_try_at=d.next_try_at, last_error=d.last_error,
+                               sent_at=d.sent_at)

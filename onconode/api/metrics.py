@@ -62,10 +62,10 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily("onconode_stored_instances", "Instances in the index", value=count)
         yield GaugeMetricFamily("onconode_stored_bytes", "Bytes of the instances in the index", value=size)
         yield _latency_histogram(self._db.result_timings())
-        deliveries = GaugeMetricFamily("onconode_deliveries", "Deliveries by status (pending, delivered, dead)",
-                                       labels=["status"])
-        for status, n in sorted(self._db.delivery_counts().items()):
-            deliveries.add_metric([status], n)
+        deliveries = GaugeMetricFamily("onconode_deliveries", "Deliveries (object x destination) by state; "
+                                       "dead = failed for good (the dead letter)", labels=["state"])
+        for state, n in self._db.delivery_totals().items():
+            deliveries.add_metric([state.value], n)
         yield deliveries
 
 

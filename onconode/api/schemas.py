@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from onconode.state import StudyState
+from onconode.state import DeliveryState, StudyState
 
 
 class _Out(BaseModel):
@@ -108,15 +108,19 @@ class ResultOut(_Out):
 
 
 class DeliveryOut(_Out):
+    """One object of a study's report for one destination, and how sending it went."""
+
     id: int
     study_uid: str
-    destination: str
-    kind: str
-    object: str
-    status: str
+    destination: str = Field(description="AE@HOST:PORT or the FHIR base URL")
+    kind: str = Field(description="dicom or fhir")
+    object: str = Field(description="file name in the outbox")
+    object_uid: str
+    state: DeliveryState
     attempts: int
+    next_try_at: float
     last_error: str | None
-    updated_at: float
+    sent_at: float | None
 
 
 class StudyDetail(StudySummary):

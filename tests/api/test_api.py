@@ -176,4 +176,4 @@ def test_metrics_report_states_latencies_and_move_when_a_study_is_sent(processed
     assert (_metric(after, "onconode_associations_total", '{outcome="released"}')
             == _metric(text, "onconode_associations_total", '{outcome="released"}') + 1)
     assert _metric(after, "onconode_stored_instances") == _metric(text, "onconode_stored_instances") + 1
-    assert "onconode_deliveries" in after
+    assert "onconode_deliveries{state=\"dead\"} 0.0" in after
