@@ -201,8 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     models_sub = models.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, func, text in (
             ("list", cmd_models_list, "print each manifest: name, version, modality, labels (* = positive)"),
-            ("verify", cmd_models_verify, "check each model as the node does at start: file present, sha256, "
-                                          "graph inputs/outputs, Grad-CAM head; exit 1 if one fails")):
+            ("verify", cmd_models_verify, ("check each model as the node does at start: file present, sha256, "
+                                           "graph inputs/outputs, Grad-CAM head; exit 1 if one fails"))):
         action = models_sub.add_parser(name, help=text, description=text)
         action.add_argument("--models", type=Path, help="models folder (default: analysis.models)")
         action.set_defaults(func=func)

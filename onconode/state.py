@@ -390,7 +390,8 @@ class StateDB:
 
         ``since``/``until`` bound the time of the study's last received instance (epoch seconds).
         """
-        where, params = [], []  # type: ignore[var-annotated]
+        where: list[str] = []
+        params: list[str | float] = []
         if states is not None:
             values = [s.value for s in states]
             where.append(f"s.state IN ({', '.join('?' * len(values))})")

@@ -43,7 +43,7 @@ class Processed:
 
 
 def study_uid(folder: Path) -> str:
-    first = sorted(folder.glob("*.dcm"))[0]
+    first = min(folder.glob("*.dcm"))
     return str(pydicom.dcmread(first, stop_before_pixels=True).StudyInstanceUID)
 
 

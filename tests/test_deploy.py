@@ -50,7 +50,7 @@ def test_compose_wires_orthanc_and_onconode_together() -> None:
     assert {"127.0.0.1:11112:11112", "127.0.0.1:8080:8080"} <= set(node["ports"])
     assert {"127.0.0.1:4242:4242", "127.0.0.1:8042:8042"} <= set(orthanc["ports"])
     mounts = {m.split(":")[1]: m.split(":")[0] for m in orthanc["volumes"] if m.startswith("./")}
-    for target, source in mounts.items():
+    for source in mounts.values():
         assert (REPO / source).is_file(), source
     config = _orthanc_json()
     assert mounts["/etc/orthanc/orthanc.json"] == "./config/orthanc/orthanc.json"

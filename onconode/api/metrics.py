@@ -64,8 +64,8 @@ class _StateCollector(Collector):
         yield _latency_histogram(self._db.result_timings())
         deliveries = GaugeMetricFamily("onconode_deliveries", "Deliveries (object x destination) by state; "
                                        "dead = failed for good (the dead letter)", labels=["state"])
-        for state, n in self._db.delivery_totals().items():
-            deliveries.add_metric([state.value], n)
+        for delivery_state, n in self._db.delivery_totals().items():
+            deliveries.add_metric([delivery_state.value], n)
         yield deliveries
 
 
