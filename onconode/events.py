@@ -15,6 +15,7 @@ class Event(str, Enum):
     NODE_STARTED = "node_started"
     NODE_STOPPED = "node_stopped"
     RECOVERY = "recovery"
+    MODELS = "models"
     ASSOCIATION = "association"
     STORE_FAILED = "store_failed"
     STUDY_TRANSITION = "study_transition"

@@ -74,7 +74,7 @@ class Node:
     def start(self) -> None:
         recover(self.storage, self.db)
         if self.models_note:
-            log.warning("event=models note=%r", self.models_note)
+            log_event(log, Event.MODELS, level=logging.WARNING, note=self.models_note)
         self.assembler.start()
         self.worker.start()
         self.scp.start()

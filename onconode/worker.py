@@ -11,11 +11,11 @@ is superseded by the analysis of the complete study (the assembler queues it aga
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from onconode.background import PollingLoop
 from onconode.config import RoutingRule
 from onconode.dicom_node.storage import InstanceStorage
 from onconode.events import Event, log_event
@@ -32,20 +32,20 @@ log = logging.getLogger(__name__)
 Reporter = Callable[[str, AnalysisResult, Sequence[Path]], None]
 
 
-class Worker:
+class Worker(PollingLoop):
+    name = "worker"
+
     def __init__(self, db: StateDB, storage: InstanceStorage, results_root: Path,
                  registry: Mapping[str, RegisteredModel], rules: Sequence[RoutingRule], runners: RunnerPool,
                  poll_seconds: float, report: Reporter | None = None) -> None:
+        super().__init__(poll_seconds)
         self._db = db
         self._storage = storage
         self._results_root = results_root
         self._registry = registry
         self._rules = rules
         self._runners = runners
-        self._poll_seconds = poll_seconds
         self._report = report
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def run_once(self) -> str | None:
         """Analyse the longest-waiting queued study, if any; returns its UID."""
@@ -83,24 +83,8 @@ class Worker:
             self._report(study_uid, result, paths)
         self._db.transition(study_uid, StudyState.REPORTED, _conclusion(result), expect=[StudyState.ANALYSING])
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="onconode-worker", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                busy = self.run_once() is not None
-            except StateError:  # e.g. the disk is full: the study stays ANALYSING and resumes at restart
-                log.exception("event=worker_error")
-                busy = False
-            if not busy:
-                self._stop.wait(self._poll_seconds)
+    def step(self) -> bool:
+        return self.run_once() is not None
 
 
 def _conclusion(result: AnalysisResult) -> str:
