@@ -7,6 +7,7 @@ The app runs in a TestClient on the database a real node filled (``processed``),
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -66,3 +67,16 @@ def test_without_a_configured_token_no_header_is_needed(processed: Processed) ->
 def test_the_token_is_secret_in_the_settings_repr() -> None:
     settings = Settings(api={"token": TOKEN})
     assert TOKEN not in repr(settings) and TOKEN not in str(settings.api)
+
+
+def test_an_unexpected_error_is_json_without_a_traceback(processed: Processed, tmp_path: Path) -> None:
+    from onconode.api.app import get_db
+    from onconode.state import StateDB
+
+    closed = StateDB(tmp_path / "closed.db")
+    closed.close()  # every query now raises sqlite3.ProgrammingError: a bug path, not a StateError
+    with _client(processed, None) as client:
+        client.app.dependency_overrides[get_db] = lambda: closed  # type: ignore[attr-defined]
+        response = client.get("/studies")
+    assert response.status_code == 500
+    assert response.json() == {"detail": "internal error (see the node log)"}
