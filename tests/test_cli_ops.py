@@ -99,3 +99,15 @@ def test_doctor_reports_an_invalid_configuration_in_one_line(tmp_path: Path) -> 
     done = onconode("doctor", config=path)
     assert done.returncode == 2
     assert done.stderr.startswith("onconode doctor: configuration:") and "Traceback" not in done.stderr
+
+
+def test_serve_stops_in_one_line_when_the_api_port_is_taken(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = _config(tmp_path, api={"port": port})
+        done = onconode("serve", config=config)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"onconode serve: HTTP API could not listen on 127.0.0.1:{port} (in use or not an address of this host)")
