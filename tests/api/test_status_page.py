@@ -57,4 +57,30 @@ def test_clicking_a_row_opens_that_study(browser, processed: Processed) -> None:
     row.click()
     page.locator("#detail-uid", has_text=processed.multiframe_study).wait_for(timeout=15000)
     assert "no applicable model" in page.locator("#detail-result").inner_text()
+    page.select_option("#state-filter", "reported")
+    page.locator(f'tr[data-study="{processed.multiframe_study}"]').wait_for(state="detached", timeout=15000)
+    assert page.locator(f'tr[data-study="{processed.mr_study}"]').count() == 1
     page.close()
+
+
+def test_with_a_token_the_page_asks_for_it_then_lists_studies(browser, tmp_path: Path, data: Path) -> None:  # type: ignore[no-untyped-def]
+    from onconode.dicom_node.scu import PeerAddress, send_paths
+    from tests.support import NodeProcess
+
+    node = NodeProcess(tmp_path, api={"token": "page-token"})
+    node.start()
+    try:
+        localizer = data / "dicom" / "misc" / "ct-localizer-ap.dcm"
+        assert send_paths([localizer], PeerAddress("ONCONODE", "127.0.0.1", node.port)).all_succeeded
+        page = browser.new_page()
+        page.goto(f"{node.api_url}/status/")
+        page.locator("#auth").wait_for(state="visible", timeout=15000)
+        assert "token" in page.locator("#error").inner_text()
+        page.fill("#token", "page-token")
+        page.get_by_role("button", name="Use token").click()
+        page.locator("#studies tbody tr").first.wait_for(timeout=15000)
+        assert page.locator("#studies tbody tr").count() == 1
+        assert page.locator("#auth").is_hidden()
+        page.close()
+    finally:
+        node.stop()

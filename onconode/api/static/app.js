@@ -50,7 +50,8 @@ async function loadReady() {
 }
 
 async function loadStudies() {
-  const page = await api("studies?limit=50");
+  const state = $("#state-filter").value;
+  const page = await api("studies?limit=50" + (state ? "&state=" + encodeURIComponent(state) : ""));
   $("#total").textContent = "(" + page.total + ")";
   const body = $("#studies tbody");
   body.replaceChildren();
@@ -119,6 +120,7 @@ async function refresh() {
 }
 
 $("#refresh").addEventListener("click", refresh);
+$("#state-filter").addEventListener("change", refresh);
 $("#auth").addEventListener("submit", (event) => {
   event.preventDefault();
   sessionStorage.setItem("onconode-token", $("#token").value);
