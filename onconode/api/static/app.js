@@ -92,6 +92,12 @@ async function loadDetail() {
   }
   $("#detail-timings").textContent = Object.entries(d.timings_ms)
     .map(([k, v]) => k + " " + v.toFixed(0)).join(", ") || "—";
+  const deliveries = $("#detail-deliveries"); deliveries.replaceChildren();
+  for (const x of d.deliveries) {
+    deliveries.append(text("li", x.kind + " " + x.object + " → " + x.destination + ": " + x.state +
+      " after " + x.attempts + " attempt(s)" + (x.last_error ? " (" + x.last_error + ")" : "")));
+  }
+  if (!d.deliveries.length) deliveries.append(text("li", "none"));
   const overlays = $("#overlays");
   const key = d.study_uid + " " + d.overlays.join(" ");
   if (overlays.dataset.key === key) return;  // unchanged: keep the images already shown
