@@ -185,17 +185,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scu_options(echo_parser)
     echo_parser.set_defaults(func=cmd_echo)
 
-    analyze = sub.add_parser("analyze", help="analyse the DICOM studies in a folder, offline",
-                             description="Route, select the series, run the ONNX model and Grad-CAM on "
-                                         "every study under PATH, with no network. Prints a table (or "
-                                         "JSON) and writes heat-map PNGs to --out.")
-    analyze.add_argument("path", type=Path, metavar="PATH", help="a DICOM file or folder (recursive)")
-    analyze.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    analyze.add_argument("--out", type=Path, help="folder for heat-map overlay PNGs")
-    analyze.add_argument("--models", type=Path, help="models folder (default: analysis.models, 'models')")
-    analyze.add_argument("-v", "--verbose", action="store_true", help="log at the configured level")
-    analyze.set_defaults(func=cmd_analyze)
-
     models = sub.add_parser("models", help="list or verify the installed models",
                             description="Models are <name>.onnx + <name>.yaml (manifest) in analysis.models.")
     models_sub = models.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -212,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
                                         "what is wrong. Exit 1 when a problem was found (warnings do not count).")
     doctor.add_argument("--offline", action="store_true", help="do not contact the destinations")
     doctor.set_defaults(func=cmd_doctor)
+
+    analyze = sub.add_parser("analyze", help="analyse the DICOM studies in a folder, offline",
+                             description="Route, select the series, run the ONNX model and Grad-CAM on "
+                                         "every study under PATH, with no network. Prints a table (or "
+                                         "JSON) and writes heat-map PNGs to --out.")
+    analyze.add_argument("path", type=Path, metavar="PATH", help="a DICOM file or folder (recursive)")
+    analyze.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    analyze.add_argument("--out", type=Path, help="folder for heat-map overlay PNGs")
+    analyze.add_argument("--models", type=Path, help="models folder (default: analysis.models, 'models')")
+    analyze.add_argument("-v", "--verbose", action="store_true", help="log at the configured level")
+    analyze.set_defaults(func=cmd_analyze)
     return parser
 
 

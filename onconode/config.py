@@ -204,11 +204,11 @@ class Settings(BaseSettings):
     callers: list[Caller] = []
     tls: TLSSettings = Field(default_factory=TLSSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     # First match wins; no match means "no applicable model" for the study (not an error).
     routing: list[RoutingRule] = []
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
-    api: ApiSettings = Field(default_factory=ApiSettings)
-    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -37,12 +37,12 @@ class Node:
         ssl_context = server_context(tls.cert, tls.key, tls.ca, tls.require_client_cert) \
             if tls.enabled and tls.cert and tls.key else None
         self.scp = StorageSCP(settings.node, settings.callers, self.storage, self.db, ssl_context)
+        self._wire_operations()
         self.assembler = Assembler(self.db, settings.study.stable_seconds, settings.study.poll_seconds)
         # Models are checked before anything listens: a broken model stops the start (ModelError).
         self.models, self.models_note = installed_models(settings.analysis.models)
         self.worker = Worker(self.db, self.storage, settings.storage.results, self.models, settings.routing,
                              RunnerPool(settings.analysis.intra_op_threads), settings.study.poll_seconds)
-        self._wire_operations()
 
     def _wire_operations(self) -> None:
         """Audit trail, metrics and the HTTP API (issue 6): listeners on the state and the listener."""

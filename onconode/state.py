@@ -83,19 +83,25 @@ class Study:
 
 
 @dataclass(frozen=True)
+class SeriesCount:
+    series_uid: str
+    modality: str
+    instances: int
+
+
+TransitionListener = Callable[["Transition"], None]
+# States from which an operator may ask for a study to be analysed again.
+REPROCESSABLE = frozenset({StudyState.REPORTED, StudyState.DELIVERING, StudyState.DELIVERED,
+                           StudyState.NO_MODEL, StudyState.FAILED, StudyState.STABLE})
+
+
+@dataclass(frozen=True)
 class Transition:
     study_uid: str
     at: float
     from_state: StudyState | None
     to_state: StudyState
     reason: str | None
-
-
-@dataclass(frozen=True)
-class SeriesCount:
-    series_uid: str
-    modality: str
-    instances: int
 
 
 class DeliveryState(str, Enum):
@@ -120,11 +126,6 @@ class Delivery:
     last_error: str | None
     sent_at: float | None
 
-
-TransitionListener = Callable[[Transition], None]
-# States from which an operator may ask for a study to be analysed again.
-REPROCESSABLE = frozenset({StudyState.REPORTED, StudyState.DELIVERING, StudyState.DELIVERED,
-                           StudyState.NO_MODEL, StudyState.FAILED, StudyState.STABLE})
 
 _SCHEMA_VERSION = 1
 _SCHEMA = """
