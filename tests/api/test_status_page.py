@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processed_node import Processed
+from tests.processed_node import ANALYSED_END, Processed
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -30,7 +30,7 @@ def test_status_page_lists_the_study_and_shows_its_overlays(browser, processed: 
     page.goto(f"{processed.node.api_url}/status/?study={processed.mr_study}")
     row = page.locator(f'tr[data-study="{processed.mr_study}"]')
     row.wait_for(timeout=15000)
-    assert row.locator(".state").inner_text() == "reported"
+    assert row.locator(".state").inner_text() in ANALYSED_END
     assert row.locator("td").nth(2).inner_text().split(" ")[0] in ("positive", "negative")
     assert float(row.locator(".probability").inner_text()) >= 0
     other = page.locator(f'tr[data-study="{processed.multiframe_study}"]')
@@ -57,9 +57,9 @@ def test_clicking_a_row_opens_that_study(browser, processed: Processed) -> None:
     row.click()
     page.locator("#detail-uid", has_text=processed.multiframe_study).wait_for(timeout=15000)
     assert "no applicable model" in page.locator("#detail-result").inner_text()
-    page.select_option("#state-filter", "reported")
-    page.locator(f'tr[data-study="{processed.multiframe_study}"]').wait_for(state="detached", timeout=15000)
-    assert page.locator(f'tr[data-study="{processed.mr_study}"]').count() == 1
+    page.select_option("#state-filter", "no_model")
+    page.locator(f'tr[data-study="{processed.mr_study}"]').wait_for(state="detached", timeout=15000)
+    assert page.locator(f'tr[data-study="{processed.multiframe_study}"]').count() == 1
     page.close()
 
 
