@@ -29,6 +29,7 @@ USER onconode
 WORKDIR /var/lib/onconode
 VOLUME ["/var/lib/onconode"]
 EXPOSE 11112 8080
+# Liveness of the HTTP API on the port it is configured with (a non-200 answer or no answer fails).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=4)"]
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('ONCONODE_API__PORT', '8080') + '/health', timeout=4)"]
 CMD ["onconode", "serve"]

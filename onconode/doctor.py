@@ -160,8 +160,14 @@ def _destinations(settings: Settings) -> Iterator[Finding]:
     if destinations is None:
         yield Finding(Level.OK, "destinations", "none configured: results stay in the node")
         return
-    for peer in getattr(destinations, "dicom", None) or []:
+    peers = list(getattr(destinations, "dicom", None) or [])
+    for peer in peers:
         yield _echo(peer.ae_title, peer.host, peer.port)
+    if not peers:  # results go back to the calling AE when it is a caller with a host and a port
+        for caller in settings.callers:
+            port = getattr(caller, "port", None)
+            if caller.host and port:
+                yield _echo(caller.ae_title, caller.host, port)
     fhir = getattr(destinations, "fhir", None)
     base_url = getattr(fhir, "base_url", None) if fhir is not None else None
     if base_url:

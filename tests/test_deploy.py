@@ -17,7 +17,7 @@ import yaml
 
 from onconode.config import load_settings
 from onconode.dicom_node.scu import PeerAddress, send_paths
-from tests.processed_node import MR_SERIES, study_uid
+from tests.processed_node import MR_SERIES, Processed, study_uid
 from tests.support import REPO, NodeProcess, free_port
 
 ORTHANC_DIR = REPO / "config" / "orthanc"
@@ -81,8 +81,12 @@ def test_dockerfile_is_slim_non_root_with_a_health_check_on_health() -> None:
     assert stages and all(re.fullmatch(r"python:3\.\d+-slim( AS \w+)?", s) or s.endswith("-slim") for s in stages)
     users = re.findall(r"^USER (\S+)", text, re.MULTILINE)
     assert users and users[-1] not in ("root", "0")
-    health = re.search(r"^HEALTHCHECK .*?\n(?:.*\\\n)*.*$", text, re.MULTILINE)
-    assert health and "http://127.0.0.1:8080/health" in text[health.start():health.end() + 200]
+    health = re.search(r"^HEALTHCHECK [^\n]*\\\n\s*CMD (\[.*\])$", text, re.MULTILINE)
+    assert health, "HEALTHCHECK ... CMD [...] not found"
+    command = json.loads(health.group(1))
+    assert command[:2] == ["python", "-c"]
+    assert "'http://127.0.0.1:' + os.environ.get('ONCONODE_API__PORT', '8080') + '/health'" in command[2]
+    compile(command[2], "healthcheck", "exec")  # the probe is valid Python
     assert "ENV" in text and "ONCONODE_API__PORT=8080" in text
     assert "ONCONODE_NODE__HOST=0.0.0.0" in text and "ONCONODE_API__HOST=0.0.0.0" in text
     assert re.search(r"^EXPOSE 11112 8080$", text, re.MULTILINE)
@@ -175,3 +179,17 @@ def test_the_shipped_lua_rule_routes_a_stable_mr_series_to_onconode_and_not_its_
         assert [s.study_uid for s in db.studies()] == [uid]  # the localizer stayed in Orthanc
     finally:
         db.close()
+
+
+def test_the_healthcheck_command_passes_on_a_running_node_and_fails_without_one(processed: Processed) -> None:
+    import os
+    import sys
+
+    health = re.search(r"^HEALTHCHECK [^\n]*\\\n\s*CMD (\[.*\])$", _dockerfile(), re.MULTILINE)
+    assert health
+    probe = json.loads(health.group(1))[2]
+    port = processed.node.config["api"]["port"]
+    for api_port, expected in ((port, 0), (free_port(), 1)):
+        done = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "ONCONODE_API__PORT": str(api_port)},
+                              capture_output=True, timeout=30, check=False)
+        assert done.returncode == expected, done.stderr
