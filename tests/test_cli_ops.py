@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tests.inference.tiny_model import write_model
+from tests.processed_node import Processed
 from tests.support import free_port
 
 # `deadletter list|replay` comes with the delivery branch; add it here when that lands.
@@ -111,3 +112,15 @@ def test_serve_stops_in_one_line_when_the_api_port_is_taken(tmp_path: Path) -> N
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == (
         f"onconode serve: HTTP API could not listen on 127.0.0.1:{port} (in use or not an address of this host)")
+
+
+def test_doctor_reaches_dicom_and_fhir_destinations_or_says_why_not(processed: Processed) -> None:
+    from onconode.doctor import Level, _echo, _http_reachable
+
+    node = processed.node
+    assert _echo("ONCONODE", "127.0.0.1", node.port).level is Level.OK
+    down = _echo("PACS", "127.0.0.1", free_port())
+    assert down.level is Level.PROBLEM and down.message.startswith("DICOM destination PACS@127.0.0.1:")
+    assert _http_reachable(node.api_url).level is Level.OK  # answers HTTP (404 for /metadata) = reachable
+    unreachable = _http_reachable(f"http://127.0.0.1:{free_port()}/fhir")
+    assert unreachable.level is Level.PROBLEM and "cannot be reached" in unreachable.message
