@@ -23,6 +23,11 @@ PURPOSE_PROCESSING = codes.DCM.ProcessingEquipment
 # Burned in on every SC and stated in the description: PS3.3 C.7.6.1.1.7 Burned In Annotation.
 NOT_FOR_DIAGNOSIS = "AI RESULT - NOT FOR DIAGNOSIS"
 SERIES_DESCRIPTION = "AI heat map - NOT FOR DIAGNOSIS"
+# Patient and General Study module attributes highdicom does not copy; copied when the source has
+# them so that every object of the study tells the same story (dcentvfy compares them).
+PATIENT_STUDY_EXTRA = ("StudyDescription", "PatientAge", "PatientSize", "PatientWeight",
+                       "PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
+                       "IssuerOfPatientID", "OtherPatientIDsSequence")
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ def build_sc(source: Dataset, rgb: np.ndarray, algorithm: Algorithm, series_uid:
         manufacturer=MANUFACTURER, patient_orientation=_patient_orientation(source),
         transfer_syntax_uid=ExplicitVRLittleEndian,
         contributing_equipment=[algorithm.contributing_equipment()])
+    copy_patient_study(source, sc)
     # Laterality (Type 2C in General Series): the source's value, else empty (unpaired/unknown).
     sc.Laterality = source.get("Laterality", "")
     sc.SeriesDescription = SERIES_DESCRIPTION
@@ -84,6 +90,13 @@ def build_sc(source: Dataset, rgb: np.ndarray, algorithm: Algorithm, series_uid:
     sc.SourceImageSequence = [ref]
     sc.DerivationDescription = "Grad-CAM heat map over the windowed slice"
     return sc
+
+
+def copy_patient_study(source: Dataset, target: Dataset) -> None:
+    """Copy the ``PATIENT_STUDY_EXTRA`` attributes the source has and the target lacks."""
+    for keyword in PATIENT_STUDY_EXTRA:
+        if keyword in source and keyword not in target:
+            target[keyword] = source[keyword]
 
 
 def _patient_orientation(source: Dataset) -> tuple[str, str]:

@@ -27,7 +27,7 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from onconode.reporting.sc import MANUFACTURER, Algorithm
+from onconode.reporting.sc import MANUFACTURER, Algorithm, copy_patient_study
 
 # CID 100 Quantitative Diagnostic Imaging Procedures, by the modality of the analysed series.
 PROCEDURE_BY_MODALITY = {"CT": codes.cid100.CTUnspecifiedBodyRegion, "MR": codes.cid100.MRIUnspecifiedBodyRegion}
@@ -43,11 +43,6 @@ UNITY = hd.sr.CodedConcept("1", "UCUM", "no units")
 SNOMED = "SCT"
 NOT_FOR_DIAGNOSIS = "Research use only - NOT FOR DIAGNOSIS"
 SERIES_DESCRIPTION = "AI findings - NOT FOR DIAGNOSIS"
-# Patient and General Study module attributes highdicom does not copy; copied when the source has
-# them so that every object of the study tells the same story (dcentvfy compares them).
-_PATIENT_STUDY_EXTRA = ("StudyDescription", "PatientAge", "PatientSize", "PatientWeight",
-                        "PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
-                        "IssuerOfPatientID", "OtherPatientIDsSequence")
 
 
 @dataclass(frozen=True)
@@ -101,7 +96,7 @@ def build_sr(findings: Sequence[Finding], algorithm: Algorithm, modality: str, s
         manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
         previous_versions=[predecessor] if predecessor is not None else None,
         contributing_equipment=[algorithm.contributing_equipment()])
-    _copy_missing(sources[0], sr, _PATIENT_STUDY_EXTRA)
+    copy_patient_study(sources[0], sr)
     sr.SeriesDescription = SERIES_DESCRIPTION
     sr.SoftwareVersions = algorithm.version
     sr.ManufacturerModelName = algorithm.name
@@ -119,9 +114,3 @@ def _group(finding: Finding, algorithm_id: hd.sr.AlgorithmIdentification,
         finding_type=label_code, algorithm_id=algorithm_id,
         measurements=[hd.sr.Measurement(PROBABILITY, finding.probability, UNITY, algorithm_id=algorithm_id)],
         qualitative_evaluations=evaluations, source_images=list(source_refs))
-
-
-def _copy_missing(source: Dataset, target: Dataset, keywords: Sequence[str]) -> None:
-    for keyword in keywords:
-        if keyword in source and keyword not in target:
-            target[keyword] = source[keyword]
