@@ -18,6 +18,10 @@ class Event(str, Enum):
     ASSOCIATION = "association"
     STORE_FAILED = "store_failed"
     STUDY_TRANSITION = "study_transition"
+    REPORT_PREPARED = "report_prepared"
+    DELIVERY_SENT = "delivery_sent"
+    DELIVERY_FAILED = "delivery_failed"
+    DELIVERY_DEAD = "delivery_dead"
 
 
 def _format(value: object) -> str:
