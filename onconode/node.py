@@ -12,6 +12,7 @@ import threading
 from types import FrameType
 
 from onconode.config import Settings
+from onconode.delivery import dispatcher
 from onconode.dicom_node.assembler import Assembler
 from onconode.dicom_node.recovery import recover
 from onconode.dicom_node.scp import StorageSCP
@@ -33,10 +34,12 @@ class Node:
             if tls.enabled and tls.cert and tls.key else None
         self.scp = StorageSCP(settings.node, settings.callers, self.storage, self.db, ssl_context)
         self.assembler = Assembler(self.db, settings.study.stable_seconds, settings.study.poll_seconds)
+        self.dispatcher = dispatcher.from_settings(settings, self.db)
 
     def start(self) -> None:
         recover(self.storage, self.db)
         self.assembler.start()
+        self.dispatcher.start()
         self.scp.start()
         node = self.settings.node
         log_event(log, Event.NODE_STARTED, ae_title=node.ae_title, host=node.host, port=self.scp.port,
@@ -46,6 +49,7 @@ class Node:
     def stop(self) -> None:
         self.scp.stop()
         self.assembler.stop()
+        self.dispatcher.stop()
         self.db.close()
         log_event(log, Event.NODE_STOPPED)
 
