@@ -9,6 +9,7 @@ study, in a new series, with patient and study modules copied from the source by
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -18,6 +19,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 MANUFACTURER = "OncoNode"
+_MODEL_NAMESPACE = uuid.UUID("0b6f1f7e-2d8e-4c3f-9a51-6f2b9d1c7e20")
 # CID 7005 Contributing Equipment Purposes of Reference: the algorithm processed the images.
 PURPOSE_PROCESSING = codes.DCM.ProcessingEquipment
 # Burned in on every SC and stated in the description: PS3.3 C.7.6.1.1.7 Burned In Annotation.
@@ -43,7 +45,8 @@ class Algorithm:
     def from_model(cls, name: str, version: str, sha256: str) -> Algorithm:
         """A stable Device UID per model file: the same model always has the same UID, a retrained
         one (new hash) a new UID, as the IHE AIR profile asks."""
-        return cls(name, version, generate_uid(prefix=None, entropy_srcs=["onconode-model", name, version, sha256]))
+        # PS3.5 B.2: a UUID as "2.25." + its integer; uuid5 makes it a function of the model file.
+        return cls(name, version, f"2.25.{uuid.uuid5(_MODEL_NAMESPACE, f'{name}/{version}/{sha256}').int}")
 
     def contributing_equipment(self) -> hd.ContributingEquipment:
         """PS3.3 C.7.5.1 Contributing Equipment Sequence item naming the algorithm."""

