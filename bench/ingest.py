@@ -102,7 +102,7 @@ def wait_for_echo(port: int, ae: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if subprocess.run(["echoscu", "-aet", "BENCH", "-aec", ae, "127.0.0.1", str(port)],
-                          capture_output=True, env=ENV).returncode == 0:
+                          capture_output=True, env=ENV, check=False).returncode == 0:
             return
         time.sleep(0.1)
     raise TimeoutError(f"{ae} on {port} did not answer C-ECHO")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,11 +39,15 @@ def _configure_logging(level: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from onconode.inference.models import ModelError
     from onconode.node import serve_forever
 
     settings = _settings(args)
     _configure_logging(settings.log.level)
-    serve_forever(settings)
+    try:
+        serve_forever(settings)
+    except ModelError as err:
+        raise UsageError(str(err)) from err
     return 0
 
 
@@ -104,7 +109,7 @@ def cmd_deadletter(args: argparse.Namespace) -> int:
         db.close()
 
 
-def _client_tls(args: argparse.Namespace) -> object | None:
+def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     from onconode.dicom_node.tls import client_context
 
     if not args.tls_ca:
@@ -127,9 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="YAML configuration (default: $ONCONODE_CONFIG, else config/onconode.yaml)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the DICOM listener and the study assembler",
+    serve = sub.add_parser("serve", help="run the node: DICOM listener, study assembler, analysis worker",
                            description="Listen for C-ECHO and C-STORE, store every instance durably, "
-                                       "and queue each study once it is stable.")
+                                       "queue each study once it is stable, and analyse it.")
     serve.set_defaults(func=cmd_serve)
 
     send = sub.add_parser("send", help="send DICOM files or folders with C-STORE",

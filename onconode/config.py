@@ -58,6 +58,8 @@ class StorageSettings(_Section):
     """Where received instances live."""
 
     root: Path = Path("var/store")
+    # Analysis results a person looks at (overlay PNGs for the status page), one folder per study.
+    results: Path = Path("var/results")
     # Below this much free space C-STORE answers Out of Resources instead of filling the disk
     # (0 turns the guard off: a full disk then fails the write itself, also Out of Resources).
     min_free_mb: int = Field(500, ge=0)
@@ -221,19 +223,19 @@ class Settings(BaseSettings):
         env_prefix="ONCONODE_", env_nested_delimiter="__", extra="forbid", yaml_file=None
     )
 
-    node: NodeSettings = NodeSettings()
-    storage: StorageSettings = StorageSettings()
-    state: StateSettings = StateSettings()
-    study: StudySettings = StudySettings()
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
+    study: StudySettings = Field(default_factory=StudySettings)
     # Empty list: accept any calling AE (demo only; the shipped YAML lists the callers).
     callers: list[Caller] = []
-    tls: TLSSettings = TLSSettings()
-    log: LogSettings = LogSettings()
+    tls: TLSSettings = Field(default_factory=TLSSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
     # First match wins; no match means "no applicable model" for the study (not an error).
     routing: list[RoutingRule] = []
-    analysis: AnalysisSettings = AnalysisSettings()
-    destinations: DestinationSettings = DestinationSettings()
-    delivery: DeliverySettings = DeliverySettings()
+    analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
+    destinations: DestinationSettings = Field(default_factory=DestinationSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
 
     @classmethod
     def settings_customise_sources(

@@ -1,4 +1,4 @@
-"""The running node: state, storage, recovery, the DICOM listener and the study assembler.
+"""The running node: state, storage, recovery, models, the DICOM listener, the assembler, the worker.
 
 This is where the pieces are wired together for ``onconode serve``; each piece stays usable on its
 own (tests start exactly the parts they need).
@@ -13,13 +13,17 @@ from types import FrameType
 
 from onconode.config import Settings
 from onconode.delivery import dispatcher
+from onconode.delivery.outbox import Reporter
 from onconode.dicom_node.assembler import Assembler
 from onconode.dicom_node.recovery import recover
 from onconode.dicom_node.scp import StorageSCP
 from onconode.dicom_node.storage import InstanceStorage
 from onconode.dicom_node.tls import server_context
 from onconode.events import Event, log_event
+from onconode.inference.models import installed_models
+from onconode.inference.runner import RunnerPool
 from onconode.state import StateDB
+from onconode.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +38,31 @@ class Node:
             if tls.enabled and tls.cert and tls.key else None
         self.scp = StorageSCP(settings.node, settings.callers, self.storage, self.db, ssl_context)
         self.assembler = Assembler(self.db, settings.study.stable_seconds, settings.study.poll_seconds)
+        # Models are checked before anything listens: a broken model stops the start (ModelError).
+        self.models, self.models_note = installed_models(settings.analysis.models)
+        reporter = Reporter(self.db, self.models, settings.delivery.outbox, settings.destinations, settings.callers)
+        self.worker = Worker(self.db, self.storage, settings.storage.results, self.models, settings.routing,
+                             RunnerPool(settings.analysis.intra_op_threads), settings.study.poll_seconds,
+                             report=reporter)
         self.dispatcher = dispatcher.from_settings(settings, self.db)
 
     def start(self) -> None:
         recover(self.storage, self.db)
+        if self.models_note:
+            log_event(log, Event.MODELS, level=logging.WARNING, note=self.models_note)
         self.assembler.start()
+        self.worker.start()
         self.dispatcher.start()
         self.scp.start()
         node = self.settings.node
         log_event(log, Event.NODE_STARTED, ae_title=node.ae_title, host=node.host, port=self.scp.port,
                   tls=self.settings.tls.enabled, storage=self.settings.storage.root,
-                  callers=len(self.settings.callers) or "any")
+                  callers=len(self.settings.callers) or "any", models=",".join(sorted(self.models)) or "none")
 
     def stop(self) -> None:
         self.scp.stop()
         self.assembler.stop()
+        self.worker.stop()
         self.dispatcher.stop()
         self.db.close()
         log_event(log, Event.NODE_STOPPED)

@@ -12,6 +12,7 @@ and each C-STORE costs one fsync fewer.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -21,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from onconode.dicom_node.identify import InstanceIdentity
 from onconode.events import Event, log_event
@@ -180,6 +182,13 @@ CREATE TABLE transitions (
     reason TEXT
 );
 CREATE INDEX transitions_by_study ON transitions (study_uid, id);
+CREATE TABLE results (
+    id INTEGER PRIMARY KEY,
+    study_uid TEXT NOT NULL REFERENCES studies (study_uid),
+    created_at REAL NOT NULL,
+    summary TEXT NOT NULL
+);
+CREATE INDEX results_by_study ON results (study_uid, id);
 -- delivery: reports written to the outbox, one delivery row per destination x object
 CREATE TABLE reports (
     id INTEGER PRIMARY KEY,
@@ -371,6 +380,19 @@ class StateDB:
             self._log_transition(db, study_uid, now, current, to, reason)
         return True
 
+    def claim_queued(self) -> str | None:
+        """Move the longest-waiting QUEUED study to ANALYSING and return its UID (None if none waits)."""
+        now = time.time()
+        with self._transaction() as db:
+            row = db.execute("SELECT study_uid FROM studies WHERE state = ? ORDER BY state_changed_at LIMIT 1",
+                             (StudyState.QUEUED.value,)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE studies SET state = ?, reason = NULL, state_changed_at = ? WHERE study_uid = ?",
+                       (StudyState.ANALYSING.value, now, row[0]))
+            self._log_transition(db, row[0], now, StudyState.QUEUED, StudyState.ANALYSING, "picked by the worker")
+        return str(row[0])
+
     def receiving_since_before(self, cutoff: float) -> list[str]:
         """Studies still RECEIVING whose last instance arrived before ``cutoff``."""
         with self._lock:
@@ -378,6 +400,20 @@ class StateDB:
                                       "ORDER BY last_received_at",
                                       (StudyState.RECEIVING.value, cutoff)).fetchall()
         return [r[0] for r in rows]
+
+    # --- analysis results ------------------------------------------------------------------
+
+    def add_result(self, study_uid: str, summary: dict[str, Any]) -> None:
+        """Keep every analysis of a study; the newest is the current one (a revision keeps history)."""
+        with self._transaction() as db:
+            db.execute("INSERT INTO results (study_uid, created_at, summary) VALUES (?, ?, ?)",
+                       (study_uid, time.time(), json.dumps(summary)))
+
+    def latest_result(self, study_uid: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._conn.execute("SELECT summary FROM results WHERE study_uid = ? ORDER BY id DESC LIMIT 1",
+                                     (study_uid,)).fetchone()
+        return json.loads(row[0]) if row else None
 
     def _log_transition(self, db: sqlite3.Connection, study_uid: str, at: float,
                         from_state: StudyState | None, to: StudyState, reason: str) -> None:

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import itertools
 import logging
-import threading
 import time
 from collections.abc import Mapping
 
+from onconode.background import PollingLoop
 from onconode.config import DeliverySettings, Settings
 from onconode.delivery.senders import DicomSender, FhirSender, Sender
 from onconode.events import Event, log_event
-from onconode.state import Delivery, DeliveryState, StateDB, StudyState
+from onconode.state import Delivery, DeliveryState, StateDB, StateError, StudyState
 
 log = logging.getLogger(__name__)
 
@@ -29,44 +29,25 @@ def backoff(attempts: int, first: float, ceiling: float) -> float:
     return float(min(ceiling, first * (2 ** max(0, attempts - 1))))
 
 
-class Dispatcher:
-    """A thread with ``start()``/``stop()``; ``run_once()`` is one pass, usable on its own."""
+class Dispatcher(PollingLoop):
+    """A background loop (``start()``/``stop()``); ``run_once()`` is one pass, usable on its own."""
+
+    name = "dispatcher"
 
     def __init__(self, db: StateDB, senders: Mapping[str, Sender], settings: DeliverySettings) -> None:
+        super().__init__(settings.poll_seconds)
         self.db = db
         self.senders = dict(senders)
         self.settings = settings
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="onconode-dispatcher", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
-
-    def wake(self) -> None:
-        """Look for work now (the worker calls this after a report is recorded)."""
-        self._wake.set()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:  # the thread must outlive one bad pass; the traceback is logged once
-                log.exception("event=dispatcher_error")
-            due = self.db.next_delivery_due()
-            wait = self.settings.poll_seconds if due is None else max(0.0, min(self.settings.poll_seconds,
-                                                                               due - time.time()))
-            self._wake.wait(wait)
-            self._wake.clear()
+    def step(self) -> bool:
+        try:
+            self.run_once()
+        except StateError:
+            raise
+        except Exception:  # a bug in one pass must not stop delivery; the rows keep the work
+            log.exception("event=dispatcher_error")
+        return False
 
     def run_once(self) -> None:
         for study in self.db.studies([StudyState.REPORTED]):

@@ -18,7 +18,7 @@ import logging
 import os
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from io import BytesIO
@@ -38,7 +38,7 @@ from onconode.inference.pipeline import AnalysisResult, Outcome
 from onconode.reporting import overlay
 from onconode.reporting.sc import Algorithm, build_sc
 from onconode.reporting.sr import Finding, build_sr
-from onconode.state import NewDelivery, NewReport, StateDB
+from onconode.state import NewDelivery, NewReport, StateDB, StudyState
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class Prepared:
 class Reporter:
     """The worker's ``report`` hook: outputs into the outbox, one delivery row per destination x object."""
 
-    def __init__(self, db: StateDB, registry: dict[str, RegisteredModel], outbox: Path,
+    def __init__(self, db: StateDB, registry: Mapping[str, RegisteredModel], outbox: Path,
                  destinations: DestinationSettings, callers: Sequence[Caller]) -> None:
         self.db = db
         self.registry = registry
@@ -100,7 +100,15 @@ class Reporter:
         outbox.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, study_uid: str, result: AnalysisResult, source_paths: Sequence[Path]) -> None:
-        self.prepare(study_uid, result, source_paths)
+        """The worker's hook. An output that fails the checks, or an outbox that cannot be written,
+        fails the study with the reason (the worker's REPORTED transition then finds it moved on)."""
+        try:
+            self.prepare(study_uid, result, source_paths)
+        except (checks.OutputCheckError, ValueError, OSError) as err:
+            log_event(log, Event.REPORT_PREPARED, logging.WARNING, study=study_uid, status="failed",
+                      reason=str(err).splitlines()[0])
+            self.db.transition(study_uid, StudyState.FAILED, f"reporting: {str(err).splitlines()[0]}",
+                               expect=[StudyState.ANALYSING])
 
     def prepare(self, study_uid: str, result: AnalysisResult, source_paths: Sequence[Path]) -> Prepared | None:
         """Build, check, write and record the outputs; ``None`` when there is nothing to report

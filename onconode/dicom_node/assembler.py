@@ -8,22 +8,19 @@ a restart neither forgets a study nor restarts its clock. QUEUED is where the an
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
 
-from onconode.state import StateDB, StateError, StudyState
+from onconode.background import PollingLoop
+from onconode.state import StateDB, StudyState
 
-log = logging.getLogger(__name__)
 
+class Assembler(PollingLoop):
+    name = "assembler"
 
-class Assembler:
     def __init__(self, db: StateDB, stable_seconds: float, poll_seconds: float) -> None:
+        super().__init__(poll_seconds)
         self._db = db
         self._stable_seconds = stable_seconds
-        self._poll_seconds = poll_seconds
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def run_once(self, now: float | None = None) -> list[str]:
         """Queue every study quiet for long enough; returns their UIDs."""
@@ -40,18 +37,6 @@ class Assembler:
                 queued.append(study_uid)
         return queued
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="onconode-assembler", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._poll_seconds):
-            try:
-                self.run_once()
-            except StateError:  # e.g. the disk is full: keep trying, the studies wait in RECEIVING
-                log.exception("event=assembler_error")
+    def step(self) -> bool:
+        self.run_once()
+        return False  # the clock, not the queue, decides when there is more to do

@@ -19,17 +19,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from pynetdicom import AE, evt
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event as DicomEvent
-from pynetdicom.sop_class import Verification
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from onconode.config import Caller, NodeSettings
 from onconode.dicom_node.identify import InvalidInstance, identify
-from onconode.dicom_node.sop_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from onconode.dicom_node.sop_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
 from onconode.dicom_node.status import StoreStatus
 from onconode.dicom_node.storage import InstanceStorage, LowDiskSpace, StorageFull
 from onconode.events import Event, log_event
@@ -103,7 +104,7 @@ class StorageSCP:
         ae.network_timeout = self._settings.network_timeout_seconds
         ae.acse_timeout = self._settings.network_timeout_seconds
         ae.dimse_timeout = self._settings.network_timeout_seconds
-        ae.add_supported_context(Verification)
+        ae.add_supported_context(VERIFICATION)
         for sop_class in sorted(STORAGE_SOP_CLASSES):
             ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
         return ae
@@ -114,7 +115,7 @@ class StorageSCP:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_CONN_OPEN, self._on_conn_open),
@@ -137,7 +138,7 @@ class StorageSCP:
     # --- association events ---------------------------------------------------------------
 
     def _on_conn_open(self, event: DicomEvent) -> None:
-        host, port = event.address[0], event.address[1]
+        host, port = cast(Any, event).address[:2]
         with self._stats_lock:
             self._stats[id(event.assoc)] = _AssociationStats(host=str(host), port=int(port))
 
@@ -186,7 +187,7 @@ class StorageSCP:
         return int(status)
 
     def _store(self, event: DicomEvent, stats: _AssociationStats) -> StoreStatus:
-        request = event.request
+        request = cast(C_STORE, event.request)
         encoded = event.encoded_dataset()
         try:
             identity = identify(encoded, str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID))

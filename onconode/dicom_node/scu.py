@@ -20,8 +20,8 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
-from pynetdicom.sop_class import Verification
 
+from onconode.dicom_node.sop_classes import VERIFICATION
 from onconode.dicom_node.validators import check_ae_title
 
 # Send a file's data set bytes straight from disk instead of decoding and re-encoding it
@@ -135,7 +135,7 @@ def echo(peer: PeerAddress, calling_ae: str = "ONCONODE-SCU", tls: ssl.SSLContex
         When the association fails or the peer does not answer.
     """
     ae = AE(ae_title=calling_ae)
-    ae.add_requested_context(Verification)
+    ae.add_requested_context(VERIFICATION)
     assoc = _associate(ae, peer, tls)
     try:
         response = assoc.send_c_echo()

@@ -10,24 +10,23 @@ Transfer syntaxes are accepted as proposed and stored as received; decoding happ
 from __future__ import annotations
 
 from pydicom import uid
-from pynetdicom import sop_class as sc
 
 IMAGE_STORAGE = frozenset({
-    sc.CTImageStorage, sc.EnhancedCTImageStorage, sc.LegacyConvertedEnhancedCTImageStorage,
-    sc.MRImageStorage, sc.EnhancedMRImageStorage, sc.EnhancedMRColorImageStorage,
-    sc.LegacyConvertedEnhancedMRImageStorage,
-    sc.SecondaryCaptureImageStorage, sc.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
-    sc.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-    sc.MultiFrameTrueColorSecondaryCaptureImageStorage, sc.MultiFrameSingleBitSecondaryCaptureImageStorage,
+    uid.CTImageStorage, uid.EnhancedCTImageStorage, uid.LegacyConvertedEnhancedCTImageStorage,
+    uid.MRImageStorage, uid.EnhancedMRImageStorage, uid.EnhancedMRColorImageStorage,
+    uid.LegacyConvertedEnhancedMRImageStorage,
+    uid.SecondaryCaptureImageStorage, uid.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    uid.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    uid.MultiFrameTrueColorSecondaryCaptureImageStorage, uid.MultiFrameSingleBitSecondaryCaptureImageStorage,
 })
 
 SR_STORAGE = frozenset({
-    sc.BasicTextSRStorage, sc.EnhancedSRStorage, sc.ComprehensiveSRStorage, sc.Comprehensive3DSRStorage,
-    sc.XRayRadiationDoseSRStorage, sc.RadiopharmaceuticalRadiationDoseSRStorage,
-    sc.KeyObjectSelectionDocumentStorage,
+    uid.BasicTextSRStorage, uid.EnhancedSRStorage, uid.ComprehensiveSRStorage, uid.Comprehensive3DSRStorage,
+    uid.XRayRadiationDoseSRStorage, uid.RadiopharmaceuticalRadiationDoseSRStorage,
+    uid.KeyObjectSelectionDocumentStorage,
 })
 
-OTHER_STORAGE = frozenset({sc.GrayscaleSoftcopyPresentationStateStorage})
+OTHER_STORAGE = frozenset({uid.GrayscaleSoftcopyPresentationStateStorage})
 
 STORAGE_SOP_CLASSES = IMAGE_STORAGE | SR_STORAGE | OTHER_STORAGE
 
@@ -37,3 +36,6 @@ TRANSFER_SYNTAXES = (
     uid.JPEGLSLossless, uid.JPEGLSNearLossless, uid.JPEG2000Lossless, uid.JPEG2000,
     uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL, uid.HTJ2K, uid.RLELossless,
 )
+
+# The Verification SOP Class (PS3.4 A.4), for C-ECHO.
+VERIFICATION = uid.UID("1.2.840.10008.1.1")

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TextIO
 
 from onconode.config import Settings
-from onconode.inference.heatmap_png import write_png
-from onconode.inference.models import ModelError, RegisteredModel, load_registry
+from onconode.inference.heatmap_png import write_overlays
+from onconode.inference.models import ModelError, RegisteredModel, installed_models
 from onconode.inference.pipeline import AnalysisResult, Outcome, analyze_study
 from onconode.inference.runner import RunnerPool
 from onconode.inference.series import dicom_files, group_by_study
@@ -27,23 +27,10 @@ class AnalyzeError(Exception):
 
 
 def _registry(folder: Path) -> tuple[dict[str, RegisteredModel], str | None]:
-    if not folder.is_dir():
-        return {}, f"models folder {folder} does not exist: no model is installed"
     try:
-        registry = load_registry(folder)
+        return installed_models(folder)
     except ModelError as err:
         raise AnalyzeError(str(err)) from err
-    return registry, None if registry else f"models folder {folder} holds no model manifest (*.yaml)"
-
-
-def overlay_name(rank: int, sop_uid: str, frame: int | None) -> str:
-    return f"key{rank}-{sop_uid}" + (f"-f{frame}" if frame is not None else "") + ".png"
-
-
-def _write_overlays(result: AnalysisResult, out: Path) -> list[str]:
-    return [str(write_png(out / result.study_uid / overlay_name(rank, key.sop_instance_uid, key.frame),
-                          key.image, key.heat_map))
-            for rank, key in enumerate(result.key_slices, start=1)]
 
 
 def _print_table(result: AnalysisResult, overlays: list[str], stream: TextIO) -> None:
@@ -103,7 +90,7 @@ def run_analyze(path: Path, settings: Settings, models: Path | None = None, out:
             if not as_json:
                 print(f"Study {study_uid}\n  outcome   failed: {err}", file=stream)
             continue
-        overlays = _write_overlays(result, out) if out is not None else []
+        overlays = [str(p) for p in write_overlays(result, out / result.study_uid)] if out is not None else []
         if as_json:
             reports.append(result.summary() | {"overlays": overlays})
         else:

@@ -1,5 +1,5 @@
-"""Heat-map overlays as PNG files, for ``onconode analyze --out`` (a quick look, not a DICOM object:
-the Secondary Capture overlays for PACS come from ``reporting/``).
+"""Heat-map overlays as PNG files, for ``onconode analyze --out`` and the status page (a quick look,
+not a DICOM object: the Secondary Capture overlays for PACS come from ``reporting/``).
 
 Input: a slice in [0, 1] (H, W) and its Grad-CAM map in [0, 1] (H, W). Output: a PNG file.
 """
@@ -10,6 +10,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from onconode.inference.pipeline import AnalysisResult
 
 # The map is shown only where it is at least this strong, so weak evidence does not tint the slice.
 MIN_SHOWN = 0.2
@@ -39,3 +41,13 @@ def write_png(path: Path, image01: np.ndarray, heat01: np.ndarray) -> Path:
     if not cv2.imwrite(str(path), blend(image01, heat01)):
         raise OSError(f"cannot write {path}")
     return path
+
+
+def overlay_name(rank: int, sop_uid: str, frame: int | None) -> str:
+    return f"key{rank}-{sop_uid}" + (f"-f{frame}" if frame is not None else "") + ".png"
+
+
+def write_overlays(result: AnalysisResult, folder: Path) -> list[Path]:
+    """One PNG per key slice, named by rank and SOP Instance UID, into ``folder``."""
+    return [write_png(folder / overlay_name(rank, key.sop_instance_uid, key.frame), key.image, key.heat_map)
+            for rank, key in enumerate(result.key_slices, start=1)]

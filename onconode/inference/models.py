@@ -263,3 +263,20 @@ def load_registry(folder: Path) -> dict[str, RegisteredModel]:
             raise ModelError(f"model {model.manifest.name}: defined twice (second in {path})")
         registry[model.manifest.name] = model
     return registry
+
+
+def installed_models(folder: Path) -> tuple[dict[str, RegisteredModel], str | None]:
+    """The verified registry of ``folder``, plus a note for a person when no model is installed.
+
+    A missing or empty folder is not an error (studies then end "no applicable model"); a model
+    that is present but fails its checks is.
+
+    Raises
+    ------
+    ModelError
+        As ``load_registry``.
+    """
+    if not folder.is_dir():
+        return {}, f"models folder {folder} does not exist: no model is installed"
+    registry = load_registry(folder)
+    return registry, None if registry else f"models folder {folder} holds no model manifest (*.yaml)"

@@ -75,12 +75,12 @@ def body_box(image01: np.ndarray, spec: CropBody) -> tuple[int, int, int, int]:
     """
     height, width = image01.shape
     mask = (image01 > spec.threshold).astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    count, _labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if count <= 1:
         return (0, height, 0, width)
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     left, top, w, h = (int(v) for v in stats[largest, :4])
-    my, mx = int(round(h * spec.margin)), int(round(w * spec.margin))
+    my, mx = round(h * spec.margin), round(w * spec.margin)
     return (max(0, top - my), min(height, top + h + my), max(0, left - mx), min(width, left + w + mx))
 
 

@@ -26,7 +26,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> NodeProcess:
     process.stop()
 
 
-def _associate(port: int, calling: str, called: str = "ONCONODE", bind: str = "127.0.0.1"):  # noqa: ANN202
+def _associate(port: int, calling: str, called: str = "ONCONODE", bind: str = "127.0.0.1"):
     ae = AE(ae_title=calling)
     ae.add_requested_context(Verification)
     return ae.associate("127.0.0.1", port, ae_title=called, bind_address=(bind, 0))
@@ -58,9 +58,9 @@ def test_unknown_callers_and_wrong_called_ae_are_rejected(
 def test_dcmtk_echoscu_with_unknown_ae_is_rejected(guarded: NodeProcess) -> None:
     echoscu = require("echoscu")
     refused = subprocess.run([echoscu, "-aet", "STRANGER", "-aec", "ONCONODE", "127.0.0.1", str(guarded.port)],
-                             capture_output=True, text=True, timeout=30)
+                             capture_output=True, text=True, timeout=30, check=False)
     accepted = subprocess.run([echoscu, "-aet", "PACS", "-aec", "ONCONODE", "127.0.0.1", str(guarded.port)],
-                              capture_output=True, text=True, timeout=30)
+                              capture_output=True, text=True, timeout=30, check=False)
     assert refused.returncode != 0 and "Rejected" in refused.stderr
     assert accepted.returncode == 0, accepted.stderr
 
@@ -97,7 +97,7 @@ def test_disk_filling_during_a_write_answers_out_of_resources_and_leaves_nothing
     """A real full file system: a 1.5 MiB tmpfs holds two 520 KiB CT slices, not three."""
     store = tmp_path / "small"
     store.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(store)], capture_output=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(store)], capture_output=True, check=False)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); the guard test above still runs")
     try:
