@@ -162,3 +162,89 @@ class Sekmet:
 
     def search(self, query: str) -> dict:  # type: ignore[type-arg]
         return get_json(f"{self.base_url}/{query}")  # type: ignore[return-value]
+
+
+ROUTE_LUA = """-- Forward stable CT/MR series to "onconode"; never re-route what OncoNode sent back (PEERS.md 2).
+function OnStableSeries(seriesId, tags, metadata)
+  local modality = tags['Modality'] or ''
+  local series = ParseJson(RestApiGet('/series/' .. seriesId))
+  local meta = ParseJson(RestApiGet('/instances/' .. series['Instances'][1] .. '/metadata?expand'))
+  local origin = meta['RemoteAET'] or ''
+  if origin == 'ONCONODE' or modality == 'SR' or modality == 'SC' or modality == 'OT' then
+    print('route.lua: not routing ' .. modality .. ' series from ' .. origin)
+    return
+  end
+  if modality == 'CT' or modality == 'MR' then
+    print('route.lua: routing ' .. modality .. ' series ' .. seriesId)
+    RestApiPost('/modalities/onconode/store', DumpJson({ Resources = { seriesId }, Asynchronous = true }, true))
+  end
+end
+"""
+
+
+class Orthanc:
+    """Orthanc as the PACS: a private config, free ports, the Lua OnStableSeries routing rule."""
+
+    def __init__(self, folder: Path, node_port: int, stable_age: int = 1) -> None:
+        self.folder = folder
+        self.dicom_port = _free_port()
+        self.http_port = _free_port()
+        self.node_port = node_port
+        self.stable_age = stable_age
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        exe = require("Orthanc")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "route.lua").write_text(ROUTE_LUA)
+        (self.folder / "orthanc.json").write_text(json.dumps({
+            "Name": "OncoTestPACS", "StorageDirectory": "db", "IndexDirectory": "db",
+            "DicomAet": "ORTHANC", "DicomPort": self.dicom_port, "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": True,
+            "DicomAlwaysAllowStore": True, "DicomAlwaysAllowFind": True, "StableAge": self.stable_age,
+            "SaveJobs": False, "LuaScripts": ["route.lua"],
+            "DicomModalities": {"onconode": {"AET": "ONCONODE", "Host": "127.0.0.1", "Port": self.node_port}},
+        }))
+        log = (self.folder / "orthanc.log").open("wb")
+        self.proc = subprocess.Popen([exe, "orthanc.json"], cwd=self.folder, stdout=log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "TCP_NODELAY": "1"})
+        wait_http(f"{self.url}/system")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def get(self, path: str) -> object:
+        return get_json(f"{self.url}{path}")
+
+    def post(self, path: str, body: object) -> object:
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()  # str: sent as is
+        request = urllib.request.Request(f"{self.url}{path}", data=data, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def series(self, modality: str) -> list[dict]:  # type: ignore[type-arg]
+        return self.post("/tools/find", {"Level": "Series", "Query": {"Modality": modality},
+                                         "Expand": True})  # type: ignore[return-value]
+
+    def download(self, instance_id: str, path: Path) -> Path:
+        with urllib.request.urlopen(f"{self.url}/instances/{instance_id}/file", timeout=30) as response:
+            path.write_bytes(response.read())
+        return path
+
+    def log(self) -> str:
+        return (self.folder / "orthanc.log").read_text(errors="replace")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -10,6 +10,7 @@ study, in a new series, with patient and study modules copied from the source by
 from __future__ import annotations
 
 import uuid
+import warnings
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -17,6 +18,10 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+# highdicom warns about single-component person names and quotes the name: that would put a
+# patient's name in the node log. Identity is copied as received, so the warning has no use here.
+warnings.filterwarnings("ignore", message=r".*unlikely to represent the intended person name.*")
 
 MANUFACTURER = "OncoNode"
 _MODEL_NAMESPACE = uuid.UUID("0b6f1f7e-2d8e-4c3f-9a51-6f2b9d1c7e20")
