@@ -62,7 +62,7 @@ def run(work: Path, stable_seconds: float, models: Path | None) -> dict[str, flo
         callers=[{"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}],
         analysis={"models": str(models)},
         routing=[{"name": "chest-ct", "modality": "CT", "model": "chest-ct-cancer", "target": "lung"}],
-        delivery={"poll_seconds": 0.05}, log={"level": "WARNING"})
+        delivery={"poll_seconds": 0.05})
     orthanc.start()
     node.start()
     try:
