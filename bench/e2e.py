@@ -32,12 +32,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import pydicom  # noqa: E402
+import pydicom
 
-from onconode.state import DeliveryState, StateDB, StudyState  # noqa: E402
-from tests.inference.tiny_model import write_model  # noqa: E402
-from tests.peers import Orthanc  # noqa: E402
-from tests.support import NodeProcess, free_port  # noqa: E402
+from onconode.state import DeliveryState, StateDB, StudyState
+from tests.inference.tiny_model import write_model
+from tests.peers import Orthanc
+from tests.support import NodeProcess, free_port
 
 DATA = Path(os.environ.get("ONCONODE_DATA", REPO.parent / "shared" / "data"))
 SERIES = DATA / "dicom" / "lidc-idri-0001"

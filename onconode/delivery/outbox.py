@@ -20,7 +20,7 @@ import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
 
@@ -158,7 +158,7 @@ class Reporter:
                                str(key_sources[0].get("AccessionNumber", "")) or None)
             try:
                 bundle = build_bundle(facts, findings, algorithm, sr.SOPInstanceUID,
-                                      datetime.now(timezone.utc), fhir.patient_system)
+                                      datetime.now(UTC), fhir.patient_system)
                 bundle_json = bundle.model_dump_json(exclude_none=True).encode()
             except ValueError as err:
                 log_event(log, Event.REPORT_PREPARED, logging.WARNING, study=study_uid, status="no_fhir",
@@ -170,9 +170,9 @@ class Reporter:
         sr_path = folder / SR_FILE
         write_durable(sr_path, _encode(sr), self.outbox)
         deliveries = []
-        for key in self.dicom_destinations(study_uid):
+        for destination in self.dicom_destinations(study_uid):
             objects = [*zip(sc_paths, (c.SOPInstanceUID for c in captures)), (sr_path, sr.SOPInstanceUID)]
-            deliveries += [NewDelivery(key, KIND_DICOM, seq, path, uid) for seq, (path, uid) in enumerate(objects)]
+            deliveries += [NewDelivery(destination, KIND_DICOM, seq, path, uid) for seq, (path, uid) in enumerate(objects)]
         if bundle_json is not None:
             fhir_path = folder / FHIR_FILE
             write_durable(fhir_path, bundle_json, self.outbox)

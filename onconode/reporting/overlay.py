@@ -60,7 +60,7 @@ def _caption_band(width: int, lines: Sequence[str]) -> np.ndarray:
     """A black band with the lines in white (the first, the warning, in yellow), scaled to ``width``."""
     scale = max(0.3, min(1.0, width / 640.0))
     thickness = 1 if scale < 0.7 else 2
-    line_height = int(round(28 * scale)) + 4
+    line_height = round(28 * scale) + 4
     band = np.zeros((line_height * len(lines) + 6, width, 3), dtype=np.uint8)
     for i, text in enumerate(lines):
         (w, _), _ = cv2.getTextSize(text, _FONT, scale, thickness)

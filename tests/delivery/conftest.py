@@ -1,1 +1,1 @@
-from tests.reporting_fixtures import *  # noqa: F401,F403  (shared fixtures)
+from tests.reporting_fixtures import *

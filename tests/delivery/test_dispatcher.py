@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pydicom
-import pytest
 
 from onconode.config import Caller, DeliverySettings, FhirDestination
 from onconode.delivery.dispatcher import Dispatcher, backoff
@@ -81,10 +81,10 @@ def test_destination_down_then_up_is_delivered_once(ct_files, ct_result, prepare
 class FlakyFhir(BaseHTTPRequestHandler):
     """Answers the first POST with 500, the next ones with 201 and a transaction-response."""
 
-    posts: list[bytes] = []
-    auth: list[str | None] = []
+    posts: ClassVar[list[bytes]] = []
+    auth: ClassVar[list[str | None]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server API)
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         FlakyFhir.posts.append(body)
         FlakyFhir.auth.append(self.headers.get("Authorization"))

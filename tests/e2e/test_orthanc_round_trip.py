@@ -5,7 +5,6 @@ fhir.resources, and nothing is routed twice."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -73,7 +72,11 @@ def test_results_come_back_to_the_same_study_and_the_ehr(pacs, dicom_dir: Path, 
                   for name, files in sources.items()}
     for uid in study_uids.values():
         node.wait_for_state(uid, StudyState.DELIVERED, timeout=150)
-    srs = wait_for(lambda: (lambda s: s if len(s) == 2 else None)(orthanc.series("SR")), 30, "2 SR series")
+    def two_srs() -> list[dict] | None:  # type: ignore[type-arg]
+        found = orthanc.series("SR")
+        return found if len(found) == 2 else None
+
+    srs = wait_for(two_srs, 30, "2 SR series")
     scs = orthanc.series("OT")
     assert len(scs) == 2
     out = tmp_path / "from-orthanc"

@@ -4,7 +4,7 @@ stores it once even when it is sent twice, and the node never invents demographi
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,7 @@ def bundle(**facts: str) -> Bundle:
     study = StudyFacts(**({"study_uid": STUDY.study_uid, "patient_id": STUDY.patient_id, "modality": "CT",
                            "accession_number": STUDY.accession_number} | facts))  # type: ignore[arg-type]
     return build_bundle(study, FINDINGS, ALGORITHM, "1.2.826.0.1.3680043.8.498.2",
-                        datetime(2026, 11, 23, 21, 0, tzinfo=timezone.utc), SYSTEM)
+                        datetime(2026, 11, 23, 21, 0, tzinfo=UTC), SYSTEM)
 
 
 def resources(b: Bundle, kind: str) -> list[dict]:  # type: ignore[type-arg]
@@ -76,7 +76,7 @@ def test_build_refuses_naive_time_and_no_findings() -> None:
     with pytest.raises(ValueError, match="timezone"):
         build_bundle(STUDY, FINDINGS, ALGORITHM, "1.2.3", datetime(2026, 1, 1), SYSTEM)
     with pytest.raises(ValueError, match="findings"):
-        build_bundle(STUDY, [], ALGORITHM, "1.2.3", datetime.now(timezone.utc), SYSTEM)
+        build_bundle(STUDY, [], ALGORITHM, "1.2.3", datetime.now(UTC), SYSTEM)
 
 
 @pytest.mark.peers
