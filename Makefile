@@ -4,7 +4,7 @@ PYTHON  ?= python3
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: run test bench bench-analyze lint clean
+.PHONY: run test bench bench-analyze bench-e2e peers lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ bench: $(STAMP)
 
 bench-analyze: $(STAMP)
 	$(VENV)/bin/python bench/analyze.py
+
+bench-e2e: $(STAMP)
+	$(VENV)/bin/python bench/e2e.py
+
+# FHIR peers for the reporting tests (PEERS.md 5, 6): sekmet-fhir in its own venv, @medplum/core via npm.
+peers: $(STAMP)
+	$(VENV)/bin/python -c "from tests import peers; peers.sekmet(); peers.medplum()"
 
 lint: $(STAMP)
 	$(VENV)/bin/pip install -q ruff mypy types-PyYAML

@@ -144,6 +144,30 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from err
 
 
+def cmd_deadletter(args: argparse.Namespace) -> int:
+    from onconode.state import DeliveryState, StateDB, StateError
+
+    settings = _settings(args)
+    try:
+        db = StateDB(settings.state.database)
+    except StateError as err:
+        raise UsageError(str(err)) from err
+    try:
+        if args.action == "list":
+            dead = db.deliveries(state=DeliveryState.DEAD)
+            for d in dead:
+                print(f"{d.id}\t{d.study_uid}\t{d.kind}\t{d.destination}\t{d.path.name}\t"
+                      f"attempts={d.attempts}\t{d.last_error or ''}")
+            print(f"{len(dead)} dead deliveries", file=sys.stderr)
+            return 0
+        ids = args.ids or None
+        studies = db.replay_dead(ids)
+        print(f"replayed dead deliveries of {len(studies)} studies; the running node sends them on its next pass")
+        return 0
+    finally:
+        db.close()
+
+
 def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     from onconode.dicom_node.tls import client_context
 
@@ -212,6 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--models", type=Path, help="models folder (default: analysis.models, 'models')")
     analyze.add_argument("-v", "--verbose", action="store_true", help="log at the configured level")
     analyze.set_defaults(func=cmd_analyze)
+
+    dead = sub.add_parser("deadletter", help="list or replay deliveries that ran out of attempts",
+                          description="A delivery that failed max_attempts times (or was refused for good) "
+                                      "is dead. 'list' prints them; 'replay' makes them pending again with a "
+                                      "fresh attempt count (all, or the given ids).")
+    dead.add_argument("action", choices=["list", "replay"])
+    dead.add_argument("ids", nargs="*", type=int, metavar="ID", help="delivery ids to replay (default: all)")
+    dead.set_defaults(func=cmd_deadletter)
     return parser
 
 

@@ -85,6 +85,9 @@ class Caller(_Section):
 
     ae_title: AETitle
     host: str | None = None
+    # Where the caller listens for C-STORE: with a host and a port, results go back to the AE that
+    # sent the study when no DICOM destination is configured.
+    port: int | None = Field(default=None, ge=1, le=65535)
 
 
 class TLSSettings(_Section):
@@ -161,6 +164,54 @@ class AnalysisSettings(_Section):
     intra_op_threads: int = Field(default=2, ge=1)
 
 
+class DicomDestination(_Section):
+    """A DICOM AE that receives the SC and SR objects by C-STORE."""
+
+    kind: Literal["dicom"] = "dicom"
+    ae_title: AETitle
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+    @property
+    def key(self) -> str:
+        """The destination as recorded in delivery rows: ``AE@HOST:PORT``."""
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class FhirDestination(_Section):
+    """The EHR's FHIR R4 base URL; the report goes there as one transaction Bundle."""
+
+    kind: Literal["fhir"] = "fhir"
+    base_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    token: SecretStr | None = None  # sent as "Authorization: Bearer <token>"
+    # Identifier system of the DICOM Patient ID in the EHR (Patient.identifier.system).
+    patient_system: str = "urn:oid:1.2.3.4.5"
+    timeout_seconds: float = Field(30, gt=0)
+
+    @property
+    def key(self) -> str:
+        return (self.base_url or "").rstrip("/")
+
+
+class DestinationSettings(_Section):
+    """Where results go. No DICOM destination: the AE that sent the study, if it is a known
+    caller with a host and a port; no FHIR base URL: no FHIR delivery."""
+
+    dicom: list[DicomDestination] = []
+    fhir: FhirDestination = FhirDestination()
+
+
+class DeliverySettings(_Section):
+    """The outbox and how hard the dispatcher retries."""
+
+    outbox: Path = Path("var/outbox")
+    max_attempts: int = Field(8, ge=1)
+    backoff_seconds: float = Field(2, gt=0)  # first retry after this, doubling each time
+    max_backoff_seconds: float = Field(300, gt=0)
+    poll_seconds: float = Field(0.5, gt=0)
+    calling_ae: AETitle | None = None  # our AE title when sending; default node.ae_title
+
+
 class LogSettings(_Section):
     level: str = "INFO"
 
@@ -209,6 +260,8 @@ class Settings(BaseSettings):
     # First match wins; no match means "no applicable model" for the study (not an error).
     routing: list[RoutingRule] = []
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
+    destinations: DestinationSettings = Field(default_factory=DestinationSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
 
     @classmethod
     def settings_customise_sources(

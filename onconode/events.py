@@ -20,6 +20,10 @@ class Event(str, Enum):
     STORE_FAILED = "store_failed"
     STUDY_TRANSITION = "study_transition"
     ANALYSED = "analysed"
+    REPORT_PREPARED = "report_prepared"
+    DELIVERY_SENT = "delivery_sent"
+    DELIVERY_FAILED = "delivery_failed"
+    DELIVERY_DEAD = "delivery_dead"
 
 
 def _format(value: object) -> str:

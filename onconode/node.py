@@ -14,6 +14,8 @@ from types import FrameType
 from onconode.api.server import ApiServer
 from onconode.audit import AuditLog
 from onconode.config import Settings
+from onconode.delivery import dispatcher
+from onconode.delivery.outbox import Reporter
 from onconode.dicom_node.assembler import Assembler
 from onconode.dicom_node.recovery import recover
 from onconode.dicom_node.scp import AssociationSummary, StorageSCP
@@ -41,8 +43,11 @@ class Node:
         self.assembler = Assembler(self.db, settings.study.stable_seconds, settings.study.poll_seconds)
         # Models are checked before anything listens: a broken model stops the start (ModelError).
         self.models, self.models_note = installed_models(settings.analysis.models)
+        reporter = Reporter(self.db, self.models, settings.delivery.outbox, settings.destinations, settings.callers)
         self.worker = Worker(self.db, self.storage, settings.storage.results, self.models, settings.routing,
-                             RunnerPool(settings.analysis.intra_op_threads), settings.study.poll_seconds)
+                             RunnerPool(settings.analysis.intra_op_threads), settings.study.poll_seconds,
+                             report=reporter)
+        self.dispatcher = dispatcher.from_settings(settings, self.db)
 
     def _wire_operations(self) -> None:
         """Audit trail, metrics and the HTTP API (issue 6): listeners on the state and the listener."""
@@ -77,6 +82,7 @@ class Node:
             log_event(log, Event.MODELS, level=logging.WARNING, note=self.models_note)
         self.assembler.start()
         self.worker.start()
+        self.dispatcher.start()
         self.scp.start()
         self._start_api()
         node = self.settings.node
@@ -91,6 +97,7 @@ class Node:
         self.scp.stop()
         self.assembler.stop()
         self.worker.stop()
+        self.dispatcher.stop()
         self.db.close()
         log_event(log, Event.NODE_STOPPED)
 

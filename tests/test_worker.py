@@ -33,15 +33,19 @@ def test_a_received_ct_study_is_analysed_and_reported(tmp_path: Path, data: Path
     try:
         assert send_paths([series], PeerAddress("ONCONODE", "127.0.0.1", node.port)).all_succeeded
         study_uid = _study_uid(series)
-        study = node.wait_for_state(study_uid, StudyState.REPORTED, timeout=60)
-        assert study.reason is not None and study.reason.startswith("test-ct 0.0.1-test:")
+        # With no destination (the sender is not a caller with a port) delivery settles at once.
+        study = node.wait_for_state(study_uid, StudyState.DELIVERED, timeout=60)
+        assert study.reason == "no destination configured"
+        reported = [t for t in node.db().transitions(study_uid) if t.to_state == StudyState.REPORTED]
+        assert reported[-1].reason is not None and reported[-1].reason.startswith("test-ct 0.0.1-test:")
         result = node.db().latest_result(study_uid)
         assert result is not None and result["outcome"] == "analysed" and result["model"] == "test-ct"
         assert set(result["timings_ms"]) >= {"decode", "preprocess", "inference", "gradcam", "analysis_total"}
         assert result["overlays"] and all((tmp_path / "results" / study_uid / name).is_file()
                                           for name in result["overlays"])
         states = [t.to_state for t in node.db().transitions(study_uid)]
-        assert states[-3:] == [StudyState.QUEUED, StudyState.ANALYSING, StudyState.REPORTED]
+        assert states[-5:] == [StudyState.QUEUED, StudyState.ANALYSING, StudyState.REPORTED,
+                               StudyState.DELIVERING, StudyState.DELIVERED]
     finally:
         node.stop()
 

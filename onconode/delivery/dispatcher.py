@@ -1,0 +1,112 @@
+"""The delivery thread: send due deliveries, retry with exponential backoff, then dead letter.
+
+Input: the delivery rows in ``state.py`` (written by ``outbox.Reporter``) and the senders.
+Output: rows marked sent or dead, and study states REPORTED → DELIVERING → DELIVERED, or FAILED
+with a reason, once no delivery of the study is pending.
+
+Attempts and next-try times are rows, not memory: a restarted node picks up exactly the pending
+objects, and an object recorded as sent is never sent again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Mapping
+
+from onconode.background import PollingLoop
+from onconode.config import DeliverySettings, Settings
+from onconode.delivery.senders import DicomSender, FhirSender, Sender
+from onconode.events import Event, log_event
+from onconode.state import Delivery, DeliveryState, StateDB, StateError, StudyState
+
+log = logging.getLogger(__name__)
+
+
+def backoff(attempts: int, first: float, ceiling: float) -> float:
+    """Seconds before the next try after ``attempts`` failed ones: first, 2·first, 4·first, ..."""
+    return float(min(ceiling, first * (2 ** max(0, attempts - 1))))
+
+
+class Dispatcher(PollingLoop):
+    """A background loop (``start()``/``stop()``); ``run_once()`` is one pass, usable on its own."""
+
+    name = "dispatcher"
+
+    def __init__(self, db: StateDB, senders: Mapping[str, Sender], settings: DeliverySettings) -> None:
+        super().__init__(settings.poll_seconds)
+        self.db = db
+        self.senders = dict(senders)
+        self.settings = settings
+
+    def step(self) -> bool:
+        try:
+            self.run_once()
+        except StateError:
+            raise
+        except Exception:  # a bug in one pass must not stop delivery; the rows keep the work
+            log.exception("event=dispatcher_error")
+        return False
+
+    def run_once(self) -> None:
+        for study in self.db.studies([StudyState.REPORTED]):
+            pending = self.db.delivery_counts(study.study_uid)[DeliveryState.PENDING]
+            self.db.transition(study.study_uid, StudyState.DELIVERING, f"{pending} objects to deliver",
+                               expect=[StudyState.REPORTED])
+        due = self.db.due_deliveries(time.time())
+        for (_, destination, kind), group in itertools.groupby(due, key=lambda d: (d.report_id, d.destination,
+                                                                                  d.kind)):
+            self._send(destination, kind, list(group))
+        self._settle()
+
+    def _send(self, destination: str, kind: str, deliveries: list[Delivery]) -> None:
+        sender = self.senders.get(kind)
+        if sender is None:
+            for d in deliveries:
+                self._failed(d, f"no sender for destination kind {kind!r}", permanent=True)
+            return
+        for delivery, outcome in sender.send(destination, deliveries):
+            if outcome.error is None:
+                self.db.delivery_sent(delivery.id)
+                log_event(log, Event.DELIVERY_SENT, study=delivery.study_uid, sop=delivery.object_uid,
+                          destination=destination, kind=kind, attempt=delivery.attempts + 1)
+            else:
+                self._failed(delivery, outcome.error, outcome.permanent)
+
+    def _failed(self, delivery: Delivery, error: str, permanent: bool = False) -> None:
+        attempts = delivery.attempts + 1
+        if permanent or attempts >= self.settings.max_attempts:
+            self.db.delivery_failed(delivery.id, error, None)
+            log_event(log, Event.DELIVERY_DEAD, logging.WARNING, study=delivery.study_uid,
+                      sop=delivery.object_uid, destination=delivery.destination, attempts=attempts, reason=error)
+            return
+        wait = backoff(attempts, self.settings.backoff_seconds, self.settings.max_backoff_seconds)
+        self.db.delivery_failed(delivery.id, error, time.time() + wait)
+        log_event(log, Event.DELIVERY_FAILED, logging.WARNING, study=delivery.study_uid, sop=delivery.object_uid,
+                  destination=delivery.destination, attempts=attempts, retry_in_s=round(wait, 1), reason=error)
+
+    def _settle(self) -> None:
+        """DELIVERING studies with nothing pending end DELIVERED, or FAILED when any object is dead."""
+        for study in self.db.studies([StudyState.DELIVERING]):
+            counts = self.db.delivery_counts(study.study_uid)
+            if counts[DeliveryState.PENDING]:
+                continue
+            dead = self.db.deliveries(study.study_uid, DeliveryState.DEAD)
+            if dead:
+                last = dead[-1]
+                reason = (f"{len(dead)} object(s) in the dead letter; last: {last.destination}: "
+                          f"{last.last_error}")
+                self.db.transition(study.study_uid, StudyState.FAILED, reason, expect=[StudyState.DELIVERING])
+            else:
+                sent = counts[DeliveryState.SENT]
+                self.db.transition(study.study_uid, StudyState.DELIVERED,
+                                   f"{sent} objects delivered" if sent else "no destination configured",
+                                   expect=[StudyState.DELIVERING])
+
+
+def from_settings(settings: Settings, db: StateDB) -> Dispatcher:
+    """The dispatcher with one sender per kind, as ``onconode serve`` runs it."""
+    calling_ae = settings.delivery.calling_ae or settings.node.ae_title
+    senders: dict[str, Sender] = {"dicom": DicomSender(calling_ae), "fhir": FhirSender(settings.destinations.fhir)}
+    return Dispatcher(db, senders, settings.delivery)

@@ -1,0 +1,240 @@
+"""The outbox: build a study's results, check them, write them durably, record their deliveries.
+
+Input: ``report(study_uid, result, source_paths)`` from the worker (an ``AnalysisResult`` and the
+study's stored files).
+Output: ``<outbox>/<StudyUID>/<SR SOP Instance UID>/`` holding ``sc-<n>.dcm``, ``sr.dcm`` and
+``fhir.json``, one report row and one delivery row per destination x object, all recorded before
+any network send. Nothing is recorded for delivery unless it passed ``checks.check_*``.
+
+Files are written temp → fsync → rename → fsync of the folder (the same path as inbound storage),
+and the rows are committed only after every file is durable: a crash in between leaves an
+unrecorded folder, which the next analysis of the study replaces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+from pydicom import Dataset
+from pydicom.uid import generate_uid
+
+from onconode.config import Caller, DestinationSettings
+from onconode.delivery import checks
+from onconode.dicom_node.storage import _fsync_dir, _make_durable_dirs, _write_all
+from onconode.events import Event, log_event
+from onconode.fhir.report import StudyFacts, build_bundle
+from onconode.inference.models import Manifest, RegisteredModel
+from onconode.inference.pipeline import AnalysisResult, Outcome
+from onconode.reporting import overlay
+from onconode.reporting.sc import Algorithm, build_sc
+from onconode.reporting.sr import Finding, build_sr
+from onconode.state import NewDelivery, NewReport, StateDB, StudyState
+
+log = logging.getLogger(__name__)
+
+SR_FILE = "sr.dcm"
+FHIR_FILE = "fhir.json"
+SC_PATTERN = "sc-{n}.dcm"
+TEMP_SUFFIX = ".tmp"
+# Series numbers of the node's own series: high, so that they sort after the modality's series.
+SC_SERIES_NUMBER = 9901
+SR_SERIES_NUMBER = 9902
+KIND_DICOM = "dicom"
+KIND_FHIR = "fhir"
+
+
+def write_durable(path: Path, data: bytes, root: Path) -> None:
+    """Write ``data`` to ``path`` by temp → fsync → rename → fsync of the folder.
+
+    Raises
+    ------
+    OSError
+        For any I/O failure; no temporary file is left behind.
+    """
+    _make_durable_dirs(path.parent, stop=root)
+    temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            _write_all(fd, data)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What ``Reporter`` wrote for one study."""
+
+    report_id: int
+    folder: Path
+    sr_uid: str
+    captures: tuple[Path, ...]
+    deliveries: int
+
+
+class Reporter:
+    """The worker's ``report`` hook: outputs into the outbox, one delivery row per destination x object."""
+
+    def __init__(self, db: StateDB, registry: Mapping[str, RegisteredModel], outbox: Path,
+                 destinations: DestinationSettings, callers: Sequence[Caller]) -> None:
+        self.db = db
+        self.registry = registry
+        self.outbox = outbox
+        self.destinations = destinations
+        self.callers = list(callers)
+        outbox.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, study_uid: str, result: AnalysisResult, source_paths: Sequence[Path]) -> None:
+        """The worker's hook. An output that fails the checks, or an outbox that cannot be written,
+        fails the study with the reason (the worker's REPORTED transition then finds it moved on)."""
+        try:
+            self.prepare(study_uid, result, source_paths)
+        except (checks.OutputCheckError, ValueError, OSError) as err:
+            log_event(log, Event.REPORT_PREPARED, logging.WARNING, study=study_uid, status="failed",
+                      reason=str(err).splitlines()[0])
+            self.db.transition(study_uid, StudyState.FAILED, f"reporting: {str(err).splitlines()[0]}",
+                               expect=[StudyState.ANALYSING])
+
+    def prepare(self, study_uid: str, result: AnalysisResult, source_paths: Sequence[Path]) -> Prepared | None:
+        """Build, check, write and record the outputs; ``None`` when there is nothing to report
+        (no model applied) or this exact result was already recorded (a resumed analysis).
+
+        Raises
+        ------
+        checks.OutputCheckError
+            When an output fails the project's own checks: nothing is recorded.
+        ValueError
+            When the result names a model that is not in the registry.
+        """
+        if result.outcome != Outcome.ANALYSED or not result.key_slices:
+            return None
+        model = self.registry.get(result.model or "")
+        if model is None:
+            raise ValueError(f"result names model {result.model!r}, which is not in the registry")
+        manifest = model.manifest
+        fingerprint = _fingerprint(manifest, source_paths)
+        previous = self.db.latest_report(study_uid)
+        if previous is not None and previous.fingerprint == fingerprint:
+            log_event(log, Event.REPORT_PREPARED, study=study_uid, sr=previous.sr_sop_uid, status="unchanged")
+            return None
+        algorithm = Algorithm.from_model(manifest.name, manifest.version, manifest.sha256)
+        by_uid = {p.stem: p for p in source_paths}
+        key_sources = [_read(by_uid[k.sop_instance_uid] if k.sop_instance_uid in by_uid
+                             else _find(source_paths, k.sop_instance_uid)) for k in result.key_slices]
+        findings = findings_of(result, manifest)
+        predicted = next(f for f in findings if f.predicted)
+        sc_series = generate_uid()
+        captures = []
+        for n, (key, source) in enumerate(zip(result.key_slices, key_sources), start=1):
+            lines = overlay.caption_lines(manifest.name, manifest.version, predicted.label,
+                                          key.probabilities[manifest_index(manifest, predicted.label)])
+            rgb = overlay.render(key.image, key.heat_map, lines)
+            captures.append(build_sc(source, rgb, algorithm, sc_series, SC_SERIES_NUMBER, n))
+        predecessor = _read(previous.sr_path) if previous is not None and previous.sr_path.is_file() else None
+        sr = build_sr(findings, algorithm, key_sources[0].Modality, key_sources, captures, generate_uid(),
+                      SR_SERIES_NUMBER, predecessor=predecessor)
+        for capture in captures:
+            checks.check_sc(capture, study_uid)
+        checks.check_sr(sr, study_uid, predecessor)
+        bundle_json = None
+        fhir = self.destinations.fhir
+        if fhir.base_url:
+            facts = StudyFacts(study_uid, str(key_sources[0].get("PatientID", "")), key_sources[0].Modality,
+                               str(key_sources[0].get("AccessionNumber", "")) or None)
+            try:
+                bundle = build_bundle(facts, findings, algorithm, sr.SOPInstanceUID,
+                                      datetime.now(UTC), fhir.patient_system)
+                bundle_json = bundle.model_dump_json(exclude_none=True).encode()
+            except ValueError as err:
+                log_event(log, Event.REPORT_PREPARED, logging.WARNING, study=study_uid, status="no_fhir",
+                          reason=str(err).splitlines()[0])
+        folder = self.outbox / study_uid / sr.SOPInstanceUID
+        sc_paths = [folder / SC_PATTERN.format(n=n) for n in range(1, len(captures) + 1)]
+        for path, capture in zip(sc_paths, captures):
+            write_durable(path, _encode(capture), self.outbox)
+        sr_path = folder / SR_FILE
+        write_durable(sr_path, _encode(sr), self.outbox)
+        deliveries = []
+        for destination in self.dicom_destinations(study_uid):
+            objects = [*zip(sc_paths, (c.SOPInstanceUID for c in captures)), (sr_path, sr.SOPInstanceUID)]
+            deliveries += [NewDelivery(destination, KIND_DICOM, seq, path, uid) for seq, (path, uid) in enumerate(objects)]
+        if bundle_json is not None:
+            fhir_path = folder / FHIR_FILE
+            write_durable(fhir_path, bundle_json, self.outbox)
+            deliveries.append(NewDelivery(fhir.key, KIND_FHIR, 0, fhir_path, sr.SOPInstanceUID))
+        report_id = self.db.record_report(
+            NewReport(study_uid, folder, sr.SOPInstanceUID, sr_path, fingerprint), deliveries)
+        log_event(log, Event.REPORT_PREPARED, study=study_uid, sr=sr.SOPInstanceUID, captures=len(captures),
+                  deliveries=len(deliveries), revision=previous is not None)
+        return Prepared(report_id, folder, sr.SOPInstanceUID, tuple(sc_paths), len(deliveries))
+
+    def dicom_destinations(self, study_uid: str) -> list[str]:
+        """Configured DICOM destinations, else the sender when it is a caller with host and port."""
+        if self.destinations.dicom:
+            return [d.key for d in self.destinations.dicom]
+        study = self.db.study(study_uid)
+        if study is None or study.calling_ae is None:
+            return []
+        for caller in self.callers:
+            if caller.ae_title == study.calling_ae and caller.port is not None:
+                host = caller.host or study.calling_host
+                if host:
+                    return [f"{caller.ae_title}@{host}:{caller.port}"]
+        return []
+
+
+def findings_of(result: AnalysisResult, manifest: Manifest) -> list[Finding]:
+    """One ``Finding`` per manifest label with its study-level probability."""
+    return [Finding(label.name, label.snomed.code, label.snomed.display,
+                    float(result.probabilities[i]), label.name == result.predicted_label)
+            for i, label in enumerate(manifest.labels)]
+
+
+def manifest_index(manifest: Manifest, label: str) -> int:
+    return [item.name for item in manifest.labels].index(label)
+
+
+def _fingerprint(manifest: Manifest, source_paths: Sequence[Path]) -> str:
+    """What a report was built from: the model file and the set of source files."""
+    digest = hashlib.sha256(f"{manifest.name}\0{manifest.version}\0{manifest.sha256}".encode())
+    for path in sorted(str(p) for p in source_paths):
+        digest.update(b"\0" + path.encode())
+    return digest.hexdigest()
+
+
+def _read(path: Path) -> Dataset:
+    """The header only: SC and SR take identity and references from it, never the pixels."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(path, stop_before_pixels=True)
+
+
+def _find(paths: Sequence[Path], sop_instance_uid: str) -> Path:
+    for path in paths:
+        meta = pydicom.filereader.read_file_meta_info(path)
+        if str(meta.get("MediaStorageSOPInstanceUID", "")) == sop_instance_uid:
+            return path
+    raise ValueError(f"key slice {sop_instance_uid} is not among the study's files")
+
+
+def _encode(ds: Dataset) -> bytes:
+    buffer = BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

@@ -1,0 +1,64 @@
+"""A real ``onconode serve`` killed (SIGKILL) between the SC images and the SR: after a restart the
+SR is sent, and no SC is sent twice (success is recorded per object, before the next send)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from pydicom import Dataset
+
+from onconode.state import DeliveryState, StudyState
+from tests.delivery.scp import CountingSCP
+from tests.support import NodeProcess
+
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+def test_node_killed_between_sc_and_sr_sends_the_sr_after_restart_and_no_sc_twice(
+        ct_files, ct_result, prepare, tmp_path: Path) -> None:
+    folder = tmp_path / "node"
+    folder.mkdir()
+    victim: list[int] = []
+
+    def kill_on_first_sr(ds: Dataset) -> int | None:
+        if ds.SOPClassUID == SR_CLASS and victim:
+            os.kill(victim.pop(), signal.SIGKILL)  # the node dies while waiting for this answer
+            time.sleep(0.5)
+            return 0xA700  # never read by the dead node; not counted as received
+        return None
+
+    scp = CountingSCP("PACS", on_store=kill_on_first_sr).start()
+    try:
+        node = NodeProcess(folder, delivery={"poll_seconds": 0.1, "backoff_seconds": 0.2,
+                                             "outbox": str(tmp_path / "outbox")})
+        db, prepared = prepare(ct_files, ct_result,
+                               {"dicom": [{"ae_title": "PACS", "host": "127.0.0.1", "port": scp.port}]},
+                               db_path=folder / "onconode.db")
+        db.close()
+        node.start()
+        assert node.proc is not None
+        victim.append(node.proc.pid)
+        node.proc.wait(timeout=60)  # killed by the SCP on the SR
+        assert node.proc.returncode == -signal.SIGKILL
+        captures = sum(scp.received.values())
+        assert captures == len(prepared.captures) and prepared.sr_uid not in scp.received
+        after_kill = node.db()
+        try:
+            states = {d.object_uid: d.state for d in after_kill.deliveries(ct_result.study_uid)}
+        finally:
+            after_kill.close()
+        assert states[prepared.sr_uid] == DeliveryState.PENDING
+        assert list(states.values()).count(DeliveryState.SENT) == len(prepared.captures)
+
+        node.start()
+        try:
+            node.wait_for_state(ct_result.study_uid, StudyState.DELIVERED, timeout=30)
+        finally:
+            node.stop()
+    finally:
+        scp.stop()
+    assert scp.received[prepared.sr_uid] == 1
+    assert set(scp.received.values()) == {1} and len(scp.received) == len(prepared.captures) + 1

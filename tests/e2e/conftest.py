@@ -1,0 +1,1 @@
+from tests.reporting_fixtures import *

