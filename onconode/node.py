@@ -24,7 +24,7 @@ from onconode.dicom_node.tls import server_context
 from onconode.events import Event, log_event
 from onconode.inference.models import installed_models
 from onconode.inference.runner import RunnerPool
-from onconode.state import StateDB
+from onconode.state import Delivery, StateDB
 from onconode.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,9 @@ class Node:
                              RunnerPool(settings.analysis.intra_op_threads), settings.study.poll_seconds,
                              report=reporter)
         self.dispatcher = dispatcher.from_settings(settings, self.db)
+        self.dispatcher.add_outcome_listener(self.metrics.on_delivery)
+        if self.audit is not None:
+            self.dispatcher.add_outcome_listener(self._audit_delivery)
 
     def _wire_operations(self) -> None:
         """Audit trail, metrics and the HTTP API (issue 6): listeners on the state and the listener."""
@@ -66,6 +69,12 @@ class Node:
         assert self.audit is not None
         self.audit.association(calling_ae=s.calling_ae, host=s.host, outcome=s.outcome, reason=s.reason,
                                instances=s.instances, bytes_received=s.bytes, failures=s.failures, ms=s.ms)
+
+    def _audit_delivery(self, delivery: Delivery, outcome: str, error: str | None) -> None:
+        assert self.audit is not None
+        self.audit.delivery(study_uid=delivery.study_uid, destination=delivery.destination,
+                            object_name=delivery.path.name, outcome=outcome, attempt=delivery.attempts + 1,
+                            error=error)
 
     def _start_api(self) -> None:
         from onconode.api.app import Runtime

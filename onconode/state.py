@@ -443,8 +443,6 @@ class StateDB:
         return json.loads(row[0]) if row else None
 
     # --- read-only queries and operator actions for the API and CLI (issue 6) ----------------
-    # Deliveries and the dead letter belong to the delivery issue; until its tables land, the
-    # methods below answer "none" so the API and CLI can be built and tested against them.
 
     def add_transition_listener(self, listener: TransitionListener) -> None:
         """Call ``listener(transition)`` after each committed transition (the audit trail uses it)."""

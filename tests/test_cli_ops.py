@@ -15,9 +15,8 @@ from tests.inference.tiny_model import write_model
 from tests.processed_node import Processed
 from tests.support import free_port
 
-# `deadletter list|replay` comes with the delivery branch; add it here when that lands.
 COMMANDS = [[], ["serve"], ["send"], ["echo"], ["analyze"], ["models"], ["models", "list"], ["models", "verify"],
-            ["doctor"]]
+            ["deadletter"], ["doctor"]]
 
 
 def onconode(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -17,7 +17,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 
 from onconode.dicom_node.scp import AssociationSummary
-from onconode.state import StateDB
+from onconode.state import Delivery, StateDB
 
 # Stage latency buckets in seconds: a slice decode is milliseconds, a whole CT analysis tens of seconds.
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -37,6 +37,9 @@ class NodeMetrics:
                              registry=self.registry)
         self.store_failures = Counter("onconode_store_failures", "C-STORE requests answered with a failure",
                                       registry=self.registry)
+        self.delivery_attempts = Counter("onconode_delivery_attempts", "Delivery attempts by outcome "
+                                         "(sent, retry = failed and will be tried again, dead)", ["outcome"],
+                                         registry=self.registry)
         self.registry.register(_StateCollector(db))
 
     def on_association(self, summary: AssociationSummary) -> None:
@@ -44,6 +47,9 @@ class NodeMetrics:
         self.instances.inc(summary.instances)
         self.bytes.inc(summary.bytes)
         self.store_failures.inc(summary.failures)
+
+    def on_delivery(self, delivery: Delivery, outcome: str, error: str | None) -> None:
+        self.delivery_attempts.labels(outcome).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

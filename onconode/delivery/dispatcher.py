@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from onconode.background import PollingLoop
 from onconode.config import DeliverySettings, Settings
@@ -22,6 +22,10 @@ from onconode.events import Event, log_event
 from onconode.state import Delivery, DeliveryState, StateDB, StateError, StudyState
 
 log = logging.getLogger(__name__)
+
+
+# Told after each attempt is recorded: (delivery before the attempt, "sent" | "retry" | "dead", error).
+OutcomeListener = Callable[[Delivery, str, "str | None"], None]
 
 
 def backoff(attempts: int, first: float, ceiling: float) -> float:
@@ -39,6 +43,18 @@ class Dispatcher(PollingLoop):
         self.db = db
         self.senders = dict(senders)
         self.settings = settings
+        self._listeners: list[OutcomeListener] = []
+
+    def add_outcome_listener(self, listener: OutcomeListener) -> None:
+        """Call ``listener`` after each recorded attempt (the audit trail and the metrics use it)."""
+        self._listeners.append(listener)
+
+    def _tell(self, delivery: Delivery, outcome: str, error: str | None) -> None:
+        for listener in self._listeners:
+            try:
+                listener(delivery, outcome, error)
+            except Exception:  # audit or metrics trouble must not stop delivery
+                log.exception("event=delivery_listener_error study=%s", delivery.study_uid)
 
     def step(self) -> bool:
         try:
@@ -71,6 +87,7 @@ class Dispatcher(PollingLoop):
                 self.db.delivery_sent(delivery.id)
                 log_event(log, Event.DELIVERY_SENT, study=delivery.study_uid, sop=delivery.object_uid,
                           destination=destination, kind=kind, attempt=delivery.attempts + 1)
+                self._tell(delivery, "sent", None)
             else:
                 self._failed(delivery, outcome.error, outcome.permanent)
 
@@ -80,11 +97,13 @@ class Dispatcher(PollingLoop):
             self.db.delivery_failed(delivery.id, error, None)
             log_event(log, Event.DELIVERY_DEAD, logging.WARNING, study=delivery.study_uid,
                       sop=delivery.object_uid, destination=delivery.destination, attempts=attempts, reason=error)
+            self._tell(delivery, "dead", error)
             return
         wait = backoff(attempts, self.settings.backoff_seconds, self.settings.max_backoff_seconds)
         self.db.delivery_failed(delivery.id, error, time.time() + wait)
         log_event(log, Event.DELIVERY_FAILED, logging.WARNING, study=delivery.study_uid, sop=delivery.object_uid,
                   destination=delivery.destination, attempts=attempts, retry_in_s=round(wait, 1), reason=error)
+        self._tell(delivery, "retry", error)
 
     def _settle(self) -> None:
         """DELIVERING studies with nothing pending end DELIVERED, or FAILED when any object is dead."""
