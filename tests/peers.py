@@ -164,22 +164,8 @@ class Sekmet:
         return get_json(f"{self.base_url}/{query}")  # type: ignore[return-value]
 
 
-ROUTE_LUA = """-- Forward stable CT/MR series to "onconode"; never re-route what OncoNode sent back (PEERS.md 2).
-function OnStableSeries(seriesId, tags, metadata)
-  local modality = tags['Modality'] or ''
-  local series = ParseJson(RestApiGet('/series/' .. seriesId))
-  local meta = ParseJson(RestApiGet('/instances/' .. series['Instances'][1] .. '/metadata?expand'))
-  local origin = meta['RemoteAET'] or ''
-  if origin == 'ONCONODE' or modality == 'SR' or modality == 'SC' or modality == 'OT' then
-    print('route.lua: not routing ' .. modality .. ' series from ' .. origin)
-    return
-  end
-  if modality == 'CT' or modality == 'MR' then
-    print('route.lua: routing ' .. modality .. ' series ' .. seriesId)
-    RestApiPost('/modalities/onconode/store', DumpJson({ Resources = { seriesId }, Asynchronous = true }, true))
-  end
-end
-"""
+# The routing rule the project ships (compose.yaml mounts it into Orthanc): the tests run the real file.
+ROUTE_LUA = (Path(__file__).resolve().parents[1] / "config" / "orthanc" / "route.lua").read_text()
 
 
 class Orthanc:
