@@ -39,6 +39,7 @@ def _configure_logging(level: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from onconode.api.server import ApiServerError
     from onconode.inference.models import ModelError
     from onconode.node import serve_forever
 
@@ -46,9 +47,67 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _configure_logging(settings.log.level)
     try:
         serve_forever(settings)
-    except ModelError as err:
+    except (ModelError, ApiServerError) as err:
         raise UsageError(str(err)) from err
     return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from onconode.inference.models import ModelError, load_manifest
+
+    folder = args.models or _settings(args).analysis.models
+    manifests = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+    if not manifests:
+        print(f"no model manifest (*.yaml) in {folder}")
+        return 0
+    status = 0
+    for path in manifests:
+        try:
+            m = load_manifest(path)
+        except ModelError as err:
+            print(f"{path.name}: unreadable: {err}")
+            status = 1
+            continue
+        labels = ", ".join(label.name + ("*" if label.name in m.decision.positive_labels else "")
+                           for label in m.labels)
+        print(f"{m.name:<22} {m.version:<10} {m.modality:<3} {m.file:<28} threshold {m.decision.threshold}  "
+              f"labels: {labels}")
+    return status
+
+
+def cmd_models_verify(args: argparse.Namespace) -> int:
+    from onconode.inference.models import ModelError, load_manifest, verify
+
+    folder = args.models or _settings(args).analysis.models
+    manifests = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+    if not manifests:
+        raise UsageError(f"no model manifest (*.yaml) in {folder}")
+    failed = 0
+    for path in manifests:
+        try:
+            model = verify(load_manifest(path), folder)
+        except ModelError as err:
+            print(f"FAILED  {path.name}: {err}")
+            failed += 1
+            continue
+        print(f"ok      {model.manifest.name} {model.manifest.version}: file present, sha256 matches, inputs, "
+              "outputs and Grad-CAM head as the manifest says")
+    return 1 if failed else 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from onconode.config import config_path
+    from onconode.doctor import Finding, Level, examine
+
+    settings = _settings(args)
+    source = config_path(args.config) or "no file, the embedded defaults,"
+    findings = [Finding(Level.OK, "config", f"{source} is valid")]
+    findings += examine(settings, reach_destinations=not args.offline)
+    for finding in findings:
+        print(finding.line())
+    problems = sum(f.level is Level.PROBLEM for f in findings)
+    print(f"{problems} problem(s), {sum(f.level is Level.WARNING for f in findings)} warning(s)")
+    return 1 if problems else 0
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -149,6 +208,23 @@ def build_parser() -> argparse.ArgumentParser:
     echo_parser.add_argument("peer", metavar="AE@HOST:PORT")
     _add_scu_options(echo_parser)
     echo_parser.set_defaults(func=cmd_echo)
+
+    models = sub.add_parser("models", help="list or verify the installed models",
+                            description="Models are <name>.onnx + <name>.yaml (manifest) in analysis.models.")
+    models_sub = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, func, text in (
+            ("list", cmd_models_list, "print each manifest: name, version, modality, labels (* = positive)"),
+            ("verify", cmd_models_verify, ("check each model as the node does at start: file present, sha256, "
+                                           "graph inputs/outputs, Grad-CAM head; exit 1 if one fails"))):
+        action = models_sub.add_parser(name, help=text, description=text)
+        action.add_argument("--models", type=Path, help="models folder (default: analysis.models)")
+        action.set_defaults(func=func)
+
+    doctor = sub.add_parser("doctor", help="check configuration, models, ports, disk and destinations",
+                            description="Check the configuration and what it points at, and say in plain words "
+                                        "what is wrong. Exit 1 when a problem was found (warnings do not count).")
+    doctor.add_argument("--offline", action="store_true", help="do not contact the destinations")
+    doctor.set_defaults(func=cmd_doctor)
 
     analyze = sub.add_parser("analyze", help="analyse the DICOM studies in a folder, offline",
                              description="Route, select the series, run the ONNX model and Grad-CAM on "

@@ -216,6 +216,30 @@ class LogSettings(_Section):
     level: str = "INFO"
 
 
+class ApiSettings(_Section):
+    """The HTTP API and status page, served by ``onconode serve`` beside the DICOM listener.
+
+    Loopback by default; set ``host: 0.0.0.0`` only behind a firewall or with a ``token``. With a
+    token every route except ``/health`` needs ``Authorization: Bearer <token>``.
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)  # 0: any free port (tests)
+    token: SecretStr | None = None
+
+
+class AuditSettings(_Section):
+    """The JSON-lines audit trail: associations, study transitions, deliveries; no patient data.
+
+    ``salt`` keys the hash that stands in for a patient ID where a link between records is needed;
+    keep it secret and stable, or the hashes of one patient stop matching across restarts.
+    """
+
+    path: Path | None = Path("var/audit.jsonl")  # null turns the audit trail off
+    salt: SecretStr = SecretStr("change-me")
+
+
 class Settings(BaseSettings):
     """The whole configuration; one nested model per YAML section."""
 
@@ -231,6 +255,8 @@ class Settings(BaseSettings):
     callers: list[Caller] = []
     tls: TLSSettings = Field(default_factory=TLSSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     # First match wins; no match means "no applicable model" for the study (not an error).
     routing: list[RoutingRule] = []
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)

@@ -11,12 +11,14 @@ import signal
 import threading
 from types import FrameType
 
+from onconode.api.server import ApiServer
+from onconode.audit import AuditLog
 from onconode.config import Settings
 from onconode.delivery import dispatcher
 from onconode.delivery.outbox import Reporter
 from onconode.dicom_node.assembler import Assembler
 from onconode.dicom_node.recovery import recover
-from onconode.dicom_node.scp import StorageSCP
+from onconode.dicom_node.scp import AssociationSummary, StorageSCP
 from onconode.dicom_node.storage import InstanceStorage
 from onconode.dicom_node.tls import server_context
 from onconode.events import Event, log_event
@@ -37,6 +39,7 @@ class Node:
         ssl_context = server_context(tls.cert, tls.key, tls.ca, tls.require_client_cert) \
             if tls.enabled and tls.cert and tls.key else None
         self.scp = StorageSCP(settings.node, settings.callers, self.storage, self.db, ssl_context)
+        self._wire_operations()
         self.assembler = Assembler(self.db, settings.study.stable_seconds, settings.study.poll_seconds)
         # Models are checked before anything listens: a broken model stops the start (ModelError).
         self.models, self.models_note = installed_models(settings.analysis.models)
@@ -46,6 +49,33 @@ class Node:
                              report=reporter)
         self.dispatcher = dispatcher.from_settings(settings, self.db)
 
+    def _wire_operations(self) -> None:
+        """Audit trail, metrics and the HTTP API (issue 6): listeners on the state and the listener."""
+        from onconode.api.metrics import NodeMetrics
+
+        audit = self.settings.audit
+        self.audit = AuditLog(audit.path, audit.salt.get_secret_value()) if audit.path else None
+        if self.audit is not None:
+            self.db.add_transition_listener(self.audit.transition)
+            self.scp.add_association_listener(self._audit_association)
+        self.metrics = NodeMetrics(self.db)
+        self.scp.add_association_listener(self.metrics.on_association)
+        self.api: ApiServer | None = None
+
+    def _audit_association(self, s: AssociationSummary) -> None:
+        assert self.audit is not None
+        self.audit.association(calling_ae=s.calling_ae, host=s.host, outcome=s.outcome, reason=s.reason,
+                               instances=s.instances, bytes_received=s.bytes, failures=s.failures, ms=s.ms)
+
+    def _start_api(self) -> None:
+        from onconode.api.app import Runtime
+
+        if not self.settings.api.enabled:
+            return
+        runtime = Runtime(self.db, self.metrics, self.models, self.models_note, lambda: self.scp.listening)
+        self.api = ApiServer(self.settings, runtime)
+        self.api.start()
+
     def start(self) -> None:
         recover(self.storage, self.db)
         if self.models_note:
@@ -54,12 +84,16 @@ class Node:
         self.worker.start()
         self.dispatcher.start()
         self.scp.start()
+        self._start_api()
         node = self.settings.node
         log_event(log, Event.NODE_STARTED, ae_title=node.ae_title, host=node.host, port=self.scp.port,
                   tls=self.settings.tls.enabled, storage=self.settings.storage.root,
-                  callers=len(self.settings.callers) or "any", models=",".join(sorted(self.models)) or "none")
+                  callers=len(self.settings.callers) or "any", models=",".join(sorted(self.models)) or "none",
+                  api=f"{self.settings.api.host}:{self.api.port}" if self.api else "off")
 
     def stop(self) -> None:
+        if self.api is not None:
+            self.api.stop()
         self.scp.stop()
         self.assembler.stop()
         self.worker.stop()

@@ -17,7 +17,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -80,6 +80,19 @@ class Study:
     state_changed_at: float
     calling_ae: str | None
     calling_host: str | None
+
+
+@dataclass(frozen=True)
+class SeriesCount:
+    series_uid: str
+    modality: str
+    instances: int
+
+
+TransitionListener = Callable[["Transition"], None]
+# States from which an operator may ask for a study to be analysed again.
+REPROCESSABLE = frozenset({StudyState.REPORTED, StudyState.DELIVERING, StudyState.DELIVERED,
+                           StudyState.NO_MODEL, StudyState.FAILED, StudyState.STABLE})
 
 
 @dataclass(frozen=True)
@@ -235,6 +248,8 @@ class StateDB:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._lock = threading.Lock()
+        self._listeners: list[TransitionListener] = []
+        self._pending: list[Transition] = []  # transitions of the open transaction, told after commit
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
@@ -248,6 +263,7 @@ class StateDB:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            self._pending = []
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -260,6 +276,17 @@ class StateDB:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise StateError(f"database: {err}") from err
+            finally:
+                committed, self._pending = self._pending, []
+        self._notify(committed)  # reached only after COMMIT; outside the lock
+
+    def _notify(self, transitions: list[Transition]) -> None:
+        for transition in transitions:
+            for listener in self._listeners:
+                try:
+                    listener(transition)
+                except Exception:  # a listener's bug must not undo or block a committed transition
+                    log.exception("event=transition_listener_error study=%s", transition.study_uid)
 
     def _migrate(self) -> None:
         with self._transaction() as db:
@@ -415,10 +442,104 @@ class StateDB:
                                      (study_uid,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    # --- read-only queries and operator actions for the API and CLI (issue 6) ----------------
+    # Deliveries and the dead letter belong to the delivery issue; until its tables land, the
+    # methods below answer "none" so the API and CLI can be built and tested against them.
+
+    def add_transition_listener(self, listener: TransitionListener) -> None:
+        """Call ``listener(transition)`` after each committed transition (the audit trail uses it)."""
+        self._listeners.append(listener)
+
+    def list_studies(self, states: Iterable[StudyState] | None = None, since: float | None = None,
+                     until: float | None = None, limit: int = 50, offset: int = 0) -> tuple[list[Study], int]:
+        """One page of studies, newest first, and the total that match the filters.
+
+        ``since``/``until`` bound the time of the study's last received instance (epoch seconds).
+        """
+        where: list[str] = []
+        params: list[str | float] = []
+        if states is not None:
+            values = [s.value for s in states]
+            where.append(f"s.state IN ({', '.join('?' * len(values))})")
+            params += values
+        if since is not None:
+            where.append("s.last_received_at >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("s.last_received_at < ?")
+            params.append(until)
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        with self._lock:
+            total = self._conn.execute(f"SELECT COUNT(*) FROM studies s{clause}", params).fetchone()[0]
+            rows = self._conn.execute(f"SELECT {_STUDY_COLUMNS} FROM studies s{clause} "
+                                      "ORDER BY s.last_received_at DESC, s.study_uid LIMIT ? OFFSET ?",
+                                      [*params, limit, offset]).fetchall()
+        return [_study(r) for r in rows], int(total)
+
+    def count_by_state(self) -> dict[StudyState, int]:
+        """How many studies are in each state (every state present, zero included)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT state, COUNT(*) FROM studies GROUP BY state").fetchall()
+        counts = dict.fromkeys(StudyState, 0)
+        counts.update({StudyState(r[0]): int(r[1]) for r in rows})
+        return counts
+
+    def instance_totals(self) -> tuple[int, int]:
+        """Number of indexed instances and their total size in bytes."""
+        with self._lock:
+            row = self._conn.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM instances").fetchone()
+        return int(row[0]), int(row[1])
+
+    def series_counts(self, study_uid: str) -> list[SeriesCount]:
+        """The series of a study as received: UID, modality and number of instances."""
+        with self._lock:
+            rows = self._conn.execute("SELECT series_uid, MIN(modality), COUNT(*) FROM instances "
+                                      "WHERE study_uid = ? GROUP BY series_uid ORDER BY series_uid",
+                                      (study_uid,)).fetchall()
+        return [SeriesCount(r[0], r[1], int(r[2])) for r in rows]
+
+    def latest_results(self, study_uids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The newest analysis summary of each of ``study_uids`` that has one."""
+        uids = list(study_uids)
+        if not uids:
+            return {}
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT r.study_uid, r.summary FROM results r WHERE r.study_uid IN ({', '.join('?' * len(uids))}) "
+                "AND r.id = (SELECT MAX(id) FROM results x WHERE x.study_uid = r.study_uid)", uids).fetchall()
+        return {r[0]: json.loads(r[1]) for r in rows}
+
+    def result_timings(self) -> list[dict[str, float]]:
+        """The per-stage timings (ms) of every stored analysis, oldest first, for the latency histograms."""
+        with self._lock:
+            rows = self._conn.execute("SELECT summary FROM results ORDER BY id").fetchall()
+        timings = []
+        for (summary,) in rows:
+            value = json.loads(summary).get("timings_ms")
+            if isinstance(value, dict):
+                timings.append({str(k): float(v) for k, v in value.items() if isinstance(v, (int, float))})
+        return timings
+
+    def request_reprocess(self, study_uid: str, reason: str = "reprocess requested") -> bool:
+        """Queue a study again for analysis; only from a state where nothing is working on it.
+
+        Returns whether it moved. A study still RECEIVING, or QUEUED/ANALYSING already, is left alone.
+        """
+        return self.transition(study_uid, StudyState.QUEUED, reason, expect=REPROCESSABLE)
+
+    def delivery_totals(self) -> dict[DeliveryState, int]:
+        """Deliveries of all studies by state (every state present), for the metrics."""
+        counts = dict.fromkeys(DeliveryState, 0)
+        with self._lock:
+            rows = self._conn.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall()
+        counts.update({DeliveryState(r[0]): int(r[1]) for r in rows})
+        return counts
+
     def _log_transition(self, db: sqlite3.Connection, study_uid: str, at: float,
                         from_state: StudyState | None, to: StudyState, reason: str) -> None:
         db.execute("INSERT INTO transitions (study_uid, at, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?)",
                    (study_uid, at, from_state.value if from_state else None, to.value, reason))
+        self._pending.append(Transition(study_uid, at, from_state, to, reason))
         log_event(log, Event.STUDY_TRANSITION, study=study_uid,
                   from_state=from_state.value if from_state else "-", to=to.value, reason=reason)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.processed_node import Processed, processed_node
 from tests.support import NodeProcess, data_root
 
 
@@ -25,3 +26,9 @@ def node(tmp_path: Path) -> Iterator[NodeProcess]:
     process.start()
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def processed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processed]:
+    """A node with its API, a test MR model and two real studies received and processed (session-wide)."""
+    yield from processed_node(tmp_path_factory)

@@ -71,10 +71,12 @@ class NodeProcess:
         self.port = free_port()
         config: dict[str, Any] = {
             "node": {"port": self.port},
-            "storage": {"root": str(folder / "store"), "min_free_mb": 1},
+            "storage": {"root": str(folder / "store"), "min_free_mb": 1, "results": str(folder / "results")},
             "state": {"database": str(folder / "onconode.db")},
             "study": {"stable_seconds": 1, "poll_seconds": 0.2},
             "callers": [],
+            "api": {"port": free_port()},
+            "audit": {"path": str(folder / "audit.jsonl"), "salt": "test-salt"},
         }
         for section, values in overrides.items():
             if isinstance(values, dict):
@@ -86,6 +88,14 @@ class NodeProcess:
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = folder / "node.log"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.config['api']['port']}"
+
+    @property
+    def audit_path(self) -> Path:
+        return Path(self.config["audit"]["path"])
 
     @property
     def store(self) -> Path:

@@ -48,6 +48,24 @@ _RejectCallback = Callable[[Association, str, str], None]
 
 
 @dataclass(frozen=True)
+class AssociationSummary:
+    """What one association did, told to listeners (metrics, audit) when its connection closes."""
+
+    calling_ae: str
+    host: str
+    outcome: str  # accepted (still open at close), released, aborted, rejected
+    reason: str | None
+    instances: int
+    duplicates: int
+    failures: int
+    bytes: int
+    ms: int
+
+
+AssociationListener = Callable[[AssociationSummary], None]
+
+
+@dataclass(frozen=True)
 class CallerPolicy:
     """Who may associate: calling AE (and host, where configured), called AE, how many at once."""
 
@@ -96,6 +114,15 @@ class StorageSCP:
         self._stats_lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None
         self._ae = self._make_ae()
+        self._listeners: list[AssociationListener] = []
+
+    def add_association_listener(self, listener: AssociationListener) -> None:
+        """Call ``listener(summary)`` after each association's connection closes."""
+        self._listeners.append(listener)
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None and bool(self._ae._servers)
 
     def _make_ae(self) -> AE:
         ae = AE(ae_title=self._settings.ae_title)
@@ -164,11 +191,18 @@ class StorageSCP:
             stats = self._stats.pop(id(event.assoc), None)
         if stats is None:
             return
+        summary = AssociationSummary(stats.calling_ae, stats.host, stats.outcome, stats.reason, stats.instances,
+                                     stats.duplicates, stats.failures, stats.bytes,
+                                     round((time.monotonic() - stats.opened) * 1000))
         log_event(log, Event.ASSOCIATION, level=logging.WARNING if stats.outcome == "rejected" else logging.INFO,
                   calling_ae=stats.calling_ae, host=stats.host, port=stats.port, outcome=stats.outcome,
                   reason=stats.reason, instances=stats.instances, duplicates=stats.duplicates,
-                  failures=stats.failures, bytes=stats.bytes,
-                  ms=round((time.monotonic() - stats.opened) * 1000))
+                  failures=stats.failures, bytes=stats.bytes, ms=summary.ms)
+        for listener in self._listeners:
+            try:
+                listener(summary)
+            except Exception:  # metrics or audit trouble must not break the listener thread
+                log.exception("event=association_listener_error calling_ae=%s", stats.calling_ae)
 
     # --- DIMSE services --------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""The HTTP API and status page (FastAPI), served by ``onconode serve`` beside the DICOM listener."""

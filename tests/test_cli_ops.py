@@ -1,0 +1,113 @@
+"""The operations commands: models list|verify and doctor, and --help on every command."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.inference.tiny_model import write_model
+from tests.support import free_port
+
+# `deadletter list|replay` comes with the delivery branch; add it here when that lands.
+COMMANDS = [[], ["serve"], ["send"], ["echo"], ["analyze"], ["models"], ["models", "list"], ["models", "verify"],
+            ["doctor"]]
+
+
+def onconode(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
+    prefix = ["--config", str(config)] if config else []
+    return subprocess.run([sys.executable, "-m", "onconode", *prefix, *args], capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def _config(tmp_path: Path, **sections: Any) -> Path:
+    write_model(tmp_path / "models", "test-mr", "MR")
+    config: dict[str, Any] = {
+        "node": {"port": free_port()},
+        "storage": {"root": str(tmp_path / "store"), "results": str(tmp_path / "results"), "min_free_mb": 1},
+        "state": {"database": str(tmp_path / "db" / "onconode.db")},
+        "callers": [{"ae_title": "ORTHANC", "host": "127.0.0.1"}],
+        "routing": [{"name": "brain", "modality": "MR", "model": "test-mr"}],
+        "analysis": {"models": str(tmp_path / "models")},
+        "api": {"port": free_port()},
+        "audit": {"path": str(tmp_path / "audit.jsonl"), "salt": "a-real-secret"},
+    }
+    config.update(sections)
+    path = tmp_path / "onconode.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "onconode")
+def test_every_command_has_help(command: list[str]) -> None:
+    done = onconode(*command, "--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: onconode") and len(done.stdout.splitlines()) >= 4
+
+
+def test_models_list_and_verify_a_good_model(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    listed = onconode("models", "list", config=config)
+    assert listed.returncode == 0 and "test-mr" in listed.stdout and "malignant*" in listed.stdout
+    verified = onconode("models", "verify", config=config)
+    assert verified.returncode == 0, verified.stdout
+    assert verified.stdout.startswith("ok      test-mr 0.0.1-test")
+
+
+def test_models_verify_fails_on_a_changed_onnx_file(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    onnx = tmp_path / "models" / "test-mr.onnx"
+    onnx.write_bytes(onnx.read_bytes() + b"\0")
+    done = onconode("models", "verify", config=config)
+    assert done.returncode == 1
+    assert "FAILED  test-mr.yaml" in done.stdout and "sha256" in done.stdout
+
+
+def test_doctor_passes_a_good_configuration(tmp_path: Path) -> None:
+    done = onconode("doctor", "--offline", config=_config(tmp_path))
+    assert done.returncode == 0, done.stdout
+    assert "test-mr 0.0.1-test (MR) verified" in done.stdout
+    assert "0 problem(s)" in done.stdout
+
+
+def test_doctor_says_what_is_wrong_in_plain_words(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))  # bound, not listening: nobody answers on it
+        port = busy.getsockname()[1]
+        config = _config(tmp_path, node={"port": port}, callers=[],
+                         routing=[{"name": "chest", "modality": "CT", "model": "chest-ct-cancer"}],
+                         api={"host": "0.0.0.0", "port": free_port()},
+                         storage={"root": str(tmp_path / "store"), "min_free_mb": 10 ** 12})
+        done = onconode("doctor", "--offline", config=config)
+    assert done.returncode == 1
+    out = done.stdout
+    assert "rule chest sends CT series to model chest-ct-cancer, which is not installed" in out
+    assert f"cannot listen on 127.0.0.1:{port}" in out
+    assert "the API listens on 0.0.0.0 without api.token" in out
+    assert "every C-STORE will be refused" in out
+    assert "callers is empty" in out
+
+
+def test_doctor_reports_an_invalid_configuration_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("node: {port: 70000}\n")
+    done = onconode("doctor", config=path)
+    assert done.returncode == 2
+    assert done.stderr.startswith("onconode doctor: configuration:") and "Traceback" not in done.stderr
+
+
+def test_serve_stops_in_one_line_when_the_api_port_is_taken(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = _config(tmp_path, api={"port": port})
+        done = onconode("serve", config=config)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"onconode serve: HTTP API could not listen on 127.0.0.1:{port} (in use or not an address of this host)")
