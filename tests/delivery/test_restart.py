@@ -21,26 +21,30 @@ def test_node_killed_between_sc_and_sr_sends_the_sr_after_restart_and_no_sc_twic
         ct_files, ct_result, prepare, tmp_path: Path) -> None:
     folder = tmp_path / "node"
     folder.mkdir()
-    victim: list[int] = []
+    node = NodeProcess(folder, delivery={"poll_seconds": 0.1, "backoff_seconds": 0.2,
+                                         "outbox": str(tmp_path / "outbox")})
+    killed: list[int] = []
 
     def kill_on_first_sr(ds: Dataset) -> int | None:
-        if ds.SOPClassUID == SR_CLASS and victim:
-            os.kill(victim.pop(), signal.SIGKILL)  # the node dies while waiting for this answer
+        # The node process exists (Popen returned) before it can send anything, so its pid is known.
+        if ds.SOPClassUID == SR_CLASS and not killed and node.proc is not None:
+            killed.append(node.proc.pid)
+            os.kill(node.proc.pid, signal.SIGKILL)  # the node dies while waiting for this answer
             time.sleep(0.5)
             return 0xA700  # never read by the dead node; not counted as received
         return None
 
     scp = CountingSCP("PACS", on_store=kill_on_first_sr).start()
     try:
-        node = NodeProcess(folder, delivery={"poll_seconds": 0.1, "backoff_seconds": 0.2,
-                                             "outbox": str(tmp_path / "outbox")})
         db, prepared = prepare(ct_files, ct_result,
                                {"dicom": [{"ae_title": "PACS", "host": "127.0.0.1", "port": scp.port}]},
                                db_path=folder / "onconode.db")
         db.close()
-        node.start()
+        try:
+            node.start()
+        except RuntimeError:  # killed before it logged its start: the sends may begin that early
+            pass
         assert node.proc is not None
-        victim.append(node.proc.pid)
         node.proc.wait(timeout=60)  # killed by the SCP on the SR
         assert node.proc.returncode == -signal.SIGKILL
         captures = sum(scp.received.values())
