@@ -203,6 +203,17 @@ class Reporter:
         return []
 
 
+def warm_up() -> None:
+    """Load what highdicom and fhir.resources read on first use (their IOD module table, the R4B
+    model classes: about 1-2 s on 2 cores), so that the first study's reporting does not pay it.
+    ``onconode serve`` calls this in a background thread at start."""
+    from highdicom._standard_utils import get_module_attribute_map  # the cached JSON table
+
+    get_module_attribute_map()
+    build_bundle(StudyFacts("1.2.3", "warm-up", "CT"), [Finding("x", "1", "x", 0.5, True)],
+                 Algorithm("x", "0", "1.2.3"), "1.2.3.4", datetime.now(UTC), "urn:oid:1.2.3")
+
+
 def _captures(result: AnalysisResult, manifest: Manifest, findings: Sequence[Finding],
               sources: Sequence[Dataset], algorithm: Algorithm) -> list[Dataset]:
     """One SC per key slice, all in one new series, captioned with the predicted label."""
