@@ -6,6 +6,8 @@ concurrent associations to:
   (a) OncoNode (fsync + rename + index before Success),
   (b) storescp with TCP_NODELAY=1 (writes files, no fsync),
   (c) Orthanc with TCP_NODELAY=1 (its own SQLite index and storage area),
+  (d) a bare pynetdicom SCP that only writes durably (bench/bare_pynetdicom_scp.py): the share of
+      the time that is pynetdicom's own, not OncoNode's checks and index,
 and prints images/s and MB/s for each, OncoNode's ratios, and the physical floor for durable
 ingest: this disk's own write+fsync+rename(+folder fsync) rate for the same files.
 
@@ -168,8 +170,15 @@ def start_orthanc(work: Path, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
+def start_bare_pynetdicom(work: Path, port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "bare_pynetdicom_scp.py"), str(port),
+                             str(work / "in")])
+    wait_for_echo(port, "BARESCP")
+    return proc
+
+
 TARGETS = {"onconode": ("ONCONODE", start_onconode), "storescp": ("STORESCP", start_storescp),
-           "orthanc": ("ORTHANC", start_orthanc)}
+           "orthanc": ("ORTHANC", start_orthanc), "pynetdicom": ("BARESCP", start_bare_pynetdicom)}
 
 
 def main() -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from onconode.config import Settings, load_settings
+from onconode.events import withhold_library_values
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -34,6 +35,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    withhold_library_values()
     # pynetdicom logs every DIMSE message at INFO; our own association line replaces that.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
 

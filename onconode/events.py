@@ -8,7 +8,10 @@ never a patient's name, ID or birth date, never pixel data or whole data sets.
 from __future__ import annotations
 
 import logging
+import warnings
 from enum import Enum
+from pathlib import Path
+from typing import TextIO
 
 
 class Event(str, Enum):
@@ -20,6 +23,7 @@ class Event(str, Enum):
     STORE_FAILED = "store_failed"
     STUDY_TRANSITION = "study_transition"
     ANALYSED = "analysed"
+    LIBRARY_WARNING = "library_warning"
     REPORT_PREPARED = "report_prepared"
     DELIVERY_SENT = "delivery_sent"
     DELIVERY_FAILED = "delivery_failed"
@@ -40,3 +44,35 @@ def log_event(logger: logging.Logger, event: Event, level: int = logging.INFO, *
     parts = [f"event={event.value}"]
     parts += [f"{key}={_format(value)}" for key, value in fields.items() if value is not None]
     logger.log(level, " ".join(parts))
+
+
+# Libraries whose messages quote data element values (names, IDs, UIDs) as they find them.
+_VALUE_QUOTING_LIBRARIES = ("pydicom", "highdicom")
+
+
+class _WithholdLibraryText(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".")[0] in _VALUE_QUOTING_LIBRARIES:
+            record.msg = f"event={Event.LIBRARY_WARNING.value} library={record.name} source={record.module}:{record.lineno}"
+            record.args = ()
+        return True
+
+
+def withhold_library_values() -> None:
+    """Keep data values that libraries quote out of the log: warnings and pydicom/highdicom records
+    are logged as where they came from, without their text.
+
+    pydicom and highdicom warn with the offending value in the message (e.g. a Patient's Name that
+    is "unlikely to represent the intended person name"); in a node that is patient data in a log.
+    Call after the root handlers exist.
+    """
+    log = logging.getLogger("onconode.warnings")
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
+        log_event(log, Event.LIBRARY_WARNING, level=logging.WARNING, category=category.__name__,
+                  source=f"{Path(filename).parent.name}/{Path(filename).name}:{lineno}")
+
+    warnings.showwarning = show
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_WithholdLibraryText())
