@@ -15,7 +15,7 @@ from onconode.api.server import ApiServer
 from onconode.audit import AuditLog
 from onconode.config import Settings
 from onconode.delivery import dispatcher
-from onconode.delivery.outbox import Reporter
+from onconode.delivery.outbox import Reporter, warm_up
 from onconode.dicom_node.assembler import Assembler
 from onconode.dicom_node.recovery import recover
 from onconode.dicom_node.scp import AssociationSummary, StorageSCP
@@ -90,6 +90,7 @@ class Node:
         if self.models_note:
             log_event(log, Event.MODELS, level=logging.WARNING, note=self.models_note)
         self.assembler.start()
+        threading.Thread(target=warm_up, name="onconode-warm-up", daemon=True).start()
         self.worker.start()
         self.dispatcher.start()
         self.scp.start()

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import free_port, require
+
 REPO = Path(__file__).resolve().parents[1]
 PEERS = REPO / "var" / "peers"
 SEKMET_VERSION = "0.1.1"
@@ -79,13 +81,6 @@ def medplum_validate(bundle_path: Path) -> tuple[bool, str]:
     done = subprocess.run(check=False, args=["node", str(VALIDATE_MJS), str(bundle_path)], capture_output=True, text=True,
                           env={**os.environ, "MEDPLUM_DIR": str(medplum())}, timeout=120)
     return done.returncode == 0, done.stdout + done.stderr
-
-
-def require(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        pytest.skip(f"{tool} not installed (.ci/run installs the apt peers)")
-    return path
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
@@ -173,8 +168,8 @@ class Orthanc:
 
     def __init__(self, folder: Path, node_port: int, stable_age: int = 1) -> None:
         self.folder = folder
-        self.dicom_port = _free_port()
-        self.http_port = _free_port()
+        self.dicom_port = free_port()
+        self.http_port = free_port()
         self.node_port = node_port
         self.stable_age = stable_age
         self.url = f"http://127.0.0.1:{self.http_port}"
@@ -226,11 +221,3 @@ class Orthanc:
 
     def log(self) -> str:
         return (self.folder / "orthanc.log").read_text(errors="replace")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

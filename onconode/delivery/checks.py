@@ -34,9 +34,10 @@ class OutputCheckError(ValueError):
     """An output broke one of the node's rules; it is not recorded for delivery."""
 
 
-def check_sc(ds: Dataset, study_uid: str) -> None:
-    """Raises ``OutputCheckError`` when the SC breaks a rule (see the module docstring)."""
-    _common(ds, study_uid, SC_SOP_CLASS)
+def check_sc(ds: Dataset, study_uid: str, encoded: bytes | None = None) -> None:
+    """Raises ``OutputCheckError`` when the SC breaks a rule (see the module docstring);
+    ``encoded`` is the Part 10 file to be sent (default: ``ds`` written here)."""
+    _common(ds, study_uid, SC_SOP_CLASS, encoded)
     if ds.get("BurnedInAnnotation") != "YES" or sc_module.NOT_FOR_DIAGNOSIS not in str(ds.get("ImageComments", "")):
         raise OutputCheckError(f"SC {ds.SOPInstanceUID}: the not-for-diagnosis caption is not declared")
     if "Laterality" not in ds:
@@ -47,9 +48,9 @@ def check_sc(ds: Dataset, study_uid: str) -> None:
         raise OutputCheckError(f"SC {ds.SOPInstanceUID}: no Source Image Sequence")
 
 
-def check_sr(ds: Dataset, study_uid: str, predecessor: Dataset | None) -> None:
+def check_sr(ds: Dataset, study_uid: str, predecessor: Dataset | None, encoded: bytes | None = None) -> None:
     """Raises ``OutputCheckError`` when the SR breaks a rule (see the module docstring)."""
-    _common(ds, study_uid, SR_SOP_CLASS)
+    _common(ds, study_uid, SR_SOP_CLASS, encoded)
     if ds.get("VerificationFlag") != "UNVERIFIED":
         raise OutputCheckError(f"SR {ds.SOPInstanceUID}: VerificationFlag must be UNVERIFIED")
     if ds.get("CompletionFlag") != "COMPLETE":
@@ -70,7 +71,7 @@ def check_sr(ds: Dataset, study_uid: str, predecessor: Dataset | None) -> None:
         raise OutputCheckError(f"SR {ds.SOPInstanceUID}: content does not say not for diagnosis")
 
 
-def _common(ds: Dataset, study_uid: str, sop_class: UID) -> None:
+def _common(ds: Dataset, study_uid: str, sop_class: UID, encoded: bytes | None) -> None:
     if ds.SOPClassUID != sop_class:
         raise OutputCheckError(f"{ds.SOPInstanceUID}: SOP class {ds.SOPClassUID}, expected {sop_class}")
     if ds.StudyInstanceUID != study_uid:
@@ -80,11 +81,14 @@ def _common(ds: Dataset, study_uid: str, sop_class: UID) -> None:
         raise OutputCheckError(f"{ds.SOPInstanceUID}: the algorithm is not named as contributing equipment")
     # Written, re-read, and every value checked against its VR as ``enforce_valid_values`` would,
     # without flipping pydicom's process-wide setting under the other threads.
-    buffer = BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    buffer.seek(0)
+    if encoded is None:
+        buffer = BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        encoded = buffer.getvalue()
     try:
-        reread = pydicom.dcmread(buffer)
+        reread = pydicom.dcmread(BytesIO(encoded))
+        if reread.SOPInstanceUID != ds.SOPInstanceUID:
+            raise ValueError(f"encoded file holds {reread.SOPInstanceUID}")
         for element in reread.iterall():
             if element.VR not in _TEXT_VRS or element.value is None:
                 continue

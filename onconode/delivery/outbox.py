@@ -53,27 +53,32 @@ KIND_DICOM = "dicom"
 KIND_FHIR = "fhir"
 
 
-def write_durable(path: Path, data: bytes, root: Path) -> None:
-    """Write ``data`` to ``path`` by temp → fsync → rename → fsync of the folder.
+def write_durable(files: Sequence[tuple[Path, bytes]], root: Path) -> None:
+    """Write each ``(path, data)`` by temp → fsync → rename, then fsync each folder once.
 
     Raises
     ------
     OSError
         For any I/O failure; no temporary file is left behind.
     """
-    _make_durable_dirs(path.parent, stop=root)
-    temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    folders = []
+    for path, data in files:
+        _make_durable_dirs(path.parent, stop=root)
+        temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
         try:
-            _write_all(fd, data)
-            os.fdatasync(fd)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                _write_all(fd, data)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, path)
         finally:
-            os.close(fd)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+            temp.unlink(missing_ok=True)
+        if path.parent not in folders:
+            folders.append(path.parent)
+    for folder in folders:
+        _fsync_dir(folder)
 
 
 @dataclass(frozen=True)
@@ -137,51 +142,51 @@ class Reporter:
         key_sources = [_read(by_uid[k.sop_instance_uid] if k.sop_instance_uid in by_uid
                              else _find(source_paths, k.sop_instance_uid)) for k in result.key_slices]
         findings = findings_of(result, manifest)
-        predicted = next(f for f in findings if f.predicted)
-        sc_series = generate_uid()
-        captures = []
-        for n, (key, source) in enumerate(zip(result.key_slices, key_sources), start=1):
-            lines = overlay.caption_lines(manifest.name, manifest.version, predicted.label,
-                                          key.probabilities[manifest_index(manifest, predicted.label)])
-            rgb = overlay.render(key.image, key.heat_map, lines)
-            captures.append(build_sc(source, rgb, algorithm, sc_series, SC_SERIES_NUMBER, n))
+        captures = _captures(result, manifest, findings, key_sources, algorithm)
         predecessor = _read(previous.sr_path) if previous is not None and previous.sr_path.is_file() else None
         sr = build_sr(findings, algorithm, key_sources[0].Modality, key_sources, captures, generate_uid(),
                       SR_SERIES_NUMBER, predecessor=predecessor)
-        for capture in captures:
-            checks.check_sc(capture, study_uid)
-        checks.check_sr(sr, study_uid, predecessor)
-        bundle_json = None
-        fhir = self.destinations.fhir
-        if fhir.base_url:
-            facts = StudyFacts(study_uid, str(key_sources[0].get("PatientID", "")), key_sources[0].Modality,
-                               str(key_sources[0].get("AccessionNumber", "")) or None)
-            try:
-                bundle = build_bundle(facts, findings, algorithm, sr.SOPInstanceUID,
-                                      datetime.now(UTC), fhir.patient_system)
-                bundle_json = bundle.model_dump_json(exclude_none=True).encode()
-            except ValueError as err:
-                log_event(log, Event.REPORT_PREPARED, logging.WARNING, study=study_uid, status="no_fhir",
-                          reason=str(err).splitlines()[0])
+        # Encoded once: the checks re-read these bytes, and these bytes are what the outbox holds.
+        encoded = [_encode(c) for c in captures]
+        for capture, data in zip(captures, encoded):
+            checks.check_sc(capture, study_uid, data)
+        sr_bytes = _encode(sr)
+        checks.check_sr(sr, study_uid, predecessor, sr_bytes)
+        bundle_json = self._bundle(study_uid, key_sources[0], findings, algorithm, sr.SOPInstanceUID)
         folder = self.outbox / study_uid / sr.SOPInstanceUID
         sc_paths = [folder / SC_PATTERN.format(n=n) for n in range(1, len(captures) + 1)]
-        for path, capture in zip(sc_paths, captures):
-            write_durable(path, _encode(capture), self.outbox)
         sr_path = folder / SR_FILE
-        write_durable(sr_path, _encode(sr), self.outbox)
-        deliveries = []
-        for destination in self.dicom_destinations(study_uid):
-            objects = [*zip(sc_paths, (c.SOPInstanceUID for c in captures)), (sr_path, sr.SOPInstanceUID)]
-            deliveries += [NewDelivery(destination, KIND_DICOM, seq, path, uid) for seq, (path, uid) in enumerate(objects)]
+        files = [*zip(sc_paths, encoded), (sr_path, sr_bytes)]
+        objects = [*zip(sc_paths, (c.SOPInstanceUID for c in captures)), (sr_path, sr.SOPInstanceUID)]
+        deliveries = [NewDelivery(destination, KIND_DICOM, seq, path, uid)
+                      for destination in self.dicom_destinations(study_uid)
+                      for seq, (path, uid) in enumerate(objects)]
         if bundle_json is not None:
-            fhir_path = folder / FHIR_FILE
-            write_durable(fhir_path, bundle_json, self.outbox)
-            deliveries.append(NewDelivery(fhir.key, KIND_FHIR, 0, fhir_path, sr.SOPInstanceUID))
+            files.append((folder / FHIR_FILE, bundle_json))
+            deliveries.append(NewDelivery(self.destinations.fhir.key, KIND_FHIR, 0, folder / FHIR_FILE,
+                                          sr.SOPInstanceUID))
+        write_durable(files, self.outbox)
         report_id = self.db.record_report(
             NewReport(study_uid, folder, sr.SOPInstanceUID, sr_path, fingerprint), deliveries)
         log_event(log, Event.REPORT_PREPARED, study=study_uid, sr=sr.SOPInstanceUID, captures=len(captures),
                   deliveries=len(deliveries), revision=previous is not None)
         return Prepared(report_id, folder, sr.SOPInstanceUID, tuple(sc_paths), len(deliveries))
+
+    def _bundle(self, study_uid: str, source: Dataset, findings: Sequence[Finding], algorithm: Algorithm,
+                sr_uid: str) -> bytes | None:
+        """The FHIR Bundle as JSON, or None without a FHIR destination or a Patient ID."""
+        fhir = self.destinations.fhir
+        if not fhir.base_url:
+            return None
+        facts = StudyFacts(study_uid, str(source.get("PatientID", "")), source.Modality,
+                           str(source.get("AccessionNumber", "")) or None)
+        try:
+            bundle = build_bundle(facts, findings, algorithm, sr_uid, datetime.now(UTC), fhir.patient_system)
+        except ValueError as err:
+            log_event(log, Event.REPORT_PREPARED, logging.WARNING, study=study_uid, status="no_fhir",
+                      reason=str(err).splitlines()[0])
+            return None
+        return bundle.model_dump_json(exclude_none=True).encode()
 
     def dicom_destinations(self, study_uid: str) -> list[str]:
         """Configured DICOM destinations, else the sender when it is a caller with host and port."""
@@ -196,6 +201,31 @@ class Reporter:
                 if host:
                     return [f"{caller.ae_title}@{host}:{caller.port}"]
         return []
+
+
+def warm_up() -> None:
+    """Load what highdicom and fhir.resources read on first use (their IOD module table, the R4B
+    model classes: about 1-2 s on 2 cores), so that the first study's reporting does not pay it.
+    ``onconode serve`` calls this in a background thread at start."""
+    from highdicom._standard_utils import get_module_attribute_map  # the cached JSON table
+
+    get_module_attribute_map()
+    build_bundle(StudyFacts("1.2.3", "warm-up", "CT"), [Finding("x", "1", "x", 0.5, True)],
+                 Algorithm("x", "0", "1.2.3"), "1.2.3.4", datetime.now(UTC), "urn:oid:1.2.3")
+
+
+def _captures(result: AnalysisResult, manifest: Manifest, findings: Sequence[Finding],
+              sources: Sequence[Dataset], algorithm: Algorithm) -> list[Dataset]:
+    """One SC per key slice, all in one new series, captioned with the predicted label."""
+    predicted = next(f for f in findings if f.predicted)
+    index = manifest_index(manifest, predicted.label)
+    series_uid = generate_uid()
+    captures: list[Dataset] = []
+    for n, (key, source) in enumerate(zip(result.key_slices, sources), start=1):
+        lines = overlay.caption_lines(manifest.name, manifest.version, predicted.label, key.probabilities[index])
+        rgb = overlay.render(key.image, key.heat_map, lines)
+        captures.append(build_sc(source, rgb, algorithm, series_uid, SC_SERIES_NUMBER, n))
+    return captures
 
 
 def findings_of(result: AnalysisResult, manifest: Manifest) -> list[Finding]:

@@ -28,6 +28,7 @@ from onconode.state import Delivery
 log = logging.getLogger(__name__)
 
 Kind = Literal["dicom", "fhir"]
+DIMSE_TIMEOUT_SECONDS = 15
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,11 @@ class DicomSender:
         if not ready:
             return
         ae = AE(ae_title=self.calling_ae)
+        # Under CPU starvation pynetdicom (3.0) can hand a C-STORE response to its reactor as an
+        # "unexpected C-STORE service message" and then wait the whole DIMSE timeout; a shorter
+        # timeout turns that lost answer into a quick retry (the same SOP Instance UID again, which
+        # a PACS stores once).
+        ae.dimse_timeout = DIMSE_TIMEOUT_SECONDS
         ae.requested_contexts = [build_context(sop, [ts]) for sop, ts in sorted(set(metas.values()))]
         try:
             assoc = _associate(ae, peer, None)
