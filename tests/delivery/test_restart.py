@@ -62,6 +62,7 @@ def test_node_killed_between_sc_and_sr_sends_the_sr_after_restart_and_no_sc_twic
         finally:
             node.stop()
     finally:
+        node.stop()  # also after a failure above: no node outlives its test
         scp.stop()
     assert scp.received[prepared.sr_uid] == 1
     assert set(scp.received.values()) == {1} and len(scp.received) == len(prepared.captures) + 1
