@@ -7,12 +7,24 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from training.datasets import Record, carve_validation, deduplicate, load_splits, pixel_hash, scan
+from training.datasets import (DedupReport, Record, carve_validation, deduplicate, load_splits, pixel_hash,
+                               scan)
 from training.specs import BRAIN_MRI, CHEST_CT
 
 
-def test_chest_dedup_matches_the_documented_groups_and_drops_the_conflict(data_root: Path) -> None:
-    records, report = load_splits(CHEST_CT, data_root)
+@pytest.fixture(scope="module")
+def chest(data_root: Path) -> tuple[list[Record], DedupReport]:
+    return load_splits(CHEST_CT, data_root)
+
+
+@pytest.fixture(scope="module")
+def brain(data_root: Path) -> tuple[list[Record], DedupReport]:
+    return load_splits(BRAIN_MRI, data_root)
+
+
+def test_chest_dedup_matches_the_documented_groups_and_drops_the_conflict(
+        chest: tuple[list[Record], DedupReport]) -> None:
+    records, report = chest
     # shared/data/README.md: 1,000 images, 847 distinct, 59 groups, one with conflicting labels
     assert (report.images, report.groups, report.conflicting_groups) == (1000, 59, 1)
     assert len(records) == 847 - 1
@@ -20,8 +32,8 @@ def test_chest_dedup_matches_the_documented_groups_and_drops_the_conflict(data_r
     assert "l4.jpg" not in names and "sq2.jpg" not in names
 
 
-def test_no_pixel_identical_image_is_left_in_two_splits(data_root: Path) -> None:
-    records, _ = load_splits(CHEST_CT, data_root)
+def test_no_pixel_identical_image_is_left_in_two_splits(chest: tuple[list[Record], DedupReport]) -> None:
+    records, _ = chest
     hashes = [pixel_hash(r.path) for r in records]
     assert len(set(hashes)) == len(hashes)
 
@@ -34,11 +46,16 @@ def test_duplicates_keep_their_test_copy(tmp_path: Path) -> None:
     assert [r.split for r in kept] == ["test"] and report.removed == 1
 
 
-def test_brain_validation_is_carved_stratified_and_seeded(data_root: Path) -> None:
-    records, report = load_splits(BRAIN_MRI, data_root)
-    assert report.conflicting_groups == 0
-    again, _ = load_splits(BRAIN_MRI, data_root)
-    assert [r.split for r in records] == [r.split for r in again]
+def test_brain_dedup_matches_the_documented_groups(brain: tuple[list[Record], DedupReport]) -> None:
+    records, report = brain
+    # shared/data/README.md: 7,023 images, 6,597 distinct, 300 groups, none conflicting
+    assert (report.images, report.groups, report.conflicting_groups, len(records)) == (7023, 300, 0, 6597)
+
+
+def test_brain_validation_is_carved_stratified_and_seeded(brain: tuple[list[Record], DedupReport]) -> None:
+    records, _ = brain
+    kept = [Record(r.path, "train" if r.split == "valid" else r.split, r.label) for r in records]
+    assert carve_validation(kept, BRAIN_MRI.validation_fraction, BRAIN_MRI.seed) == records
     for label in range(4):
         train = sum(r.split == "train" and r.label == label for r in records)
         valid = sum(r.split == "valid" and r.label == label for r in records)
