@@ -109,8 +109,10 @@ treatment. Its training images are public web images, not consecutive clinical s
 
 Flag single {"CT chest" if spec.modality == "CT" else "axial brain MR"} slices for a research demo
 of the node's pipeline (routing, preprocessing, inference, Grad-CAM, DICOM SR/SC and FHIR output).
-Decision: `{decision}` vs the rest; the decision score is the summed calibrated probability of those
-labels and the study is positive if any slice reaches the manifest threshold ({manifest.decision.threshold}).
+Decision: `{decision}` vs the rest. The decision score of a slice is the summed calibrated
+probability of those labels; the threshold ({manifest.decision.threshold}) was set per slice. For a
+series or study, this card takes the highest slice score (how the node aggregates is the pipeline's
+rule, not the model's).
 Out of scope: other body parts, contrast phases or sequences than those in the Kaggle images,
 children, screening populations, any use on patients.
 
@@ -207,8 +209,11 @@ series were not used for training, for choosing the window, temperature or thres
 
 {labels}
 
-The SNOMED CT codes were chosen from memory of the international release and were **not checked
-against a terminology server**; verify them before relying on them.
+The SNOMED CT codes were **not checked against a terminology server**. Each code/display pair was
+only cross-checked against public third-party code lists (OMOP vocabulary excerpts and code tables
+in public repositories), which agree on the meanings above. 17621005 is a *qualifier value*
+("Normal"), not a finding; a finding such as "No abnormality detected" may suit SR/FHIR better.
+Verify before relying on them.
 
 ## Limitations
 
