@@ -13,9 +13,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from training.latency import measure  # noqa: E402
-from training.release import load_trained  # noqa: E402
-from training.specs import SPECS  # noqa: E402
+from training.latency import measure
+from training.release import load_trained
+from training.specs import SPECS
 
 
 def main() -> None:

@@ -42,9 +42,10 @@ def _targets(spec: ModelSpec, r: Release) -> str:
                      _met(t.accuracy.value >= TARGET_BRAIN_ACCURACY)])
     rows.append([f"ECE ≤ {TARGET_ECE} after temperature scaling (test)", f"{t.ece_after:.3f}",
                  _met(t.ece_after <= TARGET_ECE)])
-    rows.append([f"ONNX ≤ {TARGET_LATENCY_MS:g} ms/slice, batch 1, 2 threads",
-                 f"{r.latency.onnx_ms:.1f} ms (PyTorch eager {r.latency.torch_ms:.1f} ms, "
-                 f"{r.latency.ratio:.1f}× faster)", _met(r.latency.onnx_ms <= TARGET_LATENCY_MS)])
+    latency = (f"{r.latency.onnx_ms:.1f} ms (PyTorch eager {r.latency.torch_ms:.1f} ms, "
+               f"{r.latency.ratio:.1f}× faster)")
+    rows.append([f"ONNX ≤ {TARGET_LATENCY_MS:g} ms/slice, batch 1, 2 threads", latency,
+                 _met(r.latency.onnx_ms <= TARGET_LATENCY_MS)])
     rows.append(["ONNX file ≤ 20 MB", f"{r.onnx_bytes / 1e6:.1f} MB", _met(r.onnx_bytes <= 20e6)])
     return _table(["target", "measured", ""], rows)
 

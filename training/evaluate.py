@@ -11,8 +11,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.metrics import (Estimate, PerClass, bootstrap, confusion, ece, macro_ovr_auc, per_class,
-                              roc_auc, softmax)
+from training.metrics import (
+    Estimate,
+    PerClass,
+    bootstrap,
+    confusion,
+    ece,
+    macro_ovr_auc,
+    per_class,
+    roc_auc,
+    softmax,
+)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import yaml
 
-from onconode.inference.models import (Decision, GradCamSpec, InputSpec, Manifest, Outputs, sha256_of)
+from onconode.inference.models import Decision, GradCamSpec, InputSpec, Manifest, Outputs, sha256_of
 from training.card import render_card
 from training.datasets import DedupReport, Record, data_root, split_sizes
 from training.dicom_check import SliceResult, classify_series

@@ -8,8 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from onconode.inference.models import CropBody, Label, Percentiles, Preprocess, Resize, SnomedCode, Window
-from onconode.inference.models import Normalize
+from onconode.inference.models import (
+    CropBody,
+    Label,
+    Normalize,
+    Percentiles,
+    Preprocess,
+    Resize,
+    SnomedCode,
+    Window,
+)
 
 # EfficientNet-Lite0 ImageNet weights come from TF checkpoints trained on (x - 127) / 128 of 0-255 RGB
 # (see shared/data/README.md); in the [0, 1] scale that is mean 127/255, std 128/255 per channel.

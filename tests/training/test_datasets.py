@@ -7,8 +7,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from training.datasets import (DedupReport, Record, carve_validation, deduplicate, load_splits, pixel_hash,
-                               scan)
+from training.datasets import (
+    DedupReport,
+    Record,
+    carve_validation,
+    deduplicate,
+    load_splits,
+    pixel_hash,
+    scan,
+)
 from training.specs import BRAIN_MRI, CHEST_CT
 
 

@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.metrics import (bootstrap, confusion, ece, fit_temperature, per_class, roc_auc, softmax,
-                              youden_threshold)
+from training.metrics import (
+    bootstrap,
+    confusion,
+    ece,
+    fit_temperature,
+    per_class,
+    roc_auc,
+    softmax,
+    youden_threshold,
+)
 
 
 def test_roc_auc_counts_pairs_and_half_ties() -> None:
