@@ -82,7 +82,7 @@ CHEST_CT = ModelSpec(
         kind="ct_window", window=Window(center=200, width=2400),  # python -m training.ct_window
         resize=Resize(keep_aspect=True, pad_value=0.0), crop_body=_CROP, normalize=_LITE_NORMALIZE),
     size=(224, 224),
-    epochs=12,
+    epochs=10,
     batch_size=32,
     lr=1e-3,
     data_source="\"Chest CT-Scan images Dataset\" by Mohamed Hany, Kaggle (kaggle.com/datasets/mohamedhanyyy/"
