@@ -101,7 +101,8 @@ def fit(spec: ModelSpec, train_x: np.ndarray, train_y: np.ndarray, val_x: np.nda
         if val_loss < best[0]:
             best = (val_loss, epoch)
             torch.save(model.state_dict(), out_dir / "model.pt")
+        # Written every epoch so that an interrupted run still documents the checkpoint it left.
+        (out_dir / "history.json").write_text(json.dumps(history, indent=1))
         if step >= total:
             break
-    (out_dir / "history.json").write_text(json.dumps(history, indent=1))
     return FitResult(best_epoch=best[1], best_val_loss=best[0], history=history)
