@@ -6,10 +6,10 @@ PYTEST_ARGS ?=
 
 .PHONY: run test bench bench-models lint clean train-chest train-brain
 
+# torch first and pinned (the CPU wheel from pip's find-links), so the [train] extra cannot pull a CUDA build.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	# torch first and pinned: the CPU wheel from the local find-links, so nothing can pull a CUDA build.
 	$(VENV)/bin/pip install -q torch==2.13.0
 	$(VENV)/bin/pip install -q -e '.[test,train]'
 	rm -f $(VENV)/.installed-*
