@@ -1,40 +1,61 @@
 # Quick start: `make run` (environment + install + node on the embedded defaults), `make test`.
 VENV    ?= .venv
 PYTHON  ?= python3
-STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+HASH    := $(shell cat pyproject.toml | sha1sum | cut -c1-12)
+NODE    := $(VENV)/.node-$(HASH)
+FULL    := $(VENV)/.full-$(HASH)
 PYTEST_ARGS ?=
 
-.PHONY: run test bench bench-analyze bench-e2e peers lint clean
+.PHONY: run test bench bench-analyze bench-e2e bench-models peers lint clean train-chest train-brain
 
-$(STAMP): pyproject.toml
+# The node alone: what `make run` needs (no PyTorch).
+$(NODE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
-	rm -f $(VENV)/.installed-*
+	$(VENV)/bin/pip install -q -e .
+	rm -f $(VENV)/.node-*
 	touch $@
 
-run: $(STAMP)
+# Tests, benchmarks and training: torch first and pinned (the CPU wheel from pip's find-links), so the
+# [train] extra cannot pull a CUDA build.
+$(FULL): $(NODE)
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e '.[test,train]'
+	rm -f $(VENV)/.full-*
+	touch $@
+
+run: $(NODE)
 	$(VENV)/bin/onconode serve
 
-test: $(STAMP)
+test: $(FULL)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(FULL)
 	$(VENV)/bin/python bench/ingest.py
 
-bench-analyze: $(STAMP)
+bench-analyze: $(FULL)
 	$(VENV)/bin/python bench/analyze.py
 
-bench-e2e: $(STAMP)
+bench-e2e: $(FULL)
 	$(VENV)/bin/python bench/e2e.py
 
 # FHIR peers for the reporting tests (PEERS.md 5, 6): sekmet-fhir in its own venv, @medplum/core via npm.
-peers: $(STAMP)
+peers: $(FULL)
 	$(VENV)/bin/python -c "from tests import peers; peers.sekmet(); peers.medplum()"
 
-lint: $(STAMP)
+# Full retraining from scratch; each rewrites models/<name>.{onnx,yaml,md} and its plots.
+train-chest: $(FULL)
+	$(VENV)/bin/python -u -m training.train chest-ct
+
+train-brain: $(FULL)
+	$(VENV)/bin/python -u -m training.train brain-mri
+
+bench-models: $(FULL)
+	$(VENV)/bin/python bench/model_latency.py
+
+lint: $(FULL)
 	$(VENV)/bin/pip install -q ruff mypy types-PyYAML
-	$(VENV)/bin/ruff check onconode tests bench
+	$(VENV)/bin/ruff check onconode training tests bench
 	$(VENV)/bin/mypy
 
 clean:

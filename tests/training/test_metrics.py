@@ -1,0 +1,62 @@
+"""Metric code against hand-computed values (numpy only, no torch)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.metrics import (
+    bootstrap,
+    confusion,
+    ece,
+    fit_temperature,
+    per_class,
+    roc_auc,
+    softmax,
+    youden_threshold,
+)
+
+
+def test_roc_auc_counts_pairs_and_half_ties() -> None:
+    scores = np.array([0.9, 0.5, 0.5, 0.1])
+    positive = np.array([True, True, False, False])
+    # pairs (pos, neg): (0.9,0.5)=1 (0.9,0.1)=1 (0.5,0.5)=0.5 (0.5,0.1)=1 -> 3.5/4
+    assert roc_auc(scores, positive) == pytest.approx(0.875)
+
+
+def test_roc_auc_is_nan_without_negatives() -> None:
+    assert np.isnan(roc_auc(np.array([0.2, 0.3]), np.array([True, True])))
+
+
+def test_per_class_precision_recall_f1_from_confusion() -> None:
+    matrix = confusion(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 2)
+    assert matrix.tolist() == [[1, 0], [1, 2]]
+    first, second = per_class(matrix)
+    assert (first.precision, first.recall) == (0.5, 1.0)
+    assert second.precision == 1.0 and second.recall == pytest.approx(2 / 3)
+    assert second.f1 == pytest.approx(0.8)
+
+
+def test_ece_is_zero_when_confidence_equals_accuracy() -> None:
+    probs = np.array([[0.75, 0.25]] * 4)
+    labels = np.array([0, 0, 0, 1])
+    assert ece(probs, labels) == pytest.approx(0.0)
+
+
+def test_temperature_recovers_the_scale_of_overconfident_logits() -> None:
+    rng = np.random.default_rng(1)
+    true_logits = rng.normal(size=(4000, 4)) * 2
+    labels = np.array([rng.choice(4, p=p) for p in softmax(true_logits)])
+    assert fit_temperature(true_logits * 3, labels) == pytest.approx(3, rel=0.1)
+
+
+def test_youden_threshold_separates_perfectly_separable_scores() -> None:
+    threshold = youden_threshold(np.array([0.1, 0.2, 0.7, 0.9]), np.array([False, False, True, True]))
+    assert 0.2 < threshold <= 0.7
+
+
+def test_bootstrap_interval_contains_the_estimate() -> None:
+    values = np.arange(100) % 2
+    estimate = bootstrap(lambda i: float(values[i].mean()), len(values), resamples=500)
+    assert estimate.value == 0.5
+    assert estimate.low < 0.5 < estimate.high
