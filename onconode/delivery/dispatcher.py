@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 
 from onconode.background import PollingLoop
 from onconode.config import DeliverySettings, Settings
-from onconode.delivery.senders import DicomSender, FhirSender, Sender
+from onconode.delivery.senders import DicomSender, FhirSender, Sender, without_peer_text
 from onconode.events import Event, log_event
 from onconode.state import Delivery, DeliveryState, StateDB, StateError, StudyState
 
@@ -96,13 +96,15 @@ class Dispatcher(PollingLoop):
         if permanent or attempts >= self.settings.max_attempts:
             self.db.delivery_failed(delivery.id, error, None)
             log_event(log, Event.DELIVERY_DEAD, logging.WARNING, study=delivery.study_uid,
-                      sop=delivery.object_uid, destination=delivery.destination, attempts=attempts, reason=error)
+                      sop=delivery.object_uid, destination=delivery.destination, attempts=attempts,
+                      reason=without_peer_text(error))
             self._tell(delivery, "dead", error)
             return
         wait = backoff(attempts, self.settings.backoff_seconds, self.settings.max_backoff_seconds)
         self.db.delivery_failed(delivery.id, error, time.time() + wait)
         log_event(log, Event.DELIVERY_FAILED, logging.WARNING, study=delivery.study_uid, sop=delivery.object_uid,
-                  destination=delivery.destination, attempts=attempts, retry_in_s=round(wait, 1), reason=error)
+                  destination=delivery.destination, attempts=attempts, retry_in_s=round(wait, 1),
+                  reason=without_peer_text(error))
         self._tell(delivery, "retry", error)
 
     def _settle(self) -> None:

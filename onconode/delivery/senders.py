@@ -135,7 +135,7 @@ class FhirSender:
             # 4xx other than timeout/too many requests: the server refuses this bundle; retrying
             # the same bytes cannot succeed.
             permanent = 400 <= err.code < 500 and err.code not in (408, 425, 429)
-            return Outcome(f"HTTP {err.code}: {_detail(err.read())}", permanent=permanent)
+            return Outcome(f"HTTP {err.code}{PEER_TEXT}{_detail(err.read())}", permanent=permanent)
         except (urllib.error.URLError, OSError) as err:
             return Outcome(f"FHIR server unreachable: {getattr(err, 'reason', err)}")
         try:
@@ -145,6 +145,15 @@ class FhirSender:
         failed = [e.get("response", {}).get("status", "?") for e in entries
                   if not str(e.get("response", {}).get("status", "")).startswith("2")]
         return Outcome(f"entries failed: {failed}") if failed else SENT
+
+
+# What a peer says about a refused object may quote its content (a patient identifier in an
+# OperationOutcome): it is kept in the delivery row for the operator, and cut from log lines.
+PEER_TEXT = " | peer said: "
+
+
+def without_peer_text(error: str) -> str:
+    return error.split(PEER_TEXT, 1)[0]
 
 
 def _detail(body: bytes) -> str:
