@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +28,7 @@ from pydicom.uid import generate_uid
 
 from onconode.config import Caller, DestinationSettings
 from onconode.delivery import checks
-from onconode.dicom_node.storage import _fsync_dir, _make_durable_dirs, _write_all
+from onconode.durable import fsync_folder, write_file
 from onconode.events import Event, log_event
 from onconode.fhir.report import StudyFacts, build_bundle
 from onconode.inference.models import Manifest, RegisteredModel
@@ -45,7 +43,6 @@ log = logging.getLogger(__name__)
 SR_FILE = "sr.dcm"
 FHIR_FILE = "fhir.json"
 SC_PATTERN = "sc-{n}.dcm"
-TEMP_SUFFIX = ".tmp"
 # Series numbers of the node's own series: high, so that they sort after the modality's series.
 SC_SERIES_NUMBER = 9901
 SR_SERIES_NUMBER = 9902
@@ -63,22 +60,11 @@ def write_durable(files: Sequence[tuple[Path, bytes]], root: Path) -> None:
     """
     folders = []
     for path, data in files:
-        _make_durable_dirs(path.parent, stop=root)
-        temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
-        try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            try:
-                _write_all(fd, data)
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temp, path)
-        finally:
-            temp.unlink(missing_ok=True)
+        write_file(path, data, root, sync_folder=False)
         if path.parent not in folders:
             folders.append(path.parent)
     for folder in folders:
-        _fsync_dir(folder)
+        fsync_folder(folder)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Input: an ``InstanceIdentity`` (UIDs already validated) and the Part 10 byte pieces to write.
 Output: the final path, once the bytes survive a crash.
 
-The one write path is temp file → fsync → rename → fsync of the folder. Only after all four may
+The one write path is ``durable.write_file``: temp → fsync → rename → fsync of the folder. Only after all four may
 C-STORE answer Success: a power cut after that keeps the instance; before it, the sender gets no
 Success and resends. A half-written temporary file is removed on failure, and any that a killed
 process left behind is removed at the next start (``remove_stale_temporaries``).
@@ -14,14 +14,13 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from onconode.dicom_node.identify import InstanceIdentity
+from onconode.durable import TEMP_SUFFIX, write_file
 
 SUFFIX = ".dcm"
-TEMP_SUFFIX = ".tmp"
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
@@ -59,23 +58,12 @@ class InstanceStorage:
         if self.min_free_bytes and shutil.disk_usage(self.root).free - len(data) < self.min_free_bytes:
             raise LowDiskSpace(errno.ENOSPC, "free space below storage.min_free_mb")
         final = self.path_for(identity)
-        folder = final.parent
-        _make_durable_dirs(folder, stop=self.root)
-        temp = folder / f".{identity.sop_instance_uid}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            try:
-                _write_all(fd, data)
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temp, final)
+            write_file(final, data, self.root)
         except OSError as err:
-            temp.unlink(missing_ok=True)
             if err.errno in _NO_SPACE:
                 raise StorageFull(err.errno, "disk full while writing") from err
             raise
-        _fsync_dir(folder)
         return final
 
     def instance_files(self) -> Iterator[Path]:
@@ -96,37 +84,6 @@ class InstanceStorage:
                     temp.unlink(missing_ok=True)
                     removed += 1
         return removed
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _make_durable_dirs(folder: Path, stop: Path) -> None:
-    """Create ``folder`` and its missing parents below ``stop``, fsyncing each new entry's parent."""
-    if folder.is_dir():
-        return
-    missing = []
-    current = folder
-    while not current.is_dir() and current != stop:
-        missing.append(current)
-        current = current.parent
-    for path in reversed(missing):
-        # Another association may have created it a moment ago: fsync the parent either way, since
-        # Success must not depend on whether that thread has finished its own fsync.
-        path.mkdir(exist_ok=True)
-        _fsync_dir(path.parent)
 
 
 def _subdirs(folder: Path) -> Iterator[Path]:
