@@ -5,14 +5,11 @@ Input: association summaries from ``dicom_node/scp.py``, committed transitions f
 ``audit.path``, each flushed and fsynced before the call returns, so the trail survives a crash.
 
 The trail holds identifiers (UIDs, AE titles, hosts), counts and reasons, never a patient's name,
-ID or birth date. Where two records must be linked to one patient, ``patient_ref`` gives a salted
-SHA-256 of the patient ID: stable for one salt, not reversible without it.
+ID or birth date: the study UID is the link between records, so no patient identifier is needed.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import threading
@@ -30,22 +27,13 @@ class AuditKind(str, Enum):
     DELIVERY = "delivery"
 
 
-def patient_ref(patient_id: str, salt: str) -> str:
-    """A keyed hash (HMAC-SHA-256, hex, 32 characters) standing in for a patient ID."""
-    return hmac.new(salt.encode(), patient_id.encode(), hashlib.sha256).hexdigest()[:32]
-
-
 class AuditLog:
     """Appends audit records to a file; safe to share between threads."""
 
-    def __init__(self, path: Path, salt: str) -> None:
+    def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._salt = salt
         self._lock = threading.Lock()
-
-    def patient_ref(self, patient_id: str) -> str:
-        return patient_ref(patient_id, self._salt)
 
     def association(self, *, calling_ae: str, host: str, outcome: str, reason: str | None, instances: int,
                     bytes_received: int, failures: int, ms: int) -> None:

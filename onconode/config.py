@@ -230,14 +230,9 @@ class ApiSettings(_Section):
 
 
 class AuditSettings(_Section):
-    """The JSON-lines audit trail: associations, study transitions, deliveries; no patient data.
-
-    ``salt`` keys the hash that stands in for a patient ID where a link between records is needed;
-    keep it secret and stable, or the hashes of one patient stop matching across restarts.
-    """
+    """The JSON-lines audit trail: associations, study transitions, deliveries; no patient data."""
 
     path: Path | None = Path("var/audit.jsonl")  # null turns the audit trail off
-    salt: SecretStr = SecretStr("change-me")
 
 
 class Settings(BaseSettings):

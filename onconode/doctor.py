@@ -150,9 +150,6 @@ def _security(settings: Settings) -> Iterator[Finding]:
                                             "on the network can read study states and trigger reprocessing")
     if settings.audit.path is None:
         yield Finding(Level.WARNING, "audit", "audit.path is null: no audit trail is written")
-    elif settings.audit.salt.get_secret_value() == "change-me":
-        yield Finding(Level.WARNING, "audit", "audit.salt is the default; set a secret salt so patient hashes "
-                                              "cannot be recomputed by others")
 
 
 def _destinations(settings: Settings) -> Iterator[Finding]:

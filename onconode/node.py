@@ -57,7 +57,7 @@ class Node:
         from onconode.api.metrics import NodeMetrics
 
         audit = self.settings.audit
-        self.audit = AuditLog(audit.path, audit.salt.get_secret_value()) if audit.path else None
+        self.audit = AuditLog(audit.path) if audit.path else None
         if self.audit is not None:
             self.db.add_transition_listener(self.audit.transition)
             self.scp.add_association_listener(self._audit_association)

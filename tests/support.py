@@ -76,7 +76,7 @@ class NodeProcess:
             "study": {"stable_seconds": 1, "poll_seconds": 0.2},
             "callers": [],
             "api": {"port": free_port()},
-            "audit": {"path": str(folder / "audit.jsonl"), "salt": "test-salt"},
+            "audit": {"path": str(folder / "audit.jsonl")},
         }
         for section, values in overrides.items():
             if isinstance(values, dict):

@@ -35,7 +35,7 @@ def _config(tmp_path: Path, **sections: Any) -> Path:
         "routing": [{"name": "brain", "modality": "MR", "model": "test-mr"}],
         "analysis": {"models": str(tmp_path / "models")},
         "api": {"port": free_port()},
-        "audit": {"path": str(tmp_path / "audit.jsonl"), "salt": "a-real-secret"},
+        "audit": {"path": str(tmp_path / "audit.jsonl")},
     }
     config.update(sections)
     path = tmp_path / "onconode.yaml"
