@@ -17,12 +17,18 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE
-from pynetdicom.presentation import build_context
 
 from onconode.config import FhirDestination
-from onconode.dicom_node.scu import PeerAddress, SendError, _associate
+from onconode.dicom_node.scu import (
+    UNREADABLE,
+    PeerAddress,
+    SendError,
+    associate,
+    contexts_for,
+    read_dicom_file,
+    store_failure,
+)
 from onconode.state import Delivery
 
 log = logging.getLogger(__name__)
@@ -65,14 +71,13 @@ class DicomSender:
             for d in deliveries:
                 yield d, Outcome(f"bad destination: {err}", permanent=True)
             return
-        metas = {}
+        files = {}
         for d in deliveries:
             try:
-                meta = read_file_meta_info(d.path)
-                metas[d.id] = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
-            except (OSError, ValueError, AttributeError) as err:
+                files[d.id] = read_dicom_file(d.path)
+            except UNREADABLE as err:
                 yield d, Outcome(f"outbox file unreadable: {err}", permanent=True)
-        ready = [d for d in deliveries if d.id in metas]
+        ready = [d for d in deliveries if d.id in files]
         if not ready:
             return
         ae = AE(ae_title=self.calling_ae)
@@ -81,9 +86,9 @@ class DicomSender:
         # timeout turns that lost answer into a quick retry (the same SOP Instance UID again, which
         # a PACS stores once).
         ae.dimse_timeout = DIMSE_TIMEOUT_SECONDS
-        ae.requested_contexts = [build_context(sop, [ts]) for sop, ts in sorted(set(metas.values()))]
+        ae.requested_contexts = contexts_for(files.values())
         try:
-            assoc = _associate(ae, peer, None)
+            assoc = associate(ae, peer, None)
         except SendError as err:
             for d in ready:
                 yield d, Outcome(str(err))
@@ -93,15 +98,9 @@ class DicomSender:
                 if not assoc.is_established:
                     yield d, Outcome(f"association with {peer} ended")
                     continue
-                response = assoc.send_c_store(d.path)
-                status = int(response.Status) if "Status" in response else None
-                if status is None:
-                    yield d, Outcome("no C-STORE response")
-                elif status == 0x0000 or 0xB000 <= status <= 0xBFFF:  # Success, Warning: stored
-                    yield d, SENT
-                else:
-                    # 0xA7xx out of resources and 0xC0xx "cannot understand" may pass; retry both.
-                    yield d, Outcome(f"C-STORE status 0x{status:04X}")
+                failure = store_failure(assoc.send_c_store(d.path))
+                # 0xA7xx out of resources and 0xC0xx "cannot understand" may pass; retry both.
+                yield d, SENT if failure is None else Outcome(f"C-STORE {failure}")
         finally:
             if assoc.is_established:
                 assoc.release()

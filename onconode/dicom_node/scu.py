@@ -15,11 +15,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
-from pynetdicom.presentation import build_context
+from pynetdicom.presentation import PresentationContext, build_context
 
 from onconode.dicom_node.sop_classes import VERIFICATION
 from onconode.dicom_node.validators import check_ae_title
@@ -90,18 +91,46 @@ class SendReport:
         return "\n".join(lines)
 
 
+UNREADABLE = (InvalidDicomError, AttributeError, OSError, ValueError)
+
+
+def read_dicom_file(path: Path) -> DicomFile:
+    """What to propose for sending ``path``, from its File Meta Information.
+
+    Raises
+    ------
+    InvalidDicomError, AttributeError, OSError, ValueError
+        (``UNREADABLE``) when the file is not a readable Part 10 file.
+    """
+    meta = read_file_meta_info(path)
+    return DicomFile(path, str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID),
+                     str(meta.TransferSyntaxUID))
+
+
 def find_dicom_files(paths: Iterable[Path]) -> tuple[list[DicomFile], list[Path]]:
     """Every Part 10 file under ``paths`` (folders recursively, sorted), and the files that are not."""
     found: list[DicomFile] = []
     skipped: list[Path] = []
     for path in _walk(paths):
         try:
-            meta = read_file_meta_info(path)
-            found.append(DicomFile(path, str(meta.MediaStorageSOPClassUID),
-                                   str(meta.MediaStorageSOPInstanceUID), str(meta.TransferSyntaxUID)))
-        except (InvalidDicomError, AttributeError, OSError, ValueError):
+            found.append(read_dicom_file(path))
+        except UNREADABLE:
             skipped.append(path)
     return found, skipped
+
+
+def contexts_for(files: Iterable[DicomFile]) -> list[PresentationContext]:
+    """One presentation context per (SOP class, transfer syntax), so each file goes as stored."""
+    return [build_context(sop, [ts]) for sop, ts in sorted({(f.sop_class_uid, f.transfer_syntax) for f in files})]
+
+
+def store_failure(response: Dataset) -> str | None:
+    """Why a C-STORE response means "not stored", or None: Success and Warning (B000-BFFF) are stored."""
+    if "Status" not in response:
+        return "no response"
+    if response.Status == 0x0000 or 0xB000 <= response.Status <= 0xBFFF:
+        return None
+    return f"status 0x{response.Status:04X}"
 
 
 def _walk(paths: Iterable[Path]) -> Iterator[Path]:
@@ -114,7 +143,7 @@ def _walk(paths: Iterable[Path]) -> Iterator[Path]:
             raise SendError(f"no such file or folder: {path}")
 
 
-def _associate(ae: AE, peer: PeerAddress, tls: ssl.SSLContext | None) -> Association:
+def associate(ae: AE, peer: PeerAddress, tls: ssl.SSLContext | None) -> Association:
     tls_args = (tls, peer.host) if tls is not None else None
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
     if not assoc.is_established:
@@ -136,7 +165,7 @@ def echo(peer: PeerAddress, calling_ae: str = "ONCONODE-SCU", tls: ssl.SSLContex
     """
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(VERIFICATION)
-    assoc = _associate(ae, peer, tls)
+    assoc = associate(ae, peer, tls)
     try:
         response = assoc.send_c_echo()
     finally:
@@ -180,18 +209,15 @@ def _batches_by_context(files: list[DicomFile]) -> Iterator[list[DicomFile]]:
 def _send_batch(batch: list[DicomFile], peer: PeerAddress, calling_ae: str, tls: ssl.SSLContext | None,
                 report: SendReport) -> SendReport:
     ae = AE(ae_title=calling_ae)
-    ae.requested_contexts = [build_context(sop, [ts]) for sop, ts in
-                             sorted({(f.sop_class_uid, f.transfer_syntax) for f in batch})]
-    assoc = _associate(ae, peer, tls)
+    ae.requested_contexts = contexts_for(batch)
+    assoc = associate(ae, peer, tls)
     try:
         for f in batch:
-            response = assoc.send_c_store(f.path)
-            if "Status" not in response:
-                report.failed.append((f.path, "no response"))
-            elif response.Status == 0x0000 or 0xB000 <= response.Status <= 0xBFFF:  # Success, Warning: stored
+            failure = store_failure(assoc.send_c_store(f.path))
+            if failure is None:
                 report.sent += 1
             else:
-                report.failed.append((f.path, f"status 0x{response.Status:04X}"))
+                report.failed.append((f.path, failure))
             if not assoc.is_established:
                 raise SendError(f"association with {peer} ended after {report.sent} instances")
     finally:

@@ -26,7 +26,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> NodeProcess:
     process.stop()
 
 
-def _associate(port: int, calling: str, called: str = "ONCONODE", bind: str = "127.0.0.1"):
+def associate(port: int, calling: str, called: str = "ONCONODE", bind: str = "127.0.0.1"):
     ae = AE(ae_title=calling)
     ae.add_requested_context(Verification)
     return ae.associate("127.0.0.1", port, ae_title=called, bind_address=(bind, 0))
@@ -34,7 +34,7 @@ def _associate(port: int, calling: str, called: str = "ONCONODE", bind: str = "1
 
 def test_known_callers_are_accepted_from_their_hosts(guarded: NodeProcess) -> None:
     for calling, bind in (("PACS", "127.0.0.1"), ("REMOTE", "127.0.0.2"), ("ANYHOST", "127.0.0.3")):
-        assoc = _associate(guarded.port, calling, bind=bind)
+        assoc = associate(guarded.port, calling, bind=bind)
         assert assoc.is_established, calling
         assert assoc.send_c_echo().Status == 0
         assoc.release()
@@ -47,7 +47,7 @@ def test_known_callers_are_accepted_from_their_hosts(guarded: NodeProcess) -> No
 ])
 def test_unknown_callers_and_wrong_called_ae_are_rejected(
         guarded: NodeProcess, calling: str, called: str, bind: str, reason: int) -> None:
-    assoc = _associate(guarded.port, calling, called, bind)
+    assoc = associate(guarded.port, calling, called, bind)
     assert assoc.is_rejected
     rejection = assoc.acceptor.primitive
     assert (rejection.result, rejection.result_source, rejection.diagnostic) == (0x01, 0x01, reason)
@@ -66,10 +66,10 @@ def test_dcmtk_echoscu_with_unknown_ae_is_rejected(guarded: NodeProcess) -> None
 
 
 def test_associations_beyond_the_limit_are_rejected_transiently(guarded: NodeProcess) -> None:
-    held = [_associate(guarded.port, "PACS") for _ in range(2)]
+    held = [associate(guarded.port, "PACS") for _ in range(2)]
     try:
         assert all(a.is_established for a in held)
-        extra = _associate(guarded.port, "PACS")
+        extra = associate(guarded.port, "PACS")
         assert extra.is_rejected
         rejection = extra.acceptor.primitive
         assert (rejection.result, rejection.result_source, rejection.diagnostic) == (0x02, 0x03, 0x02)
