@@ -437,10 +437,7 @@ class StateDB:
                        (study_uid, time.time(), json.dumps(summary)))
 
     def latest_result(self, study_uid: str) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._conn.execute("SELECT summary FROM results WHERE study_uid = ? ORDER BY id DESC LIMIT 1",
-                                     (study_uid,)).fetchone()
-        return json.loads(row[0]) if row else None
+        return self.latest_results([study_uid]).get(study_uid)
 
     # --- read-only queries and operator actions for the API and CLI (issue 6) ----------------
 
