@@ -18,10 +18,13 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import dataclass, field
+from io import BytesIO
 from typing import Any, cast
 
 from pynetdicom import AE, evt
+from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
@@ -30,6 +33,8 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from onconode.config import Caller, NodeSettings
 from onconode.dicom_node.identify import InvalidInstance, identify
+from onconode.dicom_node.part10 import part10_bytes
+from onconode.dicom_node.reactor import EventDrivenAssociation, WholeReadSocket
 from onconode.dicom_node.sop_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
 from onconode.dicom_node.status import StoreStatus
 from onconode.dicom_node.storage import InstanceStorage, LowDiskSpace, StorageFull
@@ -222,7 +227,8 @@ class StorageSCP:
 
     def _store(self, event: DicomEvent, stats: _AssociationStats) -> StoreStatus:
         request = cast(C_STORE, event.request)
-        encoded = event.encoded_dataset()
+        encoded = part10_bytes(cast(BytesIO, request.DataSet).getvalue(), str(request.AffectedSOPClassUID),
+                               str(request.AffectedSOPInstanceUID), str(event.context.transfer_syntax))
         try:
             identity = identify(encoded, str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID))
         except InvalidInstance as err:
@@ -263,14 +269,33 @@ def _refused(status: StoreStatus, reason: str, stats: _AssociationStats, sop: st
 
 
 def _request_handler(policy: CallerPolicy, on_reject: _RejectCallback) -> type[RequestHandler]:
-    """A pynetdicom request handler that applies ``policy`` and disables Nagle on each connection."""
+    """A pynetdicom request handler that builds event-driven associations (``reactor.py``) applying
+    ``policy``, with Nagle disabled on each connection."""
 
     class PolicyRequestHandler(RequestHandler):
         def _create_association(self) -> Association:
+            # What pynetdicom's RequestHandler does, with our Association, socket and ACSE classes.
+            server = cast(ThreadedAssociationServer, self.server)
             # Small C-STORE-RSP PDUs must not wait for Nagle's algorithm (see PEERS.md, TCP_NODELAY).
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            assoc = super()._create_association()
+            assoc = EventDrivenAssociation(self.ae, MODE_ACCEPTOR)
+            assoc._server = server
+            assoc.name = f"AcceptorThread@{time.strftime('%Y%m%d%H%M%S')}"
+            assoc.set_socket(WholeReadSocket(assoc, client_socket=self.request))
             assoc.acse = _PolicyACSE(assoc, policy, on_reject)
+            assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
+            assoc.acceptor.ae_title = server.ae_title
+            assoc.acceptor.address_info = self.local
+            assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
+            assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
+            assoc.acceptor.supported_contexts = deepcopy(server.contexts)
+            assoc.requestor.address_info = self.remote
+            for event, handlers in server._handlers.items():
+                if event.is_intervention and handlers:
+                    assoc.bind(event, *handlers)
+                elif isinstance(event, evt.NotificationEvent):
+                    for handler, args in cast(list[tuple[Callable[..., Any], Any]], handlers):
+                        assoc.bind(event, handler, args)
             return assoc
 
     return PolicyRequestHandler

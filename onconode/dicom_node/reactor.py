@@ -1,0 +1,214 @@
+"""Event-driven acceptor associations: pynetdicom's state machine, PDUs and DIMSE, without its polling.
+
+Why: pynetdicom 3 runs two polling loops per association. The DUL thread sleeps 1 ms whenever it
+has nothing to do and calls ``select`` with a zero timeout on every turn; the association thread
+sleeps 1 ms before each look at the DIMSE queue; and the socket is read in 4 KiB pieces. For a
+C-STORE of a 512x512 CT slice that adds up to several milliseconds of latency and CPU per instance,
+more than the fsync that durability costs (see ``bench/ingest.py``). Here the same pynetdicom
+objects run on blocking waits instead:
+
+- the DUL thread blocks in ``select`` on the socket and on a wake-up socket that ``send_pdu`` writes
+  to, so a received PDU and a response to send are each handled at once;
+- the association thread blocks on the DIMSE message queue;
+- the socket reads a whole PDU with ``recv_into``.
+
+Both waits wake at least every ``_TICK`` seconds so that the ARTIM and idle timers, release, abort
+and kill are still noticed, as the polling loops notice them.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import select
+import socket
+import ssl
+import struct
+from typing import cast
+
+from pynetdicom import evt
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
+from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.transport import AssociationSocket
+
+log = logging.getLogger(__name__)
+
+_TICK = 0.01  # seconds: the longest a wait lasts before timers, release and kill are checked again
+
+
+class WholeReadSocket(AssociationSocket):
+    """Reads ``nr_bytes`` into one buffer with as few system calls as the kernel allows."""
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        assert self.socket is not None
+        buffer = bytearray(nr_bytes)
+        view = memoryview(buffer)
+        read = 0
+        while read < nr_bytes:
+            count = self.socket.recv_into(view[read:], nr_bytes - read)
+            if not count:  # connection closed: return what arrived, as pynetdicom does
+                del view
+                return buffer[:read]
+            read += count
+        return buffer
+
+
+class EventDrivenDUL(DULServiceProvider):
+    """The DICOM Upper Layer thread, woken by the socket or by a primitive to send."""
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__(assoc)
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+
+    def send_pdu(self, primitive) -> None:  # type: ignore[no-untyped-def]
+        super().send_pdu(primitive)
+        self._wake()
+
+    def stop_dul(self) -> bool:
+        self._wake()
+        return super().stop_dul()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_writer.send(b"\0")
+        except (BlockingIOError, OSError):  # already pending, or the thread has ended
+            pass
+
+    def run_reactor(self) -> None:
+        self._idle_timer.start()
+        try:
+            while not self._kill_thread:
+                if not self.assoc._dul_ready.is_set():
+                    self.assoc._dul_ready.set()
+                if self.artim_timer.expired:
+                    self.event_queue.put("Evt18")
+                try:
+                    if not self._process_recv_primitive() and self._is_transport_event():
+                        self._idle_timer.restart()
+                except Exception:
+                    log.exception("event=dul_error action=abort")
+                    self._abort_now()
+                    return
+                try:
+                    event = self.event_queue.get(block=False)
+                except queue.Empty:
+                    self._wait()
+                    continue
+                self.state_machine.do_action(event)
+        finally:
+            self._wake_reader.close()
+            self._wake_writer.close()
+
+    def _wait(self) -> None:
+        """Block until the peer sends data, a primitive is queued, or a tick passes."""
+        sock = self.socket.socket if self.socket is not None and self.socket._is_connected else None
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return
+        waiting_on = [self._wake_reader] if sock is None else [self._wake_reader, sock]
+        try:
+            ready, _, _ = select.select(waiting_on, [], [], _TICK)
+        except (OSError, ValueError):  # the socket closed under us; the next turn sees Evt17
+            return
+        if self._wake_reader in ready:
+            try:
+                while self._wake_reader.recv(4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def _abort_now(self) -> None:
+        """Bypass the state machine and send an A-ABORT, as pynetdicom's own reactor does on error."""
+        pdu = A_ABORT_RQ()
+        pdu.source, pdu.reason_diagnostic = 0x02, 0x00
+        if self.socket is not None:
+            self.socket.send(pdu.encode())
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        self.assoc._kill = True
+        self._kill_thread = True
+
+
+class _EventDrivenDIMSE(DIMSEServiceProvider):
+    """Hands the association thread a decoded message as soon as the DUL queues it, and encodes the
+    plain C-STORE response directly.
+
+    pynetdicom's acceptor loop asks ``get_msg(block=False)`` after a 1 ms sleep; waiting here for up to
+    a tick instead removes that latency while the loop's release, abort and timeout checks still run.
+    A C-STORE-RSP goes through a pydicom ``Dataset`` in pynetdicom, which costs more than the rest of
+    the response; the one without Error Comment or Offending Element (every response OncoNode sends)
+    is encoded by ``c_store_rsp_command``, to the same bytes.
+    """
+
+    def get_msg(self, block: bool = False):  # type: ignore[no-untyped-def]
+        if block:
+            return super().get_msg(block=True)
+        try:
+            return self.msg_queue.get(timeout=_TICK)
+        except queue.Empty:
+            return None, None
+
+    def send_msg(self, primitive, context_id: int) -> None:  # type: ignore[no-untyped-def]
+        if not (isinstance(primitive, C_STORE) and primitive.MessageIDBeingRespondedTo is not None
+                and primitive.Status is not None and primitive.ErrorComment is None and primitive.OffendingElement is None
+                and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
+            super().send_msg(primitive, context_id)
+            return
+        command = c_store_rsp_command(str(primitive.AffectedSOPClassUID), str(primitive.AffectedSOPInstanceUID),
+                                      int(primitive.MessageIDBeingRespondedTo), cast(int, primitive.Status))
+        if self.maximum_pdu_size and len(command) + 7 > self.maximum_pdu_size:
+            super().send_msg(primitive, context_id)
+            return
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
+        self.dul.send_pdu(pdata)
+
+
+def c_store_rsp_command(sop_class_uid: str, sop_instance_uid: str, message_id: int, status: int) -> bytes:
+    """The command set of a C-STORE-RSP (PS3.7 9.3.1.2) in implicit VR little endian, no data set."""
+    elements = b"".join((
+        _implicit(0x0002, _even(sop_class_uid.encode("ascii", "replace"))),
+        _implicit(0x0100, struct.pack("<H", 0x8001)),          # Command Field: C-STORE-RSP
+        _implicit(0x0120, struct.pack("<H", message_id)),      # Message ID Being Responded To
+        _implicit(0x0800, struct.pack("<H", 0x0101)),          # Command Data Set Type: none
+        _implicit(0x0900, struct.pack("<H", status)),
+        _implicit(0x1000, _even(sop_instance_uid.encode("ascii", "replace"))),
+    ))
+    return _implicit(0x0000, struct.pack("<I", len(elements))) + elements
+
+
+def _implicit(element: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", 0x0000, element, len(value)) + value
+
+
+def _even(uid: bytes) -> bytes:
+    return uid + b"\0" if len(uid) % 2 else uid
+
+
+class EventDrivenAssociation(Association):
+    """An acceptor ``Association`` whose DUL and DIMSE providers wait on events instead of polling."""
+
+    def __init__(self, ae, mode: str) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(ae, mode)
+        self.dul = EventDrivenDUL(self)
+        self.dimse = _EventDrivenDIMSE(self)
+        # pynetdicom's standard handlers format a debug line for every PDU and DIMSE message, even with
+        # debug logging off; the listener logs one line per association instead (scp.py).
+        self.unbind(evt.EVT_DIMSE_RECV, standard_dimse_recv_handler)
+        self.unbind(evt.EVT_DIMSE_SENT, standard_dimse_sent_handler)
+        self.unbind(evt.EVT_PDU_RECV, standard_pdu_recv_handler)
+        self.unbind(evt.EVT_PDU_SENT, standard_pdu_sent_handler)
+        # The timers live on the DUL, so the timeouts pynetdicom set on the replaced one are set again.
+        self.acse_timeout = self.ae.acse_timeout
+        self.network_timeout = self.ae.network_timeout
