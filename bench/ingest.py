@@ -8,8 +8,9 @@ concurrent associations to:
   (c) Orthanc with TCP_NODELAY=1 (its own SQLite index and storage area),
   (d) a bare pynetdicom SCP that only writes durably (bench/bare_pynetdicom_scp.py): the share of
       the time that is pynetdicom's own, not OncoNode's checks and index,
-and prints images/s and MB/s for each, OncoNode's ratios, and the physical floor for durable
-ingest: this disk's own write+fsync+rename(+folder fsync) rate for the same files.
+and prints images/s, MB/s and the receiver's CPU per image for each, OncoNode's ratios, and the
+physical floor for durable ingest: this disk's own write+fsync+rename(+folder fsync) rate for the
+same files. CPU per image is steadier than images/s on a shared machine.
 
 Not a test: no assertion on time. Run: `make bench` or `.venv/bin/python bench/ingest.py`.
 """
@@ -46,6 +47,7 @@ class Result:
     seconds: float
     count: int
     megabytes: float
+    cpu_seconds: float | None = None  # the receiver's user+system CPU (threads and reaped children)
 
     @property
     def per_second(self) -> float:
@@ -54,6 +56,16 @@ class Result:
     @property
     def mb_per_second(self) -> float:
         return self.megabytes / self.seconds
+
+    @property
+    def cpu_ms_per_instance(self) -> str:
+        return "-" if self.cpu_seconds is None else f"{self.cpu_seconds * 1000 / self.count:.2f}"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and of the children it has reaped (storescp --fork), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def make_slices(folder: Path, count: int, groups: int) -> list[Path]:
@@ -210,16 +222,20 @@ def main() -> int:
                 work.mkdir()
                 proc = start(work, port)
                 try:
+                    cpu_before = cpu_seconds(proc.pid)
                     seconds = send(port, ae, folders)
+                    time.sleep(0.2)  # storescp reaps its forked children on its next loop
+                    cpu = cpu_seconds(proc.pid) - cpu_before
                 finally:
                     stop(proc)
-                results.append(Result(name, associations, seconds, len(files), megabytes))
+                results.append(Result(name, associations, seconds, len(files), megabytes, cpu))
                 make_slices(root / f"slices-{associations}", args.count, associations)  # fresh UIDs for the next
 
     print(f"\nIngest of {args.count} CT slices 512x512 ({SOURCE.name}), storescu TCP_NODELAY=1 on loopback\n")
-    print(f"{'receiver':<14}{'assocs':>7}{'images/s':>11}{'MB/s':>9}{'seconds':>9}")
+    print(f"{'receiver':<14}{'assocs':>7}{'images/s':>11}{'MB/s':>9}{'seconds':>9}{'CPU ms/image':>14}")
     for r in floors + results:
-        print(f"{r.target:<14}{r.associations:>7}{r.per_second:>11.0f}{r.mb_per_second:>9.1f}{r.seconds:>9.2f}")
+        print(f"{r.target:<14}{r.associations:>7}{r.per_second:>11.0f}{r.mb_per_second:>9.1f}{r.seconds:>9.2f}"
+              f"{r.cpu_ms_per_instance:>14}")
     print()
     for associations in (1, 4):
         ours = next(r for r in results if r.target == "onconode" and r.associations == associations)

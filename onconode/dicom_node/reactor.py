@@ -111,6 +111,15 @@ class EventDrivenDUL(DULServiceProvider):
             self._wake_reader.close()
             self._wake_writer.close()
 
+    def _decode_pdu(self, bytestream: bytearray):  # type: ignore[no-untyped-def]
+        # A P-DATA-TF carries the data sets: its PDVs are taken as views of the received bytes rather
+        # than copied through pynetdicom's PDU item objects. Other PDUs, and any PDU a handler wants to
+        # see, go through pynetdicom.
+        if bytestream[0] != 0x04 or self.assoc.get_handlers(evt.EVT_DATA_RECV) or self.assoc.get_handlers(
+                evt.EVT_PDU_RECV):
+            return super()._decode_pdu(bytestream)
+        return _PDataView(bytestream), "Evt10"
+
     def _wait(self) -> None:
         """Block until the peer sends data, a primitive is queued, or a tick passes."""
         sock = self.socket.socket if self.socket is not None and self.socket._is_connected else None
@@ -138,6 +147,26 @@ class EventDrivenDUL(DULServiceProvider):
         self.assoc.is_established = False
         self.assoc._kill = True
         self._kill_thread = True
+
+
+class _PDataView:
+    """A received P-DATA-TF as DT-2 uses it (``to_primitive``), its PDVs views of the PDU's bytes."""
+
+    def __init__(self, pdu: bytearray) -> None:
+        view = memoryview(pdu)
+        self._values: list[tuple[int, memoryview]] = []
+        pos = 6
+        while pos < len(pdu):  # PDV items (PS3.8 9.3.5.1): length, context ID, control header + fragment
+            length, context_id = struct.unpack_from(">IB", pdu, pos)
+            if length < 2 or pos + 4 + length > len(pdu):
+                raise ValueError("PDV item length runs past the P-DATA-TF PDU")
+            self._values.append((context_id, view[pos + 5:pos + 4 + length]))
+            pos += 4 + length
+
+    def to_primitive(self) -> P_DATA:
+        primitive = P_DATA()
+        primitive.presentation_data_value_list.extend(self._values)  # type: ignore[arg-type]
+        return primitive
 
 
 class _EventDrivenDIMSE(DIMSEServiceProvider):
@@ -203,12 +232,17 @@ class EventDrivenAssociation(Association):
         super().__init__(ae, mode)
         self.dul = EventDrivenDUL(self)
         self.dimse = _EventDrivenDIMSE(self)
-        # pynetdicom's standard handlers format a debug line for every PDU and DIMSE message, even with
-        # debug logging off; the listener logs one line per association instead (scp.py).
-        self.unbind(evt.EVT_DIMSE_RECV, standard_dimse_recv_handler)
-        self.unbind(evt.EVT_DIMSE_SENT, standard_dimse_sent_handler)
-        self.unbind(evt.EVT_PDU_RECV, standard_pdu_recv_handler)
-        self.unbind(evt.EVT_PDU_SENT, standard_pdu_sent_handler)
         # The timers live on the DUL, so the timeouts pynetdicom set on the replaced one are set again.
         self.acse_timeout = self.ae.acse_timeout
         self.network_timeout = self.ae.network_timeout
+
+    def bind(self, event, handler, args=None) -> None:  # type: ignore[no-untyped-def]
+        # pynetdicom's standard handlers (bound by the association and again by the server) format a
+        # debug line for every PDU and DIMSE message even with debug logging off; the listener logs
+        # one line per association instead (scp.py).
+        if handler not in _STANDARD_LOG_HANDLERS:
+            super().bind(event, handler, args)
+
+
+_STANDARD_LOG_HANDLERS = {standard_dimse_recv_handler, standard_dimse_sent_handler, standard_pdu_recv_handler,
+                          standard_pdu_sent_handler}
