@@ -24,9 +24,11 @@ import select
 import socket
 import ssl
 import struct
+from dataclasses import dataclass, field
+from io import BytesIO
 from typing import cast
 
-from pynetdicom import evt
+from pynetdicom import _config, evt
 from pynetdicom._handlers import (
     standard_dimse_recv_handler,
     standard_dimse_sent_handler,
@@ -170,15 +172,22 @@ class _PDataView:
 
 
 class _EventDrivenDIMSE(DIMSEServiceProvider):
-    """Hands the association thread a decoded message as soon as the DUL queues it, and encodes the
-    plain C-STORE response directly.
+    """Hands the association thread a decoded message as soon as the DUL queues it, and codes the
+    C-STORE request and response without pydicom data sets.
 
     pynetdicom's acceptor loop asks ``get_msg(block=False)`` after a 1 ms sleep; waiting here for up to
     a tick instead removes that latency while the loop's release, abort and timeout checks still run.
-    A C-STORE-RSP goes through a pydicom ``Dataset`` in pynetdicom, which costs more than the rest of
-    the response; the one without Error Comment or Offending Element (every response OncoNode sends)
-    is encoded by ``c_store_rsp_command``, to the same bytes.
+    pynetdicom decodes every command set into a pydicom ``Dataset`` and encodes every response from
+    one, which cost more than the rest of the C-STORE. Here a C-STORE-RQ whose command arrives in one
+    fragment is read with ``struct`` and its data set fragments are joined once, and a C-STORE-RSP
+    without Error Comment or Offending Element (every one OncoNode sends) is encoded by
+    ``c_store_rsp_command``; both give what pynetdicom gives (``tests/dicom_node/test_reactor.py``).
+    Everything else, and anything a handler wants to watch, goes through pynetdicom.
     """
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__(assoc)
+        self._store: _StoreRequest | None = None
 
     def get_msg(self, block: bool = False):  # type: ignore[no-untyped-def]
         if block:
@@ -187,6 +196,43 @@ class _EventDrivenDIMSE(DIMSEServiceProvider):
             return self.msg_queue.get(timeout=_TICK)
         except queue.Empty:
             return None, None
+
+    def receive_primitive(self, primitive: P_DATA) -> None:
+        values = list(primitive.presentation_data_value_list)
+        if self._store is None:
+            # Anything but a one-fragment C-STORE-RQ command, or a message pynetdicom has begun, is its.
+            command = (c_store_rq_command(values[0][1]) if values and self.message is None
+                       and values[0][1][0] == 0x03 and self._fast_path() else None)
+            if command is None:
+                super().receive_primitive(primitive)
+                return
+            self._store = _StoreRequest(values[0][0], command)
+            values = values[1:]
+        for index, (context_id, pdv) in enumerate(values):
+            store = self._store
+            if pdv[0] & 0x01 or context_id != store.context_id:
+                log.error("event=dimse_error reason=command fragment or other context inside a data set")
+                self.dul.event_queue.put("Evt19")
+                return
+            store.fragments.append(pdv[1:])
+            if pdv[0] & 0x02:
+                self._store = None
+                try:
+                    request = store.primitive()
+                except (TypeError, ValueError):
+                    log.error("event=dimse_error reason=invalid C-STORE-RQ command values")
+                    self.dul.event_queue.put("Evt19")
+                    return
+                self.msg_queue.put((store.context_id, request))
+                rest = values[index + 1:]
+                if rest:  # another message begins in the same P-DATA
+                    following = P_DATA()
+                    following.presentation_data_value_list.extend(rest)
+                    self.receive_primitive(following)
+                return
+
+    def _fast_path(self) -> bool:
+        return not (_config.STORE_RECV_CHUNKED_DATASET or self.assoc.get_handlers(evt.EVT_DIMSE_RECV))
 
     def send_msg(self, primitive, context_id: int) -> None:  # type: ignore[no-untyped-def]
         if not (isinstance(primitive, C_STORE) and primitive.MessageIDBeingRespondedTo is not None
@@ -202,6 +248,70 @@ class _EventDrivenDIMSE(DIMSEServiceProvider):
         pdata = P_DATA()
         pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
         self.dul.send_pdu(pdata)
+
+
+@dataclass
+class _StoreRequest:
+    """A C-STORE-RQ whose command is decoded and whose data set fragments are still arriving."""
+
+    context_id: int
+    command: dict[int, bytes]
+    fragments: list[bytes | memoryview] = field(default_factory=list)
+
+    def primitive(self) -> C_STORE:
+        """The C_STORE request pynetdicom's ``message_to_primitive`` would give; its setters validate."""
+        command = self.command
+        request = C_STORE()
+        request.MessageID = _us(command[0x0110])
+        request.AffectedSOPClassUID = _ui(command[0x0002])
+        request.AffectedSOPInstanceUID = _ui(command[0x1000])
+        request.Priority = _us(command[0x0700])
+        if 0x1030 in command:
+            request.MoveOriginatorApplicationEntityTitle = bytes(command[0x1030]).decode("ascii").strip()
+        if 0x1031 in command:
+            request.MoveOriginatorMessageID = _us(command[0x1031])
+        request.DataSet = BytesIO(b"".join(self.fragments))
+        request._context_id = self.context_id
+        return request
+
+
+_C_STORE_RQ_ELEMENTS = {0x0000, 0x0002, 0x0100, 0x0110, 0x0700, 0x0800, 0x1000, 0x1030, 0x1031}
+_C_STORE_RQ_REQUIRED = {0x0002, 0x0100, 0x0110, 0x0700, 0x0800, 0x1000}
+
+
+def c_store_rq_command(pdv: memoryview | bytes) -> dict[int, bytes] | None:
+    """The command elements (by element number) of a C-STORE-RQ with a data set, from a last command
+    fragment (control header byte 0x03), or None when it is anything else."""
+    data = bytes(pdv[1:])
+    command: dict[int, bytes] = {}
+    pos = 0
+    while pos < len(data):
+        if pos + 8 > len(data):
+            return None
+        group, element, length = struct.unpack_from("<HHI", data, pos)
+        pos += 8
+        if group != 0 or element not in _C_STORE_RQ_ELEMENTS or pos + length > len(data):
+            return None
+        command[element] = data[pos:pos + length]
+        pos += length
+    try:
+        if not _C_STORE_RQ_REQUIRED <= command.keys() or _us(command[0x0100]) != 0x0001:
+            return None
+        if _us(command[0x0800]) == 0x0101:  # no data set: not a valid C-STORE-RQ; pynetdicom reports it
+            return None
+    except ValueError:
+        return None
+    return command
+
+
+def _us(value: bytes) -> int:
+    if len(value) != 2:
+        raise ValueError("US value of the wrong length")
+    return int.from_bytes(value, "little")
+
+
+def _ui(value: bytes) -> str:
+    return value.decode("ascii").rstrip("\0 ")
 
 
 def c_store_rsp_command(sop_class_uid: str, sop_instance_uid: str, message_id: int, status: int) -> bytes:
