@@ -48,6 +48,7 @@ class Node:
                              RunnerPool(settings.analysis.intra_op_threads), settings.study.poll_seconds,
                              report=reporter)
         self.dispatcher = dispatcher.from_settings(settings, self.db)
+        self._warm_up = threading.Thread(target=warm_up, name="onconode-warm-up", daemon=True)
         self.dispatcher.add_outcome_listener(self.metrics.on_delivery)
         if self.audit is not None:
             self.dispatcher.add_outcome_listener(self._audit_delivery)
@@ -86,15 +87,20 @@ class Node:
         self.api.start()
 
     def start(self) -> None:
+        """Start every part; if one fails (e.g. the API port is taken), stop those started and raise."""
         recover(self.storage, self.db)
         if self.models_note:
             log_event(log, Event.MODELS, level=logging.WARNING, note=self.models_note)
-        self.assembler.start()
-        threading.Thread(target=warm_up, name="onconode-warm-up", daemon=True).start()
-        self.worker.start()
-        self.dispatcher.start()
-        self.scp.start()
-        self._start_api()
+        try:
+            self.assembler.start()
+            self._warm_up.start()
+            self.worker.start()
+            self.dispatcher.start()
+            self.scp.start()
+            self._start_api()
+        except BaseException:
+            self.stop()
+            raise
         node = self.settings.node
         log_event(log, Event.NODE_STARTED, ae_title=node.ae_title, host=node.host, port=self.scp.port,
                   tls=self.settings.tls.enabled, storage=self.settings.storage.root,
@@ -108,6 +114,9 @@ class Node:
         self.assembler.stop()
         self.worker.stop()
         self.dispatcher.stop()
+        if self._warm_up.is_alive():
+            # Exiting while this thread is inside an extension module's import aborts the process.
+            self._warm_up.join()
         self.db.close()
         log_event(log, Event.NODE_STOPPED)
 

@@ -1,0 +1,146 @@
+"""Outbox reports and their per-object delivery rows: what the dispatcher, the API and the CLI ask."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from onconode.state.database import Database
+from onconode.state.records import Delivery, DeliveryState, NewDelivery, NewReport, Report, StudyState
+
+_REPORT_COLUMNS = "id, study_uid, created_at, folder, sr_sop_uid, sr_path, fingerprint"
+_DELIVERY_COLUMNS = ("id, report_id, study_uid, destination, kind, seq, path, object_uid, state, attempts, "
+                     "next_try_at, last_error, sent_at")
+
+
+class DeliveryQueries(Database):
+    """Reports and deliveries (mixed into ``StateDB``).
+
+    A delivery row is created in the same transaction as its report, before any send; a send's
+    success is one row update, so a restart neither loses nor repeats a delivered object.
+    """
+
+    def delivery_totals(self) -> dict[DeliveryState, int]:
+        """Deliveries of all studies by state (every state present), for the metrics."""
+        counts = dict.fromkeys(DeliveryState, 0)
+        with self._lock:
+            rows = self._conn.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall()
+        counts.update({DeliveryState(r[0]): int(r[1]) for r in rows})
+        return counts
+
+    def record_report(self, report: NewReport, deliveries: Sequence[NewDelivery]) -> int:
+        """Record a report written to the outbox and its pending deliveries; returns the report id."""
+        now = time.time()
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO reports (study_uid, created_at, folder, sr_sop_uid, sr_path, fingerprint) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (report.study_uid, now, str(report.folder), report.sr_sop_uid, str(report.sr_path),
+                 report.fingerprint))
+            report_id = int(cursor.lastrowid or 0)
+            db.executemany(
+                "INSERT INTO deliveries (report_id, study_uid, destination, kind, seq, path, object_uid, "
+                "state, attempts, next_try_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                [(report_id, report.study_uid, d.destination, d.kind, d.seq, str(d.path), d.object_uid,
+                  DeliveryState.PENDING.value, now) for d in deliveries])
+        return report_id
+
+    def latest_report(self, study_uid: str) -> Report | None:
+        with self._lock:
+            row = self._conn.execute(f"SELECT {_REPORT_COLUMNS} FROM reports WHERE study_uid = ? "
+                                     "ORDER BY id DESC LIMIT 1", (study_uid,)).fetchone()
+        return _report(row) if row else None
+
+    def reports(self, study_uid: str) -> list[Report]:
+        with self._lock:
+            rows = self._conn.execute(f"SELECT {_REPORT_COLUMNS} FROM reports WHERE study_uid = ? ORDER BY id",
+                                      (study_uid,)).fetchall()
+        return [_report(r) for r in rows]
+
+    def due_deliveries(self, now: float) -> list[Delivery]:
+        """Pending deliveries whose next try is due, in send order (report, destination, seq)."""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE state = ? AND next_try_at <= ? "
+                "ORDER BY report_id, destination, seq, id", (DeliveryState.PENDING.value, now)).fetchall()
+        return [_delivery(r) for r in rows]
+
+    def deliveries(self, study_uid: str | None = None, state: DeliveryState | None = None) -> list[Delivery]:
+        query = f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE 1 = 1"
+        params: list[str] = []
+        if study_uid is not None:
+            query += " AND study_uid = ?"
+            params.append(study_uid)
+        if state is not None:
+            query += " AND state = ?"
+            params.append(state.value)
+        with self._lock:
+            rows = self._conn.execute(query + " ORDER BY id", params).fetchall()
+        return [_delivery(r) for r in rows]
+
+    def next_delivery_due(self) -> float | None:
+        """When the earliest pending delivery is due (for the dispatcher's sleep)."""
+        with self._lock:
+            row = self._conn.execute("SELECT MIN(next_try_at) FROM deliveries WHERE state = ?",
+                                     (DeliveryState.PENDING.value,)).fetchone()
+        return row[0] if row and row[0] is not None else None
+
+    def delivery_sent(self, delivery_id: int) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE deliveries SET state = ?, attempts = attempts + 1, sent_at = ?, last_error = NULL "
+                       "WHERE id = ? AND state = ?",
+                       (DeliveryState.SENT.value, time.time(), delivery_id, DeliveryState.PENDING.value))
+
+    def delivery_failed(self, delivery_id: int, error: str, next_try_at: float | None) -> None:
+        """Count a failed attempt: retry at ``next_try_at``, or dead letter when it is None."""
+        state = DeliveryState.PENDING if next_try_at is not None else DeliveryState.DEAD
+        with self._transaction() as db:
+            db.execute("UPDATE deliveries SET state = ?, attempts = attempts + 1, next_try_at = ?, "
+                       "last_error = ? WHERE id = ? AND state = ?",
+                       (state.value, next_try_at if next_try_at is not None else time.time(), error[:500],
+                        delivery_id, DeliveryState.PENDING.value))
+
+    def delivery_counts(self, study_uid: str) -> dict[DeliveryState, int]:
+        with self._lock:
+            rows = self._conn.execute("SELECT state, COUNT(*) FROM deliveries WHERE study_uid = ? GROUP BY state",
+                                      (study_uid,)).fetchall()
+        counts = {s: 0 for s in DeliveryState}
+        counts.update({DeliveryState(r[0]): r[1] for r in rows})
+        return counts
+
+    def replay_dead(self, delivery_ids: Iterable[int] | None = None) -> list[str]:
+        """Move dead deliveries (all, or the given ids) back to pending with a fresh attempt count,
+        and their studies back to DELIVERING; returns the studies touched."""
+        now = time.time()
+        with self._transaction() as db:
+            query = "SELECT id, study_uid FROM deliveries WHERE state = ?"
+            params: list[object] = [DeliveryState.DEAD.value]
+            if delivery_ids is not None:
+                ids = list(delivery_ids)
+                query += f" AND id IN ({', '.join('?' * len(ids))})"
+                params += ids
+            rows = db.execute(query, params).fetchall()
+            for delivery_id, _ in rows:
+                db.execute("UPDATE deliveries SET state = ?, attempts = 0, next_try_at = ? WHERE id = ?",
+                           (DeliveryState.PENDING.value, now, delivery_id))
+            studies = sorted({r[1] for r in rows})
+            for study_uid in studies:
+                row = db.execute("SELECT state FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
+                if row and StudyState(row[0]) == StudyState.FAILED:
+                    reason = "dead letter replayed"
+                    db.execute("UPDATE studies SET state = ?, reason = ?, state_changed_at = ? "
+                               "WHERE study_uid = ?", (StudyState.DELIVERING.value, reason, now, study_uid))
+                    self._log_transition(db, study_uid, now, StudyState.FAILED, StudyState.DELIVERING, reason)
+        return studies
+
+
+
+def _report(row: tuple) -> Report:  # type: ignore[type-arg]
+    return Report(row[0], row[1], row[2], Path(row[3]), row[4], Path(row[5]), row[6])
+
+
+def _delivery(row: tuple) -> Delivery:  # type: ignore[type-arg]
+    return Delivery(row[0], row[1], row[2], row[3], row[4], row[5], Path(row[6]), row[7],
+                    DeliveryState(row[8]), row[9], row[10], row[11], row[12])
+
