@@ -12,6 +12,10 @@ and prints images/s, MB/s and the receiver's CPU per image for each, OncoNode's 
 physical floor for durable ingest: this disk's own write+fsync+rename(+folder fsync) rate for the
 same files. CPU per image is steadier than images/s on a shared machine.
 
+Everything is measured --rounds times (default 3) and the median is printed with its range; each
+ratio is taken within a round (same machine state) before its median. This machine's rates vary
+by tens of percent from run to run.
+
 Not a test: no assertion on time. Run: `make bench` or `.venv/bin/python bench/ingest.py`.
 """
 
@@ -193,9 +197,65 @@ TARGETS = {"onconode": ("ONCONODE", start_onconode), "storescp": ("STORESCP", st
            "orthanc": ("ORTHANC", start_orthanc), "pynetdicom": ("BARESCP", start_bare_pynetdicom)}
 
 
+def measure_round(root: Path, count: int, base_port: int) -> list[Result]:
+    """The fsync floor and every receiver, over 1 and then 4 associations, each on fresh UIDs."""
+    results: list[Result] = []
+    for associations in (1, 4):
+        files = make_slices(root / f"slices-{associations}", count, associations)
+        megabytes = sum(f.stat().st_size for f in files) / 1e6
+        folders = sorted({f.parent for f in files})
+        results.append(Result("fsync floor", associations,
+                              fsync_floor(files, root / f"floor-{associations}", associations), len(files), megabytes))
+        for i, (name, (ae, start)) in enumerate(TARGETS.items()):
+            port = base_port + 10 * i + associations
+            work = root / f"{name}-{associations}"
+            work.mkdir()
+            proc = start(work, port)
+            try:
+                cpu_before = cpu_seconds(proc.pid)
+                seconds = send(port, ae, folders)
+                time.sleep(0.2)  # storescp reaps its forked children on its next loop
+                cpu = cpu_seconds(proc.pid) - cpu_before
+            finally:
+                stop(proc)
+            results.append(Result(name, associations, seconds, len(files), megabytes, cpu))
+            make_slices(root / f"slices-{associations}", count, associations)  # fresh UIDs for the next
+    return results
+
+
+def report(rounds: list[list[Result]], count: int) -> None:
+    """Median (and range) over the rounds of each rate, and of each ratio taken within a round."""
+    print(f"\nIngest of {count} CT slices 512x512 ({SOURCE.name}), storescu TCP_NODELAY=1 on loopback, "
+          f"{len(rounds)} round(s): median [min-max]\n")
+    print(f"{'receiver':<14}{'assocs':>7}{'images/s':>20}{'MB/s':>9}{'CPU ms/image':>14}")
+    for first in rounds[0]:
+        same = sorted((r for run in rounds for r in run
+                       if (r.target, r.associations) == (first.target, first.associations)), key=lambda r: r.per_second)
+        mid = same[len(same) // 2]
+        spread = f"{mid.per_second:.0f} [{same[0].per_second:.0f}-{same[-1].per_second:.0f}]"
+        print(f"{first.target:<14}{first.associations:>7}{spread:>20}{mid.mb_per_second:>9.1f}"
+              f"{mid.cpu_ms_per_instance:>14}")
+    print()
+
+    def rate(run: list[Result], target: str, associations: int) -> float:
+        return next(r.per_second for r in run if (r.target, r.associations) == (target, associations))
+
+    def ratio_line(label: str, values: list[float]) -> None:
+        values = sorted(values)
+        print(f"{label:<46}{values[len(values) // 2]:5.2f}x [{values[0]:.2f}-{values[-1]:.2f}]")
+
+    for associations in (1, 4):
+        for other in [t for t in TARGETS if t != "onconode"] + ["fsync floor"]:
+            ratio_line(f"OncoNode / {other} ({associations} assoc):",
+                       [rate(run, "onconode", associations) / rate(run, other, associations) for run in rounds])
+    ratio_line("OncoNode 4 associations / 1 association:",
+               [rate(run, "onconode", 4) / rate(run, "onconode", 1) for run in rounds])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3, help="repeat everything; the median is reported")
     parser.add_argument("--port", type=int, default=11700)
     args = parser.parse_args()
     for tool in ("storescu", "storescp", "echoscu", "Orthanc"):
@@ -205,46 +265,13 @@ def main() -> int:
     if not SOURCE.is_file():
         print(f"shared data not found at {DATA} (set ONCONODE_DATA)", file=sys.stderr)
         return 2
-
-    with tempfile.TemporaryDirectory(prefix="onconode-bench-", dir=REPO / "var" if (REPO / "var").is_dir() else None) as tmp:
-        root = Path(tmp)
-        results: list[Result] = []
-        floors = []
-        for associations in (1, 4):
-            files = make_slices(root / f"slices-{associations}", args.count, associations)
-            megabytes = sum(f.stat().st_size for f in files) / 1e6
-            folders = sorted({f.parent for f in files})
-            floors.append(Result("fsync floor", associations, fsync_floor(files, root / f"floor-{associations}", associations),
-                                 len(files), megabytes))
-            for i, (name, (ae, start)) in enumerate(TARGETS.items()):
-                port = args.port + 10 * i + associations
-                work = root / f"{name}-{associations}"
-                work.mkdir()
-                proc = start(work, port)
-                try:
-                    cpu_before = cpu_seconds(proc.pid)
-                    seconds = send(port, ae, folders)
-                    time.sleep(0.2)  # storescp reaps its forked children on its next loop
-                    cpu = cpu_seconds(proc.pid) - cpu_before
-                finally:
-                    stop(proc)
-                results.append(Result(name, associations, seconds, len(files), megabytes, cpu))
-                make_slices(root / f"slices-{associations}", args.count, associations)  # fresh UIDs for the next
-
-    print(f"\nIngest of {args.count} CT slices 512x512 ({SOURCE.name}), storescu TCP_NODELAY=1 on loopback\n")
-    print(f"{'receiver':<14}{'assocs':>7}{'images/s':>11}{'MB/s':>9}{'seconds':>9}{'CPU ms/image':>14}")
-    for r in floors + results:
-        print(f"{r.target:<14}{r.associations:>7}{r.per_second:>11.0f}{r.mb_per_second:>9.1f}{r.seconds:>9.2f}"
-              f"{r.cpu_ms_per_instance:>14}")
-    print()
-    for associations in (1, 4):
-        ours = next(r for r in results if r.target == "onconode" and r.associations == associations)
-        for r in [x for x in results if x.associations == associations and x.target != "onconode"] + [
-                next(f for f in floors if f.associations == associations)]:
-            print(f"OncoNode / {r.target:<12} ({associations} assoc): {ours.per_second / r.per_second:5.2f}x")
-    one = next(r for r in results if r.target == "onconode" and r.associations == 1)
-    four = next(r for r in results if r.target == "onconode" and r.associations == 4)
-    print(f"OncoNode 4 associations / 1 association: {four.per_second / one.per_second:5.2f}x")
+    rounds = []
+    for n in range(args.rounds):
+        with tempfile.TemporaryDirectory(prefix="onconode-bench-",
+                                         dir=REPO / "var" if (REPO / "var").is_dir() else None) as tmp:
+            rounds.append(measure_round(Path(tmp), args.count, args.port))
+        print(f"round {n + 1}/{args.rounds} done", file=sys.stderr)
+    report(rounds, args.count)
     return 0
 
 
