@@ -10,7 +10,9 @@ concurrent associations to:
       the time that is pynetdicom's own, not OncoNode's checks and index,
 and prints images/s, MB/s and the receiver's CPU per image for each, OncoNode's ratios, and the
 physical floor for durable ingest: this disk's own write+fsync+rename(+folder fsync) rate for the
-same files. CPU per image is steadier than images/s on a shared machine.
+same files. CPU per image is steadier than images/s on a shared machine. On one association the
+sender waits for every response, so no durable receiver can beat 1/(1/storescp + 1/floor): that
+bound is printed too.
 
 Everything is measured --rounds times (default 3) and the median is printed with its range; each
 ratio is taken within a round (same machine state) before its median. This machine's rates vary
@@ -250,6 +252,14 @@ def report(rounds: list[list[Result]], count: int) -> None:
                        [rate(run, "onconode", associations) / rate(run, other, associations) for run in rounds])
     ratio_line("OncoNode 4 associations / 1 association:",
                [rate(run, "onconode", 4) / rate(run, "onconode", 1) for run in rounds])
+    # On one association storescu waits for each response, so a durable receiver needs at least
+    # storescp's time per image (sending, receiving, writing) plus the fsync floor's.
+    bounds = sorted(1 / (1 / rate(run, "storescp", 1) + 1 / rate(run, "fsync floor", 1)) for run in rounds)
+    print(f"\nBound for a durable receiver on 1 association, 1/(1/storescp + 1/floor): "
+          f"{bounds[len(bounds) // 2]:.0f}/s [{bounds[0]:.0f}-{bounds[-1]:.0f}]")
+    ratio_line("OncoNode / that bound (1 assoc):",
+               [rate(run, "onconode", 1) * (1 / rate(run, "storescp", 1) + 1 / rate(run, "fsync floor", 1))
+                for run in rounds])
 
 
 def main() -> int:
