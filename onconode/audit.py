@@ -1,6 +1,6 @@
 """The audit trail: one JSON object per line for every association, study transition and delivery.
 
-Input: association summaries from ``dicom_node/scp.py``, committed transitions from ``state.py``
+Input: association summaries from ``dicom_node/scp.py``, committed transitions from ``onconode/state``
 (a listener) and delivery outcomes from the delivery stage. Output: lines appended to
 ``audit.path``, each flushed and fsynced before the call returns, so the trail survives a crash.
 

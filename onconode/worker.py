@@ -1,6 +1,6 @@
 """The worker: takes each QUEUED study through analysis (and reporting, once a reporter is wired).
 
-Input: studies in QUEUED (``state.py``) and their stored files. Output: a result row, overlay PNGs
+Input: studies in QUEUED (``onconode/state``) and their stored files. Output: a result row, overlay PNGs
 under ``storage.results``, and the transitions ANALYSING → REPORTED, NO_MODEL or FAILED.
 
 If instances arrive while a study is being analysed, the store moves it back to RECEIVING; the

@@ -1,4 +1,4 @@
-"""Response models of the API: the public contract, kept apart from the state rows (``state.py``).
+"""Response models of the API: the public contract, kept apart from the state rows (``onconode/state``).
 
 A route returns one of these; FastAPI validates, documents (OpenAPI) and filters the output, so a
 column added to a state row never leaks into the API by accident. No model carries a patient's

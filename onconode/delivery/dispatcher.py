@@ -1,6 +1,6 @@
 """The delivery thread: send due deliveries, retry with exponential backoff, then dead letter.
 
-Input: the delivery rows in ``state.py`` (written by ``outbox.Reporter``) and the senders.
+Input: the delivery rows in ``onconode/state`` (written by ``outbox.Reporter``) and the senders.
 Output: rows marked sent or dead, and study states REPORTED → DELIVERING → DELIVERED, or FAILED
 with a reason, once no delivery of the study is pending.
 

@@ -1,6 +1,6 @@
 """Study assembly: a study is complete once no instance has arrived for ``stable_seconds``.
 
-Input: study rows in RECEIVING (``state.py``). Output: transitions RECEIVING → STABLE → QUEUED.
+Input: study rows in RECEIVING (``onconode/state``). Output: transitions RECEIVING → STABLE → QUEUED.
 DICOM has no "end of study" message, so stability is the only signal a receiver has (mercure and
 Orthanc do the same). The timer is the study's ``last_received_at`` column, not a thread-local, so
 a restart neither forgets a study nor restarts its clock. QUEUED is where the analysis picks up.

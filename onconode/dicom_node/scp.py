@@ -1,7 +1,7 @@
 """The DICOM listener: association policy, C-ECHO and C-STORE (receive → store).
 
 Input: associations from PACS and modalities. Output: durable files (``storage.py``) and index
-rows (``state.py``); one log line per association and per refused instance.
+rows (``onconode/state``); one log line per association and per refused instance.
 
 The C-STORE handler never raises: each failure path returns its own ``StoreStatus``, and Success
 is returned only after the file is durable and indexed. Association policy (calling AE and host,
