@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pydicom
@@ -116,3 +117,27 @@ def test_disk_filling_during_a_write_answers_out_of_resources_and_leaves_nothing
             node.stop()
     finally:
         subprocess.run(["umount", str(store)], check=False)
+
+
+def test_a_silent_association_is_aborted_after_the_network_timeout(tmp_path: Path) -> None:
+    process = NodeProcess(tmp_path, node={"network_timeout_seconds": 1})
+    process.start()
+    try:
+        assoc = associate(process.port, "ANYONE")
+        assert assoc.is_established
+        deadline = time.monotonic() + 10
+        while assoc.is_established and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert assoc.is_aborted
+        assert time.monotonic() < deadline
+        assert echo_status(process.port) == 0
+    finally:
+        process.stop()
+    assert "outcome=aborted" in process.log()
+
+
+def test_a_peer_abort_ends_the_association_and_the_node_serves_on(guarded: NodeProcess) -> None:
+    assoc = associate(guarded.port, "PACS")
+    assert assoc.send_c_echo().Status == 0
+    assoc.abort()
+    assert echo_status(guarded.port, calling_ae="PACS") == 0
