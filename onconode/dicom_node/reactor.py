@@ -16,7 +16,7 @@ objects run on blocking waits instead:
 
 Each shortcut gives what pynetdicom gives (``tests/dicom_node/test_reactor.py``) and steps aside for
 anything else: other commands and PDUs, and any event a handler is bound to, take pynetdicom's path.
-With them a C-STORE costs about a third of the CPU it did (``bench/ingest.py`` prints it).
+Together they halve the CPU a C-STORE costs (``bench/ingest.py`` prints it).
 
 Both waits wake at least every ``_TICK`` seconds so that the ARTIM and idle timers, release, abort
 and kill are still noticed, as the polling loops notice them.
