@@ -158,7 +158,7 @@ acquisition cues: class-specific sources (different hospitals, screenshots, crop
 
 `{command}` (= `python -m training.train {"chest-ct" if spec.modality == "CT" else "brain-mri"}`) retrains
 from scratch and rewrites this card. Seed {spec.seed}. {_method_long(spec, r)}
-
+{_run_note(spec)}
 {history}
 
 ## Calibration and operating point (validation only)
@@ -168,7 +168,7 @@ Temperature T = {r.temperature:.3f} minimises the validation negative log-likeli
 {manifest.decision.threshold} on the decision score maximises Youden's J on validation (ties → lower
 threshold, favouring sensitivity). Neither value saw the test split.
 
-## Test results (deduplicated test split, {t.n} images, scored once, ONNX model)
+## Test results (deduplicated test split, {t.n} images, {"scored twice, see Training" if spec.run_note else "scored once"}, ONNX model)
 
 Bootstrap 95% CIs: percentile bootstrap over images, 2000 resamples.
 
@@ -223,6 +223,10 @@ Verify before relying on them.
 - Validation split of {sum(r.sizes["valid"].values())} images ({_smallest_valid(r)}), so the
   temperature and threshold carry sampling uncertainty.
 """
+
+
+def _run_note(spec: ModelSpec) -> str:
+    return f"\n**How this schedule was chosen.** {spec.run_note}\n" if spec.run_note else ""
 
 
 def _validation_note(spec: ModelSpec) -> str:

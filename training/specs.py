@@ -60,6 +60,7 @@ class ModelSpec:
     validation_fraction: float = 0.15   # carved from train where there is no valid split (or it is pooled)
     pool_validation: bool = False       # merge the original valid split into train, then carve validation
     frozen_blocks: int = 0              # finetune: stem + this many early MBConv blocks stay frozen
+    run_note: str = ""                  # how this schedule was arrived at, for the card (earlier runs)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -85,15 +86,21 @@ CHEST_CT = ModelSpec(
         kind="ct_window", window=Window(center=200, width=2400),  # python -m training.ct_window
         resize=Resize(keep_aspect=True, pad_value=0.0), crop_body=_CROP, normalize=_LITE_NORMALIZE),
     size=(192, 192),  # 192 rather than 224: ONNX latency at batch 1 on 2 threads stays under 10 ms
-    epochs=20,
+    epochs=40,  # a 20-epoch, lr 3e-4 run still lowered validation loss at its last epoch (release notes)
     method="finetune",
     batch_size=32,
-    lr=3e-4,
+    lr=5e-4,
     frozen_blocks=3,
     # The original valid split holds 65 images (6 normal) after dedup: too few for a stable temperature
     # and threshold. train + valid are pooled and a stratified, seeded 25% is carved out as validation.
     pool_validation=True,
     validation_fraction=0.25,
+    run_note="An earlier run of this recipe (20 epochs, lr 3e-4; 1.1.0 development, not shipped) was still "
+             "lowering validation loss at its last epoch (best 0.466, validation ECE after T 0.074), so the "
+             "schedule was lengthened to 40 epochs at lr 5e-4 before this run, and this run was to be shipped only "
+             "if its best validation loss was lower (it was: see below). That earlier run had been scored on the "
+             "test split too (accuracy 0.906, 95% CI 0.871–0.938; decision AUC 1.000; ECE 0.140 → 0.055), so the "
+             "test split has been seen twice for this model: treat the figures below as slightly optimistic.",
     data_source="\"Chest CT-Scan images Dataset\" by Mohamed Hany, Kaggle (kaggle.com/datasets/mohamedhanyyy/"
                 "chest-ctscan-images), taken from GitHub hoanglmv/chestct_classification at commit 1aa7264b; "
                 "downscaled to a longer side of 320 px (shared/data/README.md). Original test split; original "
