@@ -150,7 +150,7 @@ acquisition cues: class-specific sources (different hospitals, screenshots, crop
   {d.removed} redundant copies removed (each group keeps one image, in the most held-out split it
   occurs in: test, then valid, then train), {d.conflicting_groups} group(s) with conflicting labels
   dropped entirely ({d.conflicting_images} images).
-- Split sizes after deduplication{"" if spec.modality == "CT" else " (validation: a stratified, seeded 15% of train)"}:
+- Split sizes after deduplication ({_validation_note(spec)}):
 
 {sizes}
 
@@ -158,7 +158,7 @@ acquisition cues: class-specific sources (different hospitals, screenshots, crop
 
 `{command}` (= `python -m training.train {"chest-ct" if spec.modality == "CT" else "brain-mri"}`) retrains
 from scratch and rewrites this card. Seed {spec.seed}. {_method_long(spec, r)}
-
+{_run_note(spec)}
 {history}
 
 ## Calibration and operating point (validation only)
@@ -168,7 +168,7 @@ Temperature T = {r.temperature:.3f} minimises the validation negative log-likeli
 {manifest.decision.threshold} on the decision score maximises Youden's J on validation (ties → lower
 threshold, favouring sensitivity). Neither value saw the test split.
 
-## Test results (deduplicated test split, {t.n} images, scored once, ONNX model)
+## Test results (deduplicated test split, {t.n} images, {"scored twice, see Training" if spec.run_note else "scored once"}, ONNX model)
 
 Bootstrap 95% CIs: percentile bootstrap over images, 2000 resamples.
 
@@ -220,15 +220,35 @@ Verify before relying on them.
   DICOM check above).
 - Slice-level model: no 3D context, no localisation guarantee; Grad-CAM shows what drove the
   score, not where the tumour is.
-- Small validation split (chest: few normal images after deduplication), so the temperature and
-  threshold are uncertain.
+- Validation split of {sum(r.sizes["valid"].values())} images ({_smallest_valid(r)}), so the
+  temperature and threshold carry sampling uncertainty.
 """
+
+
+def _run_note(spec: ModelSpec) -> str:
+    return f"\n**How this schedule was chosen.** {spec.run_note}\n" if spec.run_note else ""
+
+
+def _validation_note(spec: ModelSpec) -> str:
+    share = f"a stratified, seeded {spec.validation_fraction:.0%}"
+    if spec.pool_validation:
+        return (f"validation: {share} of the original train + valid pooled, because the original valid "
+                "split is too small for a stable temperature and threshold; test is the original test split")
+    return f"validation: {share} of train; test is the original test split"
+
+
+def _smallest_valid(r: Release) -> str:
+    name, count = min(r.sizes["valid"].items(), key=lambda item: item[1])
+    return f"smallest class `{name}`: {count}"
 
 
 def _method_short(spec: ModelSpec) -> str:
     if spec.method == "probe":
         return "**backbone frozen** (linear probe: only the head was trained)"
-    return "fine-tuned end to end"
+    if spec.frozen_blocks:
+        return (f"**fine-tuned** (stem and the first {spec.frozen_blocks} of 16 MBConv blocks frozen, "
+                "everything after them trained)")
+    return "**fine-tuned** end to end"
 
 
 def _method_long(spec: ModelSpec, r: Release) -> str:
@@ -242,11 +262,17 @@ through onnxruntime, and the head is a class-weighted multinomial logistic regre
 full-batch L-BFGS; its L2 strength was chosen on validation loss from {{1e-4, 1e-3, 1e-2}}
 (row {r.best_epoch} below; "epoch" = grid row). Fine-tuning is expected to do better and is the
 first thing to redo (`method="finetune"` in `training/specs.py`). PyTorch {_torch_version()} CPU."""
-    return f"""AdamW (lr {spec.lr:g}, weight decay 1e-4), one-cycle cosine schedule, batch
-{spec.batch_size}, class-weighted cross-entropy with label smoothing 0.05, {spec.epochs} epochs;
-augmentation: horizontal flip, rotation ±10°, scale ±10%, shift ±5%, gain ±15%, offset ±0.05. The
-weights kept are those of the epoch with the lowest validation loss (epoch {r.best_epoch}).
-PyTorch {_torch_version()} CPU, 2 threads, channels_last."""
+    frozen = (f"The stem and the first {spec.frozen_blocks} MBConv blocks (the high-resolution ones, "
+              "generic edge filters, most of the CPU cost of a backward pass) keep their ImageNet weights and "
+              "BatchNorm statistics; blocks "
+              f"{spec.frozen_blocks}–15, the 1280-channel head convolution and the linear head are trained. "
+              if spec.frozen_blocks else "All layers are trained. ")
+    return f"""**Fine-tuning.** {frozen}AdamW (lr {spec.lr:g}, weight decay 1e-4), one-cycle cosine
+schedule, batch {spec.batch_size}, class-weighted cross-entropy with label smoothing 0.05, {spec.epochs}
+epochs; augmentation: horizontal flip, rotation ±10°, scale ±10%, shift ±5%, gain ±15%, offset ±0.05.
+The weights kept are those of the epoch with the lowest validation loss (epoch {r.best_epoch}); the
+test split plays no part in that choice. PyTorch {_torch_version()} CPU, 2 threads (niced, on 2
+cores shared with other jobs, so the seconds below are not a clean benchmark), channels_last."""
 
 
 def _torch_version() -> str:

@@ -150,7 +150,13 @@ def cached_arrays(records: list[Record], spec: ModelSpec, size: tuple[int, int],
 
 
 def load_splits(spec: ModelSpec, root: Path | None = None) -> tuple[list[Record], DedupReport]:
-    """Scan, deduplicate, then carve validation: the records every later step uses."""
+    """Scan, deduplicate, then carve validation: the records every later step uses.
+
+    With ``spec.pool_validation`` the original valid split is first merged into train, so that the
+    carved validation split can be larger than the one the dataset ships. Test is never touched.
+    """
     folder = (root or data_root()) / "images" / spec.dataset
     kept, report = deduplicate(scan(folder, spec.class_names))
+    if spec.pool_validation:
+        kept = [Record(r.path, "train", r.label) if r.split == "valid" else r for r in kept]
     return carve_validation(kept, spec.validation_fraction, spec.seed), report

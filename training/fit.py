@@ -54,16 +54,19 @@ def fit(spec: ModelSpec, train_x: np.ndarray, train_y: np.ndarray, val_x: np.nda
         pretrained: bool = True) -> FitResult:
     """AdamW + per-step cosine schedule; keeps the weights of the epoch with the lowest validation loss.
 
+    The stem and the first ``spec.frozen_blocks`` blocks stay frozen (ImageNet weights and statistics).
+
     ``max_steps`` stops early (CI smoke runs); ``pretrained=False`` skips the ImageNet weights.
     """
     generator = seed_everything(spec.seed)
     epochs = epochs or spec.epochs
     model = LiteClassifier(len(spec.labels), spec.size[0], pretrained=pretrained)
+    model.freeze_early(spec.frozen_blocks)
     model = model.to(memory_format=torch.channels_last)
     augment = Augmenter(spec.preprocess, generator)
     steps_per_epoch = max(1, len(train_x) // spec.batch_size)
     total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=1e-4)
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=spec.lr, total_steps=total,
                                                    pct_start=0.1, anneal_strategy="cos")
     # Classes are unequal after dedup (chest: few normals), so the loss is weighted per class.

@@ -33,6 +33,25 @@ class LiteClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(FEATURES, num_classes)
 
+    def freeze_early(self, blocks: int) -> None:
+        """Freeze the stem and the first ``blocks`` MBConv blocks (weights and BatchNorm statistics).
+
+        The early, high-resolution blocks hold generic edge/texture filters and cost most of the
+        backward pass on CPU; freezing them makes fine-tuning the rest affordable. ``train()`` keeps
+        them in eval mode, so their BatchNorm running statistics stay the ImageNet ones.
+        """
+        self._frozen = [self.backbone._conv_stem, self.backbone._bn0, *self.backbone._blocks[:blocks]] if blocks else []
+        for module in self._frozen:
+            module.eval()
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> LiteClassifier:
+        super().train(mode)
+        for module in getattr(self, "_frozen", []):
+            module.eval()
+        return self
+
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.backbone.extract_features(image)
         pooled = features.mean(dim=(2, 3))

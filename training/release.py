@@ -31,7 +31,7 @@ from training.specs import ModelSpec
 
 log = logging.getLogger(__name__)
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 
 
 @dataclass(frozen=True)

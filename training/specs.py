@@ -57,7 +57,10 @@ class ModelSpec:
     data_citation: str
     sanity: tuple[SanitySeries, ...]
     seed: int = 20261123
-    validation_fraction: float = 0.15   # only used where the dataset has no valid split
+    validation_fraction: float = 0.15   # carved from train where there is no valid split (or it is pooled)
+    pool_validation: bool = False       # merge the original valid split into train, then carve validation
+    frozen_blocks: int = 0              # finetune: stem + this many early MBConv blocks stay frozen
+    run_note: str = ""                  # how this schedule was arrived at, for the card (earlier runs)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -82,14 +85,26 @@ CHEST_CT = ModelSpec(
     preprocess=Preprocess(
         kind="ct_window", window=Window(center=200, width=2400),  # python -m training.ct_window
         resize=Resize(keep_aspect=True, pad_value=0.0), crop_body=_CROP, normalize=_LITE_NORMALIZE),
-    size=(224, 224),
-    epochs=10,
-    method="probe",  # fine-tuning did not fit the shared CPU budget; see training/probe.py
+    size=(192, 192),  # 192 rather than 224: ONNX latency at batch 1 on 2 threads stays under 10 ms
+    epochs=40,  # a 20-epoch, lr 3e-4 run still lowered validation loss at its last epoch (release notes)
+    method="finetune",
     batch_size=32,
-    lr=1e-3,
+    lr=5e-4,
+    frozen_blocks=3,
+    # The original valid split holds 65 images (6 normal) after dedup: too few for a stable temperature
+    # and threshold. train + valid are pooled and a stratified, seeded 25% is carved out as validation.
+    pool_validation=True,
+    validation_fraction=0.25,
+    run_note="An earlier run of this recipe (20 epochs, lr 3e-4; 1.1.0 development, not shipped) was still "
+             "lowering validation loss at its last epoch (best 0.466, validation ECE after T 0.074), so the "
+             "schedule was lengthened to 40 epochs at lr 5e-4 before this run, and this run was to be shipped only "
+             "if its best validation loss was lower (it was: see below). That earlier run had been scored on the "
+             "test split too (accuracy 0.906, 95% CI 0.871–0.938; decision AUC 1.000; ECE 0.140 → 0.055), so the "
+             "test split has been seen twice for this model: treat the figures below as slightly optimistic.",
     data_source="\"Chest CT-Scan images Dataset\" by Mohamed Hany, Kaggle (kaggle.com/datasets/mohamedhanyyy/"
                 "chest-ctscan-images), taken from GitHub hoanglmv/chestct_classification at commit 1aa7264b; "
-                "downscaled to a longer side of 320 px (shared/data/README.md). Original train/valid/test split.",
+                "downscaled to a longer side of 320 px (shared/data/README.md). Original test split; original "
+                "train + valid pooled and a stratified 25% carved out as validation.",
     data_licence="CC0: Public Domain, as quoted from the Kaggle page by third-party dataset cards (the Kaggle "
                  "page itself could not be read).",
     data_citation="Mohamed Hany (2020). *Chest CT-Scan images Dataset*. Kaggle. "
@@ -115,10 +130,11 @@ BRAIN_MRI = ModelSpec(
         kind="mr_percentile", percentiles=Percentiles(low=0.5, high=99.5),
         resize=Resize(keep_aspect=True, pad_value=0.0), crop_body=_CROP, normalize=_LITE_NORMALIZE),
     size=(160, 160),  # 184 px images; 160 keeps CPU training within budget (~2x faster than 192)
-    epochs=6,
-    method="probe",  # fine-tuning did not fit the shared CPU budget; see training/probe.py
+    epochs=8,
+    method="finetune",
     batch_size=32,
-    lr=1e-3,
+    lr=5e-4,
+    frozen_blocks=3,
     data_source="\"Brain Tumor MRI Dataset\" by Msoud Nickparvar, Kaggle (kaggle.com/datasets/masoudnickparvar/"
                 "brain-tumor-mri-dataset; figshare + SARTAJ + Br35H), taken from GitHub "
                 "azizcu/brain-tumor-mri-dataset at commit a276e344; downscaled to a longer side of 184 px "

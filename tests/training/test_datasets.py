@@ -72,3 +72,20 @@ def test_brain_validation_is_carved_stratified_and_seeded(brain: tuple[list[Reco
 def test_carving_leaves_an_existing_valid_split_alone() -> None:
     records = [Record(Path("a"), "train", 0), Record(Path("b"), "valid", 0)]
     assert carve_validation(records, 0.5, 0) == records
+
+
+def test_chest_validation_pools_train_and_valid_and_keeps_the_test_split(
+        chest: tuple[list[Record], DedupReport], data_root: Path) -> None:
+    records, _ = chest
+    kept, _ = deduplicate(scan(data_root / "images" / CHEST_CT.dataset, CHEST_CT.class_names))
+    assert CHEST_CT.pool_validation
+    # test is exactly the deduplicated original test split; train + valid together are the original pool
+    assert {r.path for r in records if r.split == "test"} == {r.path for r in kept if r.split == "test"}
+    assert {r.path for r in records if r.split != "test"} == {r.path for r in kept if r.split != "test"}
+    for label in range(4):
+        train = sum(r.split == "train" and r.label == label for r in records)
+        valid = sum(r.split == "valid" and r.label == label for r in records)
+        assert valid / (train + valid) == pytest.approx(CHEST_CT.validation_fraction, abs=0.02)
+    # larger than the original 65-image valid split, and reproducible
+    assert sum(r.split == "valid" for r in records) > 2 * sum(r.split == "valid" for r in kept)
+    assert load_splits(CHEST_CT, data_root)[0] == records

@@ -1,0 +1,34 @@
+"""Partial fine-tuning: the frozen stem and early blocks keep their weights and BatchNorm statistics."""
+
+from __future__ import annotations
+
+
+def test_frozen_blocks_do_not_change_while_the_rest_trains(torch_available: None) -> None:
+    import torch
+
+    from training.network import LiteClassifier
+
+    torch.manual_seed(0)
+    model = LiteClassifier(4, 64, pretrained=False)
+    model.freeze_early(3)
+    model.train()
+    frozen = {k: v.clone() for k, v in model.state_dict().items()
+              if k.startswith(("backbone._conv_stem", "backbone._bn0", "backbone._blocks.0.",
+                               "backbone._blocks.1.", "backbone._blocks.2."))}
+    trained = model.backbone._blocks[3]._project_conv.weight.detach().clone()
+    assert frozen and not model.backbone._bn0.training and model.backbone._blocks[3].training
+    optimiser = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    logits, _ = model(torch.randn(4, 3, 64, 64))
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
+    optimiser.step()
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in frozen.items())  # weights and running stats
+    assert not torch.equal(model.backbone._blocks[3]._project_conv.weight, trained)
+
+
+def test_no_frozen_blocks_trains_everything(torch_available: None) -> None:
+    from training.network import LiteClassifier
+
+    model = LiteClassifier(4, 64, pretrained=False)
+    model.freeze_early(0)
+    assert all(p.requires_grad for p in model.parameters())
