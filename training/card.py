@@ -243,8 +243,6 @@ def _smallest_valid(r: Release) -> str:
 
 
 def _method_short(spec: ModelSpec) -> str:
-    if spec.method == "probe":
-        return "**backbone frozen** (linear probe: only the head was trained)"
     if spec.frozen_blocks:
         return (f"**fine-tuned** (stem and the first {spec.frozen_blocks} of 16 MBConv blocks frozen, "
                 "everything after them trained)")
@@ -252,16 +250,6 @@ def _method_short(spec: ModelSpec) -> str:
 
 
 def _method_long(spec: ModelSpec, r: Release) -> str:
-    if spec.method == "probe":
-        return f"""**Linear probe, not fine-tuning.** Full fine-tuning was started (AdamW, one-cycle
-schedule, augmentation; `training/fit.py`, `method: finetune`) but did not fit the CPU budget of
-this release: the 2 cores were shared with other jobs and ran about 4x slower than the idle
-benchmark, so the runs were stopped before finishing. Instead, the ImageNet backbone is frozen
-(BatchNorm in inference mode), pooled features of the unaugmented training images are computed once
-through onnxruntime, and the head is a class-weighted multinomial logistic regression fitted by
-full-batch L-BFGS; its L2 strength was chosen on validation loss from {{1e-4, 1e-3, 1e-2}}
-(row {r.best_epoch} below; "epoch" = grid row). Fine-tuning is expected to do better and is the
-first thing to redo (`method="finetune"` in `training/specs.py`). PyTorch {_torch_version()} CPU."""
     frozen = (f"The stem and the first {spec.frozen_blocks} MBConv blocks (the high-resolution ones, "
               "generic edge filters, most of the CPU cost of a backward pass) keep their ImageNet weights and "
               "BatchNorm statistics; blocks "

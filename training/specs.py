@@ -50,7 +50,6 @@ class ModelSpec:
     size: tuple[int, int]
     epochs: int
     batch_size: int
-    method: str                  # "probe" (frozen backbone, head only; training.probe) or "finetune"
     lr: float
     data_source: str
     data_licence: str
@@ -87,7 +86,6 @@ CHEST_CT = ModelSpec(
         resize=Resize(keep_aspect=True, pad_value=0.0), crop_body=_CROP, normalize=_LITE_NORMALIZE),
     size=(192, 192),  # 192 rather than 224: ONNX latency at batch 1 on 2 threads stays under 10 ms
     epochs=40,  # a 20-epoch, lr 3e-4 run still lowered validation loss at its last epoch (release notes)
-    method="finetune",
     batch_size=32,
     lr=5e-4,
     frozen_blocks=3,
@@ -131,7 +129,6 @@ BRAIN_MRI = ModelSpec(
         resize=Resize(keep_aspect=True, pad_value=0.0), crop_body=_CROP, normalize=_LITE_NORMALIZE),
     size=(160, 160),  # 184 px images; 160 keeps CPU training within budget (~2x faster than 192)
     epochs=8,
-    method="finetune",
     batch_size=32,
     lr=5e-4,
     frozen_blocks=3,

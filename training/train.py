@@ -16,7 +16,6 @@ import torch
 
 from training.datasets import Record, cached_arrays, load_splits
 from training.fit import fit
-from training.probe import fit_head
 from training.release import release
 from training.specs import SPECS, ModelSpec
 
@@ -44,10 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("model=%s dedup=%s", spec.name, report)
     if args.stage in ("all", "fit"):
         (train_x, train_y), (val_x, val_y) = arrays_for(spec, records, "train"), arrays_for(spec, records, "valid")
-        if spec.method == "probe":
-            result = fit_head(spec, train_x, train_y, val_x, val_y, RUNS / spec.name)
-        else:
-            result = fit(spec, train_x, train_y, val_x, val_y, RUNS / spec.name, epochs=args.epochs)
+        result = fit(spec, train_x, train_y, val_x, val_y, RUNS / spec.name, epochs=args.epochs)
         log.info("model=%s best_epoch=%d val_loss=%.4f", spec.name, result.best_epoch, result.best_val_loss)
     if args.stage in ("all", "release"):
         splits = {split: arrays_for(spec, records, split) for split in ("valid", "test")}
