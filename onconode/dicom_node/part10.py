@@ -22,10 +22,10 @@ def part10_bytes(data_set: bytes, sop_class_uid: str, sop_instance_uid: str, tra
     """The file for ``data_set``: preamble, File Meta Information (PS3.10 7.1), then the data set."""
     elements = b"".join((
         _explicit(0x0001, b"OB", b"\0\1"),
-        _explicit(0x0002, b"UI", _uid(sop_class_uid)),
-        _explicit(0x0003, b"UI", _uid(sop_instance_uid)),
-        _explicit(0x0010, b"UI", _uid(transfer_syntax)),
-        _explicit(0x0012, b"UI", _uid(PYNETDICOM_IMPLEMENTATION_UID)),
+        _explicit(0x0002, b"UI", uid_value(sop_class_uid)),
+        _explicit(0x0003, b"UI", uid_value(sop_instance_uid)),
+        _explicit(0x0010, b"UI", uid_value(transfer_syntax)),
+        _explicit(0x0012, b"UI", uid_value(PYNETDICOM_IMPLEMENTATION_UID)),
         _explicit(0x0013, b"SH", _padded(PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii"), b" ")),
     ))
     return b"".join((_PREAMBLE, _explicit(0x0000, b"UL", struct.pack("<I", len(elements))), elements, data_set))
@@ -38,8 +38,10 @@ def _explicit(element: int, vr: bytes, value: bytes) -> bytes:
     return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
 
 
-def _uid(uid: str) -> bytes:
-    # A non-ASCII character in a command's UID becomes "?"; identify() then refuses the UID itself.
+def uid_value(uid: str) -> bytes:
+    """A UI value as encoded: ASCII, padded with NUL to even length (PS3.5 6.2).
+
+    A non-ASCII character in a command's UID becomes "?"; identify() then refuses the UID itself."""
     return _padded(uid.encode("ascii", "replace"), b"\0")
 
 

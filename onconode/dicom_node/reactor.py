@@ -49,6 +49,8 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
+from onconode.dicom_node.part10 import uid_value
+
 log = logging.getLogger(__name__)
 
 _TICK = 0.01  # seconds: the longest a wait lasts before timers, release and kill are checked again
@@ -323,22 +325,18 @@ def _ui(value: bytes) -> str:
 def c_store_rsp_command(sop_class_uid: str, sop_instance_uid: str, message_id: int, status: int) -> bytes:
     """The command set of a C-STORE-RSP (PS3.7 9.3.1.2) in implicit VR little endian, no data set."""
     elements = b"".join((
-        _implicit(0x0002, _even(sop_class_uid.encode("ascii", "replace"))),
+        _implicit(0x0002, uid_value(sop_class_uid)),
         _implicit(0x0100, struct.pack("<H", 0x8001)),          # Command Field: C-STORE-RSP
         _implicit(0x0120, struct.pack("<H", message_id)),      # Message ID Being Responded To
         _implicit(0x0800, struct.pack("<H", 0x0101)),          # Command Data Set Type: none
         _implicit(0x0900, struct.pack("<H", status)),
-        _implicit(0x1000, _even(sop_instance_uid.encode("ascii", "replace"))),
+        _implicit(0x1000, uid_value(sop_instance_uid)),
     ))
     return _implicit(0x0000, struct.pack("<I", len(elements))) + elements
 
 
 def _implicit(element: int, value: bytes) -> bytes:
     return struct.pack("<HHI", 0x0000, element, len(value)) + value
-
-
-def _even(uid: bytes) -> bytes:
-    return uid + b"\0" if len(uid) % 2 else uid
 
 
 class EventDrivenAssociation(Association):
