@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
 from io import BytesIO
-from typing import cast
+from typing import Any, cast
 
 import pytest
-from pydicom.uid import CTImageStorage
-from pynetdicom import AE
+from pydicom import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP, DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.events import Event
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 
-from onconode.dicom_node.reactor import EventDrivenAssociation, c_store_rq_command, c_store_rsp_command
+from onconode.dicom_node.reactor import (
+    EventDrivenAssociation,
+    EventDrivenDUL,
+    c_store_rq_command,
+    c_store_rsp_command,
+    p_data_tf,
+)
+from onconode.dicom_node.scp import CallerPolicy, _request_handler
 
 
 @pytest.mark.parametrize(("instance", "message_id", "status"), [
@@ -78,3 +93,95 @@ def test_a_command_that_is_not_a_c_store_rq_is_left_to_pynetdicom() -> None:
     assoc.dimse.receive_primitive(pdata)
     _, received = assoc.dimse.msg_queue.get_nowait()
     assert isinstance(received, C_ECHO) and received.MessageID == 1
+
+
+def test_p_data_tf_matches_pynetdicom() -> None:
+    pdv = b"\x03" + c_store_rsp_command(CTImageStorage, "1.2.3.4", 9, 0x0000)
+    primitive = P_DATA()
+    primitive.presentation_data_value_list.append((5, pdv))
+    assert p_data_tf(5, pdv) == P_DATA_TF(primitive).encode()
+
+
+class _Acceptor:
+    """An in-process acceptor built as the node builds its own (``scp._request_handler``), with a test
+    C-STORE handler in place of the node's."""
+
+    def __init__(self, on_store: Any) -> None:
+        self.threads: list[threading.Thread] = []
+        self._on_store = on_store
+        ae = AE(ae_title="ONCONODE")
+        ae.add_supported_context(Verification)
+        ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
+        self.server = ae.make_server(
+            ("127.0.0.1", 0), server_class=ThreadedAssociationServer,
+            evt_handlers=[(evt.EVT_C_STORE, self._handle)],
+            request_handler=_request_handler(CallerPolicy("ONCONODE", (), 4), lambda *_: None))
+        self.port = int(self.server.server_address[1])
+        ae._servers.append(self.server)  # as scp.py does, so that shutdown() finds it
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _handle(self, event: Event) -> int:
+        self.threads.append(threading.current_thread())
+        return int(self._on_store(event))
+
+
+@pytest.fixture
+def acceptor_factory() -> Iterator[Any]:
+    made: list[_Acceptor] = []
+
+    def make(on_store: Any) -> _Acceptor:
+        made.append(_Acceptor(on_store))
+        return made[-1]
+
+    yield make
+    for acceptor in made:
+        acceptor.server.shutdown()
+
+
+def _associate(port: int) -> Any:
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae.network_timeout = ae.dimse_timeout = 10
+    return ae.associate("127.0.0.1", port, ae_title="ONCONODE")
+
+
+def _instance() -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
+    ds.PatientID = "TEST"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+def test_c_stores_are_served_on_the_dul_thread_and_answered_in_order(acceptor_factory: Any) -> None:
+    acceptor = acceptor_factory(lambda event: 0xB000 if event.request.MessageID == 2 else 0x0000)
+    assoc = _associate(acceptor.port)
+    try:
+        statuses = [int(assoc.send_c_store(_instance(), msg_id=i).Status) for i in (1, 2)]
+        statuses.append(int(assoc.send_c_echo().Status))
+        statuses.append(int(assoc.send_c_store(_instance(), msg_id=4).Status))
+    finally:
+        assoc.release()
+    assert statuses == [0x0000, 0xB000, 0x0000, 0x0000]
+    assert len(acceptor.threads) == 3 and all(isinstance(t, EventDrivenDUL) for t in acceptor.threads)
+
+
+def test_an_abort_from_the_dul_thread_does_not_wait_for_itself(acceptor_factory: Any) -> None:
+    # pynetdicom's blocking abort waits for the DUL thread to end: called on that thread (as
+    # ``_serve_request`` does when a service class fails) it would hang the association forever.
+    acceptor = acceptor_factory(lambda event: event.assoc._abort_blocking(True) or 0x0000)
+    assoc = _associate(acceptor.port)
+    assert not assoc.send_c_store(_instance())  # no response: the association was aborted
+    deadline = time.monotonic() + 10  # a thread waiting on itself would never end
+    (dul,) = acceptor.threads
+    while (dul.is_alive() or not assoc.is_aborted) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert assoc.is_aborted and not dul.is_alive()
+    again = _associate(acceptor.port)
+    try:
+        assert int(again.send_c_echo().Status) == 0x0000
+    finally:
+        again.release()
+
