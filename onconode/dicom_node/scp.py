@@ -33,6 +33,7 @@ from pynetdicom.events import Event as DicomEvent
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from onconode.config import Caller, NodeSettings
+from onconode.dicom_node.allocator import retain_freed_buffers
 from onconode.dicom_node.identify import InvalidInstance, identify
 from onconode.dicom_node.part10 import part10_bytes
 from onconode.dicom_node.reactor import EventDrivenAssociation, WholeReadSocket
@@ -149,6 +150,8 @@ class StorageSCP:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
+        if not retain_freed_buffers():
+            log.info("event=allocator note=\"mallopt unavailable: C-STOREs pay page faults for their buffers\"")
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),

@@ -21,6 +21,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from onconode.dicom_node.allocator import retain_freed_buffers
 from onconode.dicom_node.reactor import (
     EventDrivenAssociation,
     EventDrivenDUL,
@@ -185,3 +186,7 @@ def test_an_abort_from_the_dul_thread_does_not_wait_for_itself(acceptor_factory:
     finally:
         again.release()
 
+
+def test_freed_receive_buffers_are_kept_by_glibc() -> None:
+    # CI and the Docker image run on glibc, where mallopt must take the thresholds (allocator.py).
+    assert retain_freed_buffers()
