@@ -152,8 +152,9 @@ class NodeProcess:
         return sorted(self.store.rglob("*.dcm"))
 
     def leftovers(self) -> list[Path]:
-        """Temporary files: none may remain after any failure."""
-        return sorted(self.store.rglob("*.tmp"))
+        """Temporary files holding data: none may remain after any failure. (Empty ones are made
+        ahead of need in ``.incoming`` while the node runs, ``durable.ReadyFiles``.)"""
+        return sorted(p for p in self.store.rglob("*.tmp") if p.stat().st_size)
 
     def log(self) -> str:
         return self.log_path.read_text()

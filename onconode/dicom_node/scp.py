@@ -152,6 +152,8 @@ class StorageSCP:
     def start(self) -> None:
         if not retain_freed_buffers():
             log.info("event=allocator note=\"mallopt unavailable: C-STOREs pay page faults for their buffers\"")
+        # One file ready for each association that may be writing, and one for the next.
+        self._storage.prepare_files(self._settings.max_associations + 1)
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
@@ -172,6 +174,7 @@ class StorageSCP:
     def stop(self) -> None:
         self._ae.shutdown()
         self._hashing.shutdown()
+        self._storage.close()
 
     # --- association events ---------------------------------------------------------------
 

@@ -1,12 +1,15 @@
 """Durable files for received instances: ``<root>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``.
 
-Input: an ``InstanceIdentity`` (UIDs already validated) and the Part 10 byte pieces to write.
+Input: an ``InstanceIdentity`` (UIDs already validated) and the Part 10 bytes to write.
 Output: the final path, once the bytes survive a crash.
 
-The one write path is ``durable.write_file``: temp → fsync → rename → fsync of the folder. Only after all four may
-C-STORE answer Success: a power cut after that keeps the instance; before it, the sender gets no
-Success and resends. A half-written temporary file is removed on failure, and any that a killed
-process left behind is removed at the next start (``remove_stale_temporaries``).
+The one write path is ``durable.DurableFile``: a temporary file in ``<root>/.incoming`` → fsync →
+rename into the series folder → fsync of that folder. Only after all four may C-STORE answer
+Success: a power cut after that keeps the instance; before it, the sender gets no Success and
+resends. The temporary files are created ahead of need (``durable.ReadyFiles``, while the listener
+runs), which is why they live in one folder of their own rather than in a series folder. A
+temporary file is removed on failure, and any that a killed process left behind is removed at the
+next start (``remove_stale_temporaries``).
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from onconode.dicom_node.identify import InstanceIdentity
-from onconode.durable import TEMP_SUFFIX, write_file
+from onconode.durable import TEMP_SUFFIX, DurableFile, ReadyFiles
 
 SUFFIX = ".dcm"
+INCOMING = ".incoming"
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
@@ -38,10 +42,22 @@ class InstanceStorage:
     def __init__(self, root: Path, min_free_bytes: int) -> None:
         self.root = root
         self.min_free_bytes = min_free_bytes
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.incoming = root / INCOMING
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        self._ready: ReadyFiles | None = None
 
     def path_for(self, identity: InstanceIdentity) -> Path:
         return self.root / identity.study_uid / identity.series_uid / f"{identity.sop_instance_uid}{SUFFIX}"
+
+    def prepare_files(self, count: int) -> None:
+        """Keep ``count`` empty temporary files ready for ``write`` until ``close``."""
+        self.close()
+        self._ready = ReadyFiles(self.incoming, count)
+
+    def close(self) -> None:
+        if self._ready is not None:
+            self._ready.close()
+            self._ready = None
 
     def write(self, identity: InstanceIdentity, data: bytes) -> Path:
         """Write ``data`` durably to the instance's path, replacing any previous file atomically.
@@ -59,7 +75,8 @@ class InstanceStorage:
             raise LowDiskSpace(errno.ENOSPC, "free space below storage.min_free_mb")
         final = self.path_for(identity)
         try:
-            write_file(final, data, self.root)
+            file = self._ready.take() if self._ready is not None else DurableFile(self.incoming)
+            file.commit(data, final, self.root)
         except OSError as err:
             if err.errno in _NO_SPACE:
                 raise StorageFull(err.errno, "disk full while writing") from err
@@ -77,17 +94,18 @@ class InstanceStorage:
 
     def remove_stale_temporaries(self) -> int:
         """Delete temporary files a killed process left behind; returns how many."""
+        folders = [self.incoming] + [series for study in _subdirs(self.root) for series in _subdirs(study)]
         removed = 0
-        for study in _subdirs(self.root):
-            for series in _subdirs(study):
-                for temp in series.glob(f".*{TEMP_SUFFIX}"):
-                    temp.unlink(missing_ok=True)
-                    removed += 1
+        for folder in folders:
+            for temp in folder.glob(f".*{TEMP_SUFFIX}"):
+                temp.unlink(missing_ok=True)
+                removed += 1
         return removed
 
 
 def _subdirs(folder: Path) -> Iterator[Path]:
+    """The study (or series) folders in ``folder``; not ``.incoming``, whose files are temporary."""
     with os.scandir(folder) as entries:
         for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
+            if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
                 yield Path(entry.path)
