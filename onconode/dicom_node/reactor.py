@@ -250,7 +250,7 @@ class _EventDrivenDIMSE(DIMSEServiceProvider):
         wake-ups per instance, about 0.7 ms, and on one association nothing else can arrive meanwhile.
         """
         if (context_id in self.assoc._accepted_cx and self.msg_queue.empty()
-                and uid_to_service_class(request.AffectedSOPClassUID) is StorageServiceClass):
+                and uid_to_service_class(str(request.AffectedSOPClassUID)) is StorageServiceClass):
             self.assoc._serve_request(request, context_id)
         else:
             self.msg_queue.put((context_id, request))

@@ -24,6 +24,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 
 from onconode.dicom_node.sop_classes import VERIFICATION
 from onconode.dicom_node.validators import check_ae_title
+from onconode.folders import files_under
 
 # Send a file's data set bytes straight from disk instead of decoding and re-encoding it
 # (pynetdicom's documented switch; its default re-encodes, which may change the bytes).
@@ -108,14 +109,17 @@ def read_dicom_file(path: Path) -> DicomFile:
 
 
 def find_dicom_files(paths: Iterable[Path]) -> tuple[list[DicomFile], list[Path]]:
-    """Every Part 10 file under ``paths`` (folders recursively, sorted), and the files that are not."""
+    """Every Part 10 file under ``paths`` (``folders.files_under``), and the files that are not."""
     found: list[DicomFile] = []
     skipped: list[Path] = []
-    for path in _walk(paths):
-        try:
-            found.append(read_dicom_file(path))
-        except UNREADABLE:
-            skipped.append(path)
+    try:
+        for path in files_under(paths):
+            try:
+                found.append(read_dicom_file(path))
+            except UNREADABLE:
+                skipped.append(path)
+    except FileNotFoundError as err:
+        raise SendError(str(err)) from err
     return found, skipped
 
 
@@ -131,16 +135,6 @@ def store_failure(response: Dataset) -> str | None:
     if response.Status == 0x0000 or 0xB000 <= response.Status <= 0xBFFF:
         return None
     return f"status 0x{response.Status:04X}"
-
-
-def _walk(paths: Iterable[Path]) -> Iterator[Path]:
-    for path in paths:
-        if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file())
-        elif path.is_file():
-            yield path
-        else:
-            raise SendError(f"no such file or folder: {path}")
 
 
 def associate(ae: AE, peer: PeerAddress, tls: ssl.SSLContext | None) -> Association:

@@ -25,6 +25,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from onconode.folders import files_under
+
 log = logging.getLogger(__name__)
 
 Vector = tuple[float, float, float]
@@ -181,11 +183,8 @@ def read_header(path: Path) -> InstanceHeader:
 
 
 def dicom_files(paths: Iterable[Path]) -> list[Path]:
-    """Files under ``paths`` (folders walked recursively), sorted for a stable order."""
-    found: list[Path] = []
-    for path in paths:
-        found.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
-    return found
+    """Files under ``paths`` (``folders.files_under``), sorted for a stable order."""
+    return list(files_under(paths))
 
 
 def group_by_study(paths: Sequence[Path]) -> dict[str, list[Path]]:

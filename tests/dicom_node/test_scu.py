@@ -29,6 +29,9 @@ def test_bad_peer_addresses_are_refused(text: str) -> None:
 
 def test_folders_are_walked_and_non_dicom_files_skipped(tmp_path: Path, data: Path) -> None:
     (tmp_path / "notes.txt").write_text("not DICOM")
+    (tmp_path / ".incoming").mkdir()  # a storage root's temporaries are not instances to send
+    (tmp_path / ".incoming" / ".0a1b.tmp").write_bytes(b"")
+    (tmp_path / ".DS_Store").write_bytes(b"\0")
     found, skipped = find_dicom_files([data / "dicom" / "misc", tmp_path])
     assert len(found) == 4 and skipped == [tmp_path / "notes.txt"]
 
