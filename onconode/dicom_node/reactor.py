@@ -12,6 +12,8 @@ objects run on blocking waits instead:
 - the association thread blocks on the DIMSE message queue;
 - the socket reads a whole PDU with ``recv_into``, and a P-DATA-TF's fragments are views of it;
 - the C-STORE request command and the response are coded with ``struct``, not pydicom data sets;
+- a C-STORE is served on the DUL thread itself and its response sent from there, sparing two
+  thread hand-offs per instance;
 - pynetdicom's standard logging handlers, which format a line per PDU, are not bound.
 
 Each shortcut gives what pynetdicom gives (``tests/dicom_node/test_reactor.py``) and steps aside for
