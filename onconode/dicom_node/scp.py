@@ -18,6 +18,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from copy import deepcopy
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -121,6 +122,7 @@ class StorageSCP:
         self._server: ThreadedAssociationServer | None = None
         self._ae = self._make_ae()
         self._listeners: list[AssociationListener] = []
+        self._hashing = ThreadPoolExecutor(settings.max_associations, thread_name_prefix="onconode-hash")
 
     def add_association_listener(self, listener: AssociationListener) -> None:
         """Call ``listener(summary)`` after each association's connection closes."""
@@ -171,6 +173,7 @@ class StorageSCP:
 
     def stop(self) -> None:
         self._ae.shutdown()
+        self._hashing.shutdown()
         self._storage.close()
 
     # --- association events ---------------------------------------------------------------
@@ -239,9 +242,11 @@ class StorageSCP:
             identity = identify(encoded, str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID))
         except InvalidInstance as err:
             return _refused(err.status, err.reason, stats)
-        sha256 = hashlib.sha256(encoded).hexdigest()
-        if (self._db.instance_sha256(identity.sop_instance_uid) == sha256
-                and self._storage.path_for(identity).is_file()):
+        # The digest is computed beside the write and its fsync (hashlib releases the GIL), off the path
+        # the sender waits on; only a SOP Instance UID already indexed needs it before the write.
+        hashing = self._hashing.submit(_sha256, encoded)
+        known = self._db.instance_sha256(identity.sop_instance_uid)
+        if known is not None and known == hashing.result() and self._storage.path_for(identity).is_file():
             stats.duplicates += 1
             return StoreStatus.SUCCESS
         try:
@@ -254,7 +259,8 @@ class StorageSCP:
             return _refused(StoreStatus.OUT_OF_RESOURCES_WRITE, f"write failed: {err.strerror}", stats,
                             identity.sop_instance_uid)
         transfer_syntax = str(event.context.transfer_syntax)
-        received = ReceivedInstance(identity, transfer_syntax, len(encoded), sha256, time.time(), stats.calling_ae)
+        received = ReceivedInstance(identity, transfer_syntax, len(encoded), hashing.result(), time.time(),
+                                    stats.calling_ae)
         try:
             outcome = self._db.record_instance(received, calling_host=stats.host)
         except StateError as err:
@@ -266,6 +272,10 @@ class StorageSCP:
             stats.instances += 1
             stats.bytes += len(encoded)
         return StoreStatus.SUCCESS
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _refused(status: StoreStatus, reason: str, stats: _AssociationStats, sop: str | None = None) -> StoreStatus:
