@@ -50,8 +50,9 @@ class DurableFile:
             self._fd = None
             make_dirs(path.parent, stop=root)
             os.replace(self.temp, path)
-        finally:
+        except BaseException:
             self.discard()
+            raise
         if sync_folder:
             fsync_folder(path.parent)
 
