@@ -158,3 +158,12 @@ class NodeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text()
+
+    def wait_for_log(self, text: str, timeout: float = 10) -> str:
+        """The log once it holds ``text``: an association's line is written when its connection
+        closes, which may be a moment after the peer has seen the outcome."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert text in log, f"{text!r} not logged within {timeout} s: {log[-1500:]}"
+        return log

@@ -49,7 +49,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT, A_RELEASE, P_DATA
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import AssociationSocket
@@ -88,6 +88,13 @@ class EventDrivenDUL(DULServiceProvider):
         self._wake_writer.setblocking(False)
 
     def send_pdu(self, primitive) -> None:  # type: ignore[no-untyped-def]
+        # The last PDU of an association is sent as soon as it is queued here, and the peer may close
+        # the connection (EVT_CONN_CLOSE, on this thread) before pynetdicom marks the association
+        # aborted or released after queuing it: mark it first.
+        if isinstance(primitive, (A_ABORT, A_P_ABORT)):
+            self.assoc.is_aborted = True
+        elif isinstance(primitive, A_RELEASE) and primitive.result is not None:  # our A-RELEASE-RP
+            self.assoc.is_released = True
         super().send_pdu(primitive)
         self._wake()
 

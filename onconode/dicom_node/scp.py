@@ -205,6 +205,10 @@ class StorageSCP:
             stats = self._stats.pop(id(event.assoc), None)
         if stats is None:
             return
+        if stats.outcome == "accepted":
+            # The peer may close on our A-ABORT or A-RELEASE-RP before EVT_ABORTED / EVT_RELEASED
+            # has run on the association thread; the flags are set before those PDUs go out (reactor).
+            stats.outcome = "aborted" if event.assoc.is_aborted else "released" if event.assoc.is_released else "accepted"
         summary = AssociationSummary(stats.calling_ae, stats.host, stats.outcome, stats.reason, stats.instances,
                                      stats.duplicates, stats.failures, stats.bytes,
                                      round((time.monotonic() - stats.opened) * 1000))

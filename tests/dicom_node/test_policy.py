@@ -52,7 +52,7 @@ def test_unknown_callers_and_wrong_called_ae_are_rejected(
     assert assoc.is_rejected
     rejection = assoc.acceptor.primitive
     assert (rejection.result, rejection.result_source, rejection.diagnostic) == (0x01, 0x01, reason)
-    assert "outcome=rejected" in guarded.log()
+    guarded.wait_for_log("outcome=rejected")
     assert echo_status(guarded.port, calling_ae="PACS") == 0
 
 
@@ -133,7 +133,7 @@ def test_a_silent_association_is_aborted_after_the_network_timeout(tmp_path: Pat
         assert echo_status(process.port) == 0
     finally:
         process.stop()
-    assert "outcome=aborted" in process.log()
+    process.wait_for_log("outcome=aborted")
 
 
 def test_a_peer_abort_ends_the_association_and_the_node_serves_on(guarded: NodeProcess) -> None:

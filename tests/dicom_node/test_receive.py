@@ -80,7 +80,7 @@ def test_resent_identical_instances_are_acknowledged_and_not_duplicated(node: No
 
     assert first.sent == second.sent == 24 and second.all_succeeded
     assert len(node.stored_files()) == 24
-    assert "duplicates=24" in node.log()
+    node.wait_for_log("duplicates=24")
     study_uid = pydicom.dcmread(next(series.glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID
     assert node.study(study_uid).instances == 24  # type: ignore[union-attr]
 
