@@ -67,9 +67,9 @@ class DurableFile:
 class ReadyFiles:
     """Empty ``DurableFile``s created ahead of need by a thread of their own.
 
-    Why: on this machine's ext4, creating a file right after other files were fsynced waits for the
-    journal, up to 1.5 ms; a C-STORE sender would wait with it. Taken from here, the file already
-    exists. ``take`` never waits: when none is ready it creates one itself.
+    Why: on ext4, creating a file right after other files were fsynced can wait for the journal (up
+    to 1.5 ms on the development VM); a C-STORE sender would wait with it. Taken from here, the file
+    already exists. ``take`` never waits: when none is ready it creates one itself.
     """
 
     def __init__(self, folder: Path, count: int) -> None:

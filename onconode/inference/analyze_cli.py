@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import TextIO
 
 from onconode.config import Settings
+from onconode.folders import files_under
 from onconode.inference.heatmap_png import write_overlays
 from onconode.inference.models import ModelError, RegisteredModel, installed_models
 from onconode.inference.pipeline import AnalysisResult, Outcome, analyze_study
 from onconode.inference.runner import RunnerPool
-from onconode.inference.series import dicom_files, group_by_study
+from onconode.inference.series import group_by_study
 from onconode.inference.volume import PixelDecodeError
 
 
@@ -73,7 +74,7 @@ def run_analyze(path: Path, settings: Settings, models: Path | None = None, out:
     stream = stream or sys.stdout
     if not path.exists():
         raise AnalyzeError(f"no such file or folder: {path}")
-    studies = group_by_study(dicom_files([path]))
+    studies = group_by_study(files_under([path]))
     if not studies:
         raise AnalyzeError(f"no DICOM study found under {path}")
     registry, models_note = _registry(models or settings.analysis.models)

@@ -25,8 +25,6 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from onconode.folders import files_under
-
 log = logging.getLogger(__name__)
 
 Vector = tuple[float, float, float]
@@ -182,12 +180,7 @@ def read_header(path: Path) -> InstanceHeader:
     )
 
 
-def dicom_files(paths: Iterable[Path]) -> list[Path]:
-    """Files under ``paths`` (``folders.files_under``), sorted for a stable order."""
-    return list(files_under(paths))
-
-
-def group_by_study(paths: Sequence[Path]) -> dict[str, list[Path]]:
+def group_by_study(paths: Iterable[Path]) -> dict[str, list[Path]]:
     """Study Instance UID → files, reading only that tag; non-DICOM files are left out."""
     studies: dict[str, list[Path]] = defaultdict(list)
     for path in paths:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from onconode.cli import main
+from onconode.folders import files_under
 from onconode.inference import heatmap_png, series
 
 
@@ -27,7 +28,7 @@ def test_every_study_in_the_data_ends_with_a_result_or_a_reason(dicom_dir: Path,
                    "--out", str(out)])
     reports = json.loads(capsys.readouterr().out)
     assert status == 0
-    expected = series.group_by_study(series.dicom_files([dicom_dir]))
+    expected = series.group_by_study(files_under([dicom_dir]))
     assert {r["study_uid"] for r in reports} == set(expected)
     outcomes = {r["study_uid"]: r["outcome"] for r in reports}
     assert list(outcomes.values()).count("analysed") == 5  # 2 chest CT, 2 brain MR, 1 enhanced CT

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pydicom
 
-from onconode.inference import pipeline, series
+from onconode.folders import files_under
+from onconode.inference import pipeline
 
 
 def test_result_of_a_real_ct_series(dicom_dir: Path, registry, rules) -> None:
@@ -46,7 +47,7 @@ def test_study_no_rule_matches_names_each_rule_that_failed(dicom_dir: Path, regi
 
 
 def test_multiframe_key_slices_carry_the_frame(dicom_dir: Path, registry, rules) -> None:
-    result = pipeline.analyze_study(series.dicom_files([dicom_dir / "enhanced-multiframe"]), registry, rules)
+    result = pipeline.analyze_study(list(files_under([dicom_dir / "enhanced-multiframe"])), registry, rules)
     assert result.outcome is pipeline.Outcome.ANALYSED
     assert sorted(k.frame for k in result.key_slices) == [0, 1]  # type: ignore[type-var]
 

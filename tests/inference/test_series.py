@@ -7,6 +7,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from onconode.folders import files_under
 from onconode.inference import pipeline, series
 
 STUDY = "1.2.826.0.1.3680043.8.498.424242"
@@ -92,5 +93,5 @@ def test_select_refuses_no_candidates() -> None:
 
 
 def test_group_by_study_splits_a_folder(dicom_dir: Path) -> None:
-    studies = series.group_by_study(series.dicom_files([dicom_dir / "misc"]))
+    studies = series.group_by_study(files_under([dicom_dir / "misc"]))
     assert len(studies) == 3  # the two localizers share one study
