@@ -1,3 +1,4 @@
 from onconode.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when multiprocessing imports this module in a receiver process
+    raise SystemExit(main())

@@ -7,7 +7,6 @@ one line on stderr with a non-zero exit; tracebacks are for bugs only.
 from __future__ import annotations
 
 import argparse
-import logging
 import ssl
 import sys
 from collections.abc import Callable, Sequence
@@ -16,7 +15,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from onconode.config import Settings, load_settings
-from onconode.events import withhold_library_values
+from onconode.events import configure_logging
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -32,24 +31,17 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise UsageError(f"configuration: {err}") from err
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    withhold_library_values()
-    # pynetdicom logs every DIMSE message at INFO; our own association line replaces that.
-    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from onconode.api.server import ApiServerError
+    from onconode.dicom_node.receivers import ReceiverError
     from onconode.inference.models import ModelError
     from onconode.node import serve_forever
 
     settings = _settings(args)
-    _configure_logging(settings.log.level)
+    configure_logging(settings.log.level)
     try:
         serve_forever(settings)
-    except (ModelError, ApiServerError) as err:
+    except (ModelError, ApiServerError, ReceiverError) as err:
         raise UsageError(str(err)) from err
     return 0
 
@@ -139,7 +131,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from onconode.inference.analyze_cli import AnalyzeError, run_analyze
 
     settings = _settings(args)
-    _configure_logging(settings.log.level if args.verbose else "WARNING")
+    configure_logging(settings.log.level if args.verbose else "WARNING")
     try:
         return run_analyze(args.path, settings, models=args.models, out=args.out, as_json=args.json)
     except AnalyzeError as err:

@@ -52,6 +52,9 @@ class NodeSettings(_Section):
     # receiver; 0 would mean "unlimited", which some SCUs treat as their own small default.
     max_pdu_bytes: int = Field(4 * 1024 * 1024, ge=4096)
     network_timeout_seconds: float = Field(60, gt=0)
+    # Processes that serve associations (dicom_node/receivers.py). One Python process receives at
+    # about one core; with several, concurrent associations are spread over them.
+    receiver_processes: int = Field(1, ge=1, le=64)
 
 
 class StorageSettings(_Section):

@@ -8,6 +8,7 @@ never a patient's name, ID or birth date, never pixel data or whole data sets.
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from enum import Enum
 from pathlib import Path
@@ -20,6 +21,7 @@ class Event(str, Enum):
     RECOVERY = "recovery"
     MODELS = "models"
     ASSOCIATION = "association"
+    RECEIVER_EXITED = "receiver_exited"
     STORE_FAILED = "store_failed"
     STUDY_TRANSITION = "study_transition"
     ANALYSED = "analysed"
@@ -76,3 +78,12 @@ def withhold_library_values() -> None:
     warnings.showwarning = show
     for handler in logging.getLogger().handlers:
         handler.addFilter(_WithholdLibraryText())
+
+
+def configure_logging(level: str) -> None:
+    """Log lines to stderr at ``level``, library values withheld (the node and its receiver processes)."""
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    withhold_library_values()
+    # pynetdicom logs every DIMSE message at INFO; our own association line replaces that.
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLogger().level))

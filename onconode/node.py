@@ -17,10 +17,11 @@ from onconode.config import Settings
 from onconode.delivery import dispatcher
 from onconode.delivery.outbox import Reporter, warm_up
 from onconode.dicom_node.assembler import Assembler
+from onconode.dicom_node.receivers import ReceiverPool
 from onconode.dicom_node.recovery import recover
 from onconode.dicom_node.scp import AssociationSummary, StorageSCP
 from onconode.dicom_node.storage import InstanceStorage
-from onconode.dicom_node.tls import server_context
+from onconode.dicom_node.tls import listener_context
 from onconode.events import Event, log_event
 from onconode.inference.models import installed_models
 from onconode.inference.runner import RunnerPool
@@ -35,10 +36,9 @@ class Node:
         self.settings = settings
         self.db = StateDB(settings.state.database)
         self.storage = InstanceStorage(settings.storage.root, settings.storage.min_free_mb * 1024 * 1024)
-        tls = settings.tls
-        ssl_context = server_context(tls.cert, tls.key, tls.ca, tls.require_client_cert) \
-            if tls.enabled and tls.cert and tls.key else None
-        self.scp = StorageSCP(settings.node, settings.callers, self.storage, self.db, ssl_context)
+        self.scp: StorageSCP | ReceiverPool = (
+            StorageSCP(settings.node, settings.callers, self.storage, self.db, listener_context(settings.tls))
+            if settings.node.receiver_processes == 1 else ReceiverPool(settings, self.db.notify))
         self._wire_operations()
         self.assembler = Assembler(self.db, settings.study.stable_seconds, settings.study.poll_seconds)
         # Models are checked before anything listens: a broken model stops the start (ModelError).

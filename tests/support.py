@@ -129,6 +129,14 @@ class NodeProcess:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
 
+    def receivers(self) -> list[int]:
+        """The node's receiver processes (``node.receiver_processes`` > 1): its children that
+        multiprocessing spawned, not its resource tracker."""
+        assert self.proc is not None
+        children = [int(pid) for task in Path(f"/proc/{self.proc.pid}/task").iterdir()
+                    for pid in (task / "children").read_text().split()]
+        return sorted(pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes())
+
     def db(self) -> StateDB:
         return StateDB(self.folder / "onconode.db")
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import socket
+import socketserver
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -52,6 +54,8 @@ _REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)  # rejected-transient, service-provider
 
 
 _RejectCallback = Callable[[Association, str, str], None]
+_ActiveCount = Callable[[Association], int]
+_NORMAL_ENDS = ("accepted", "released", "aborted")
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,7 @@ class AssociationSummary:
 
     calling_ae: str
     host: str
-    outcome: str  # accepted (still open at close), released, aborted, rejected
+    outcome: str  # accepted (still open at close), released, aborted, rejected, failed (e.g. TLS handshake)
     reason: str | None
     instances: int
     duplicates: int
@@ -119,9 +123,10 @@ class StorageSCP:
         self._policy = CallerPolicy(settings.ae_title, tuple(callers), settings.max_associations)
         self._stats: dict[int, _AssociationStats] = {}
         self._stats_lock = threading.Lock()
-        self._server: ThreadedAssociationServer | None = None
+        self._server: _Server | None = None
         self._ae = self._make_ae()
         self._listeners: list[AssociationListener] = []
+        self._node_active: dict[tuple[str, int], int] = {}  # told by adopt(), by peer address
         self._hashing = ThreadPoolExecutor(settings.max_associations, thread_name_prefix="onconode-hash")
 
     def add_association_listener(self, listener: AssociationListener) -> None:
@@ -150,6 +155,31 @@ class StorageSCP:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
+        """Listen on the configured address and serve every association in this process."""
+        server = self._make_server(_Server)
+        self._ae._servers.append(server)  # so that AE.shutdown() and server.shutdown() find it
+        threading.Thread(target=server.serve_forever, name="onconode-scp", daemon=True).start()
+        self._server = server
+
+    def start_adopting(self) -> None:
+        """Serve connections accepted elsewhere and handed over by ``adopt`` (a receiver process,
+        ``receivers.py``); nothing listens here."""
+        self._server = self._make_server(_AdoptingServer)
+
+    def adopt(self, connection: socket.socket, active: int) -> None:
+        """Serve an accepted connection as if this listener had accepted it; ``active`` is the number
+        of associations the node serves with this one, which the association policy limits."""
+        try:
+            host, port = connection.getpeername()[:2]
+        except OSError as err:  # the caller has gone already
+            connection.close()
+            self._on_connection_failed("-", 0, err)
+            return
+        with self._stats_lock:
+            self._node_active[(host, port)] = active
+        cast(_AdoptingServer, self._server).process_request(connection, (host, port))
+
+    def _make_server(self, server_class: type[_Server]) -> _Server:
         if not retain_freed_buffers():
             log.info("event=allocator note=\"mallopt unavailable: C-STOREs pay page faults for their buffers\"")
         # One file ready for each association that may be writing, and one for the next.
@@ -163,18 +193,26 @@ class StorageSCP:
             (evt.EVT_ABORTED, self._on_ended),
             (evt.EVT_CONN_CLOSE, self._on_conn_close),
         ]
-        server = self._ae.make_server(
+        server = cast(_Server, self._ae.make_server(
             (self._settings.host, self._settings.port), ae_title=self._settings.ae_title,
-            ssl_context=self._ssl_context, evt_handlers=handlers, server_class=ThreadedAssociationServer,
-            request_handler=_request_handler(self._policy, self._record_rejection))
-        self._ae._servers.append(server)  # so that AE.shutdown() and server.shutdown() find it
-        threading.Thread(target=server.serve_forever, name="onconode-scp", daemon=True).start()
-        self._server = server
+            ssl_context=self._ssl_context, evt_handlers=handlers, server_class=server_class,
+            request_handler=_request_handler(self._policy, self._active_associations, self._record_rejection)))
+        server.on_failure = self._on_connection_failed
+        return server
 
     def stop(self) -> None:
-        self._ae.shutdown()
+        self._ae.shutdown()  # aborts the associations; shuts the listening server down
+        if isinstance(self._server, _AdoptingServer):
+            self._server.server_close()
         self._hashing.shutdown()
         self._storage.close()
+
+    def _active_associations(self, assoc: Association) -> int:
+        """The associations the node serves, this one included: told by ``adopt`` for a connection
+        handed over, else those of this process."""
+        with self._stats_lock:
+            told = self._node_active.pop((assoc.requestor.address, assoc.requestor.port), None)
+        return told if told is not None else sum(1 for a in self._ae.active_associations if a.is_acceptor)
 
     # --- association events ---------------------------------------------------------------
 
@@ -203,16 +241,29 @@ class StorageSCP:
     def _on_conn_close(self, event: DicomEvent) -> None:
         with self._stats_lock:
             stats = self._stats.pop(id(event.assoc), None)
+            if stats is not None:
+                self._node_active.pop((stats.host, stats.port), None)  # never negotiated: not popped there
         if stats is None:
             return
         if stats.outcome == "accepted":
             # The peer may close on our A-ABORT or A-RELEASE-RP before EVT_ABORTED / EVT_RELEASED
             # has run on the association thread; the flags are set before those PDUs go out (reactor).
             stats.outcome = "aborted" if event.assoc.is_aborted else "released" if event.assoc.is_released else "accepted"
+        self._conclude(stats)
+
+    def _on_connection_failed(self, host: str, port: int, error: BaseException | None) -> None:
+        """A connection that never became an association (a failed TLS handshake, ``_Server``)."""
+        with self._stats_lock:
+            self._node_active.pop((host, port), None)
+        self._conclude(_AssociationStats(host=host, port=port, outcome="failed",
+                                         reason=type(error).__name__ if error else None))
+
+    def _conclude(self, stats: _AssociationStats) -> None:
+        """One log line and one summary to the listeners for every connection, however it ended."""
         summary = AssociationSummary(stats.calling_ae, stats.host, stats.outcome, stats.reason, stats.instances,
                                      stats.duplicates, stats.failures, stats.bytes,
                                      round((time.monotonic() - stats.opened) * 1000))
-        log_event(log, Event.ASSOCIATION, level=logging.WARNING if stats.outcome == "rejected" else logging.INFO,
+        log_event(log, Event.ASSOCIATION, level=logging.INFO if stats.outcome in _NORMAL_ENDS else logging.WARNING,
                   calling_ae=stats.calling_ae, host=stats.host, port=stats.port, outcome=stats.outcome,
                   reason=stats.reason, instances=stats.instances, duplicates=stats.duplicates,
                   failures=stats.failures, bytes=stats.bytes, ms=summary.ms)
@@ -288,7 +339,7 @@ def _refused(status: StoreStatus, reason: str, stats: _AssociationStats, sop: st
     return status
 
 
-def _request_handler(policy: CallerPolicy, on_reject: _RejectCallback) -> type[RequestHandler]:
+def _request_handler(policy: CallerPolicy, active: _ActiveCount, on_reject: _RejectCallback) -> type[RequestHandler]:
     """A pynetdicom request handler that builds event-driven associations (``reactor.py``) applying
     ``policy``, with Nagle disabled on each connection."""
 
@@ -302,7 +353,7 @@ def _request_handler(policy: CallerPolicy, on_reject: _RejectCallback) -> type[R
             assoc._server = server
             assoc.name = f"AcceptorThread@{time.strftime('%Y%m%d%H%M%S')}"
             assoc.set_socket(WholeReadSocket(assoc, client_socket=self.request))
-            assoc.acse = _PolicyACSE(assoc, policy, on_reject)
+            assoc.acse = _PolicyACSE(assoc, policy, active, on_reject)
             assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
             assoc.acceptor.ae_title = server.ae_title
             assoc.acceptor.address_info = self.local
@@ -324,17 +375,19 @@ def _request_handler(policy: CallerPolicy, on_reject: _RejectCallback) -> type[R
 class _PolicyACSE(ACSE):
     """pynetdicom's ACSE with our caller policy applied before its own negotiation."""
 
-    def __init__(self, assoc: Association, policy: CallerPolicy, on_reject: _RejectCallback) -> None:
+    def __init__(self, assoc: Association, policy: CallerPolicy, active: _ActiveCount,
+                 on_reject: _RejectCallback) -> None:
         super().__init__(assoc)
         self._policy = policy
+        self._active = active
         self._on_reject = on_reject
 
     def _negotiate_as_acceptor(self) -> None:
         request = self.requestor.primitive
         assert request is not None
         calling_ae = str(request.calling_ae_title).strip()
-        active = sum(1 for a in self.assoc.ae.active_associations if a.is_acceptor)
-        refusal = self._policy.refusal(calling_ae, str(request.called_ae_title), self.requestor.address, active)
+        refusal = self._policy.refusal(calling_ae, str(request.called_ae_title), self.requestor.address,
+                                       self._active(self.assoc))
         if refusal is None:
             super()._negotiate_as_acceptor()
             return
@@ -343,3 +396,37 @@ class _PolicyACSE(ACSE):
         self.send_reject(result, source, diagnostic)
         evt.trigger(self.assoc, evt.EVT_REJECTED, {})
         self.assoc.kill()
+
+
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's threaded server with the TLS handshake moved from the accept loop, where one
+    silent caller would hold up every other, to the connection's own thread; a connection that fails
+    before it becomes an association is told to ``on_failure``."""
+
+    on_failure: Callable[[str, int, BaseException | None], None] | None = None
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        return socketserver.TCPServer.get_request(self)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.ssl_context is not None:
+            request.settimeout(self.ae.network_timeout)  # for the handshake; the reactor then waits as it does
+            request = self.ssl_context.wrap_socket(request, server_side=True)
+            request.settimeout(None)
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver would print a traceback; a failed TLS handshake is the peer's doing.
+        if self.on_failure is not None:
+            self.on_failure(str(client_address[0]), int(client_address[1]), sys.exc_info()[1])
+
+
+class _AdoptingServer(_Server):
+    """A server that listens nowhere: ``StorageSCP.adopt`` hands it connections accepted by the node's
+    listener in another process (``receivers.py``)."""
+
+    def server_bind(self) -> None:
+        pass
+
+    def server_activate(self) -> None:
+        pass

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+from onconode.config import TLSSettings
+
 
 def server_context(cert: Path, key: Path, ca: Path | None, require_client_cert: bool) -> ssl.SSLContext:
     """The listener's context; with ``require_client_cert`` a caller without a CA-signed certificate fails."""
@@ -17,6 +19,13 @@ def server_context(cert: Path, key: Path, ca: Path | None, require_client_cert: 
     ctx.load_cert_chain(str(cert), str(key))
     ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_NONE
     return ctx
+
+
+def listener_context(tls: TLSSettings) -> ssl.SSLContext | None:
+    """The context the configuration asks of the listener, or None when TLS is off."""
+    if not (tls.enabled and tls.cert and tls.key):
+        return None
+    return server_context(tls.cert, tls.key, tls.ca, tls.require_client_cert)
 
 
 def client_context(ca: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:

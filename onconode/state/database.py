@@ -129,9 +129,11 @@ class Database:
                 raise StateError(f"database: {err}") from err
             finally:
                 committed, self._pending = self._pending, []
-        self._notify(committed)  # reached only after COMMIT; outside the lock
+        self.notify(committed)  # reached only after COMMIT; outside the lock
 
-    def _notify(self, transitions: list[Transition]) -> None:
+    def notify(self, transitions: list[Transition]) -> None:
+        """Tell the listeners about committed transitions: this connection's, or those a receiver
+        process committed on its own (``dicom_node/receivers.py``)."""
         for transition in transitions:
             for listener in self._listeners:
                 try:

@@ -19,9 +19,11 @@ CALLERS = [{"ae_title": "PACS", "host": "127.0.0.1"}, {"ae_title": "REMOTE", "ho
            {"ae_title": "ANYHOST"}]
 
 
-@pytest.fixture(scope="module")
-def guarded(tmp_path_factory: pytest.TempPathFactory) -> NodeProcess:
-    process = NodeProcess(tmp_path_factory.mktemp("policy"), callers=CALLERS, node={"max_associations": 2})
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-receivers"])
+def guarded(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> NodeProcess:
+    # With receiver processes the limit holds across them: the node counts what it hands out.
+    process = NodeProcess(tmp_path_factory.mktemp("policy"), callers=CALLERS,
+                          node={"max_associations": 2, "receiver_processes": request.param})
     process.start()
     yield process
     process.stop()

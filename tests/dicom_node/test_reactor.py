@@ -116,7 +116,7 @@ class _Acceptor:
         self.server = ae.make_server(
             ("127.0.0.1", 0), server_class=ThreadedAssociationServer,
             evt_handlers=[(evt.EVT_C_STORE, self._handle)],
-            request_handler=_request_handler(CallerPolicy("ONCONODE", (), 4), lambda *_: None))
+            request_handler=_request_handler(CallerPolicy("ONCONODE", (), 4), lambda assoc: 1, lambda *_: None))
         self.port = int(self.server.server_address[1])
         ae._servers.append(self.server)  # as scp.py does, so that shutdown() finds it
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

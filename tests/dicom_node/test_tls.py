@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,9 +37,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-@pytest.fixture(scope="module")
-def tls_node(tmp_path_factory: pytest.TempPathFactory, pki: Path) -> Iterator[NodeProcess]:
-    process = NodeProcess(tmp_path_factory.mktemp("tls"), tls={
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-receivers"])
+def tls_node(tmp_path_factory: pytest.TempPathFactory, pki: Path, request: pytest.FixtureRequest
+             ) -> Iterator[NodeProcess]:
+    process = NodeProcess(tmp_path_factory.mktemp("tls"), node={"receiver_processes": request.param}, tls={
         "enabled": True, "cert": str(pki / "server.pem"), "key": str(pki / "server.key"), "ca": str(pki / "ca.pem")})
     process.start()
     yield process
@@ -77,3 +79,13 @@ def test_plain_and_certificate_less_callers_fail_and_tls_keeps_working(tls_node:
     again = subprocess.run([echoscu, *_dcmtk_tls(pki), "-aec", "ONCONODE", "127.0.0.1", str(tls_node.port)],
                            capture_output=True, text=True, timeout=30, check=False)
     assert again.returncode == 0, again.stderr
+    tls_node.wait_for_log("outcome=failed reason=SSLError")  # the failed handshakes are logged, no traceback
+    assert "Traceback" not in tls_node.log()
+
+
+def test_a_caller_silent_before_the_handshake_holds_up_nobody(tls_node: NodeProcess, pki: Path) -> None:
+    # pynetdicom's server would shake hands in its accept loop, where this connection would block
+    # every later caller until the network timeout; the node does it on the connection's thread.
+    with socket.create_connection(("127.0.0.1", tls_node.port)):
+        assert main(["echo", f"ONCONODE@127.0.0.1:{tls_node.port}", "--tls-ca", str(pki / "ca.pem"),
+                     "--tls-cert", str(pki / "client.pem"), "--tls-key", str(pki / "client.key")]) == 0
