@@ -3,17 +3,19 @@
 Makes N CT slices of 512x512 from one real slice (new UIDs each), then sends them with DCMTK
 storescu (TCP_NODELAY=1, the same sender for every receiver) over one association and over four
 concurrent associations to:
-  (a) OncoNode (fsync + rename + index before Success),
+  (a) OncoNode (fsync + rename + index before Success), with the two receiver processes that
+      config/onconode.yaml ships (node.receiver_processes),
   (b) storescp with TCP_NODELAY=1 (writes files, no fsync),
   (c) Orthanc with TCP_NODELAY=1 (its own SQLite index and storage area),
   (d) a bare pynetdicom SCP that only writes durably (bench/bare_pynetdicom_scp.py): the share of
       the time that is pynetdicom's own, not OncoNode's checks and index,
 and prints images/s, MB/s and the receiver's CPU per image for each, OncoNode's ratios, and the
 physical floor for durable ingest: this disk's own write+fsync+rename(+folder fsync) rate for the
-same files. CPU per image is steadier than images/s on a shared machine. On one association the
-sender waits for every response, so no durable receiver can beat 1/(1/storescp + 1/floor): that
-bound is printed too. Each receiver is sent to once its start-up work is over (its CPU idle): the
-steady state is measured, not the start.
+same files. CPU per image (the receiver's processes together) is steadier than images/s on a
+shared machine. On one association the sender waits for every response, so no durable receiver can
+beat 1/(1/storescp + 1/floor): that bound is printed too. Each receiver is sent to once its start-up work is over (its CPU idle) and
+the file system has written back what earlier steps left dirty: the steady state is measured, not
+the start, and no run pays for another's files.
 
 Everything is measured --rounds times (default 3) and the median is printed with its range; each
 ratio is taken within a round (same machine state) before its median. This machine's rates vary
@@ -45,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("ONCONODE_DATA", REPO.parent / "shared" / "data"))
 SOURCE = DATA / "dicom" / "lidc-idri-0001" / "IM-0067.dcm"
 ENV = {**os.environ, "TCP_NODELAY": "1"}
+RECEIVER_PROCESSES = 2  # as config/onconode.yaml ships: associations spread over two interpreters
 
 
 @dataclass(frozen=True)
@@ -70,9 +73,15 @@ class Result:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of ``pid`` and of the children it has reaped (storescp --fork), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU of ``pid``, of the children it has reaped (storescp --fork) and of those still
+    running (OncoNode's receiver processes), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = {int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                    for c in (task / "children").read_text().split()}
+    except FileNotFoundError:  # it has just exited: its parent's reaped-children fields count it
+        return 0.0
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK") + sum(map(cpu_seconds, children))
 
 
 def make_slices(folder: Path, count: int, groups: int) -> list[Path]:
@@ -167,7 +176,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def start_onconode(work: Path, port: int) -> subprocess.Popen[bytes]:
     config = work / "onconode.yaml"
     config.write_text(json.dumps({
-        "node": {"port": port}, "storage": {"root": str(work / "store"), "min_free_mb": 0},
+        "node": {"port": port, "receiver_processes": RECEIVER_PROCESSES},
+        "storage": {"root": str(work / "store"), "min_free_mb": 0},
         "state": {"database": str(work / "onconode.db")}, "study": {"stable_seconds": 3600}, "callers": [],
         "log": {"level": "WARNING"}}))
     proc = subprocess.Popen([sys.executable, "-m", "onconode", "--config", str(config), "serve"], cwd=work)
@@ -214,22 +224,28 @@ TARGETS = {"onconode": ("ONCONODE", start_onconode), "storescp": ("STORESCP", st
            "orthanc": ("ORTHANC", start_orthanc), "pynetdicom": ("BARESCP", start_bare_pynetdicom)}
 
 
-def measure_round(root: Path, count: int, base_port: int) -> list[Result]:
-    """The fsync floor and every receiver, over 1 and then 4 associations, each on fresh UIDs."""
+def measure_round(root: Path, count: int, base_port: int, turn: int) -> list[Result]:
+    """The fsync floor and every receiver, over 1 and then 4 associations, each on fresh UIDs; the
+    receivers' order turns by ``turn`` places so that none always runs in the same place."""
     results: list[Result] = []
+    names = list(TARGETS)
+    order = names[turn % len(names):] + names[:turn % len(names)]
     for associations in (1, 4):
         files = make_slices(root / f"slices-{associations}", count, associations)
         megabytes = sum(f.stat().st_size for f in files) / 1e6
         folders = sorted({f.parent for f in files})
+        os.sync()
         results.append(Result("fsync floor", associations,
                               fsync_floor(files, root / f"floor-{associations}", associations), len(files), megabytes))
-        for i, (name, (ae, start)) in enumerate(TARGETS.items()):
-            port = base_port + 10 * i + associations
+        for name in order:
+            ae, start = TARGETS[name]
+            port = base_port + 10 * names.index(name) + associations
             work = root / f"{name}-{associations}"
             work.mkdir()
             proc = start(work, port)
             try:
                 wait_until_idle(proc.pid)
+                os.sync()  # no run pays for the write-back of the files an earlier step left dirty
                 cpu_before = cpu_seconds(proc.pid)
                 seconds = send(port, ae, folders)
                 time.sleep(0.2)  # storescp reaps its forked children on its next loop
@@ -246,7 +262,8 @@ def report(rounds: list[list[Result]], count: int) -> None:
     print(f"\nIngest of {count} CT slices 512x512 ({SOURCE.name}), storescu TCP_NODELAY=1 on loopback, "
           f"{len(rounds)} round(s): median [min-max]\n")
     print(f"{'receiver':<14}{'assocs':>7}{'images/s':>20}{'MB/s':>9}{'CPU ms/image':>14}")
-    for first in rounds[0]:
+    for first in sorted(rounds[0], key=lambda r: (r.associations, r.target != "fsync floor",
+                                                  list(TARGETS).index(r.target) if r.target in TARGETS else 0)):
         same = sorted((r for run in rounds for r in run
                        if (r.target, r.associations) == (first.target, first.associations)), key=lambda r: r.per_second)
         mid = same[len(same) // 2]
@@ -295,7 +312,7 @@ def main() -> int:
     for n in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="onconode-bench-",
                                          dir=REPO / "var" if (REPO / "var").is_dir() else None) as tmp:
-            rounds.append(measure_round(Path(tmp), args.count, args.port))
+            rounds.append(measure_round(Path(tmp), args.count, args.port, n))
         print(f"round {n + 1}/{args.rounds} done", file=sys.stderr)
     report(rounds, args.count)
     return 0
