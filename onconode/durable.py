@@ -46,6 +46,7 @@ class DurableFile:
             while view:
                 view = view[os.write(self._fd, view):]
             os.fdatasync(self._fd)
+            _drop_cached_pages(self._fd)
             os.close(self._fd)
             self._fd = None
             make_dirs(path.parent, stop=root)
@@ -62,6 +63,20 @@ class DurableFile:
             os.close(self._fd)
             self._fd = None
         self.temp.unlink(missing_ok=True)
+
+
+def _drop_cached_pages(fd: int) -> None:
+    """Give the page cache back the pages of a file just made durable.
+
+    Why: nothing reads a received instance again until its study is stable, and on a virtual machine
+    whose host reclaims idle guest memory every page the cache takes for a new file can cost a host
+    page fault. On the development VM, after a few hundred MB had been written, copying a data set
+    into fresh page-cache pages took 64% of a receiver's CPU (perf) and ingest fell from ~300 to
+    ~120 images/s; with the pages dropped after the fsync, the next file reuses them and ingest
+    stayed at 250-300 (interleaved runs, four associations). Clean pages only: the data is on disk.
+    """
+    if hasattr(os, "posix_fadvise"):  # not on macOS
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 class ReadyFiles:
