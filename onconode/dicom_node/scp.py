@@ -416,9 +416,13 @@ class _Server(ThreadedAssociationServer):
         super().finish_request(request, client_address)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # socketserver would print a traceback; a failed TLS handshake is the peer's doing.
+        # socketserver would print a traceback to stderr: a failed TLS handshake or a caller that has
+        # gone is the peer's doing and gets the association line alone; anything else is ours.
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            log.exception("event=connection_error host=%s", client_address[0])
         if self.on_failure is not None:
-            self.on_failure(str(client_address[0]), int(client_address[1]), sys.exc_info()[1])
+            self.on_failure(str(client_address[0]), int(client_address[1]), error)
 
 
 class _AdoptingServer(_Server):
