@@ -30,7 +30,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from onconode.config import Settings
-from onconode.dicom_node.scp import AssociationListener, AssociationSummary, StorageSCP
+from onconode.dicom_node.scp import AssociationListener, AssociationSummary, StorageSCP, tell_listeners
 from onconode.dicom_node.storage import InstanceStorage
 from onconode.dicom_node.tls import listener_context
 from onconode.events import Event, configure_logging, log_event
@@ -191,16 +191,11 @@ class ReceiverPool:
         elif "summary" in report:
             with self._lock:
                 receiver.active = max(0, receiver.active - 1)
-            summary = AssociationSummary(**report["summary"])
-            for listener in self._listeners:
-                try:
-                    listener(summary)
-                except Exception:  # metrics or audit trouble must not stop the reports
-                    log.exception("event=association_listener_error calling_ae=%s", summary.calling_ae)
+            tell_listeners(self._listeners, AssociationSummary(**report["summary"]))
         elif "transition" in report:
             t = report["transition"]
-            self._on_transitions([Transition(t["study_uid"], t["at"], StudyState(t["from_state"])
-                                             if t["from_state"] else None, StudyState(t["to_state"]), t["reason"])])
+            self._on_transitions([Transition(**{**t, "from_state": t["from_state"] and StudyState(t["from_state"]),
+                                                 "to_state": StudyState(t["to_state"])})])
 
 
 # --- the receiver side ------------------------------------------------------------------------
@@ -223,9 +218,7 @@ def serve_receiver(values: dict[str, Any], control: socket.socket) -> None:
         except OSError:  # the node has gone; the loop below sees it
             pass
 
-    db.add_transition_listener(lambda t: report(transition={
-        "study_uid": t.study_uid, "at": t.at, "from_state": t.from_state.value if t.from_state else None,
-        "to_state": t.to_state.value, "reason": t.reason}))
+    db.add_transition_listener(lambda transition: report(transition=dataclasses.asdict(transition)))
     scp.add_association_listener(lambda summary: report(summary=dataclasses.asdict(summary)))
     scp.start_adopting()
     report(ready=True)

@@ -267,11 +267,7 @@ class StorageSCP:
                   calling_ae=stats.calling_ae, host=stats.host, port=stats.port, outcome=stats.outcome,
                   reason=stats.reason, instances=stats.instances, duplicates=stats.duplicates,
                   failures=stats.failures, bytes=stats.bytes, ms=summary.ms)
-        for listener in self._listeners:
-            try:
-                listener(summary)
-            except Exception:  # metrics or audit trouble must not break the listener thread
-                log.exception("event=association_listener_error calling_ae=%s", stats.calling_ae)
+        tell_listeners(self._listeners, summary)
 
     # --- DIMSE services --------------------------------------------------------------------
 
@@ -327,6 +323,15 @@ class StorageSCP:
             stats.instances += 1
             stats.bytes += len(encoded)
         return StoreStatus.SUCCESS
+
+
+def tell_listeners(listeners: list[AssociationListener], summary: AssociationSummary) -> None:
+    """Call each listener with ``summary``; metrics or audit trouble must not stop the caller's thread."""
+    for listener in listeners:
+        try:
+            listener(summary)
+        except Exception:
+            log.exception("event=association_listener_error calling_ae=%s", summary.calling_ae)
 
 
 def _sha256(data: bytes) -> str:
