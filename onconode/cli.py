@@ -34,6 +34,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     from onconode.api.server import ApiServerError
     from onconode.dicom_node.receivers import ReceiverError
+    from onconode.dicom_node.tls import TLSError
     from onconode.inference.models import ModelError
     from onconode.node import serve_forever
 
@@ -41,7 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log.level)
     try:
         serve_forever(settings)
-    except (ModelError, ApiServerError, ReceiverError) as err:
+    except (ModelError, ApiServerError, ReceiverError, TLSError) as err:
         raise UsageError(str(err)) from err
     return 0
 

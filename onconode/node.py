@@ -36,8 +36,11 @@ class Node:
         self.settings = settings
         self.db = StateDB(settings.state.database)
         self.storage = InstanceStorage(settings.storage.root, settings.storage.min_free_mb * 1024 * 1024)
+        # Built here in either case, so that a bad certificate stops the start before anything listens;
+        # receiver processes build their own from the same settings.
+        ssl_context = listener_context(settings.tls)
         self.scp: StorageSCP | ReceiverPool = (
-            StorageSCP(settings.node, settings.callers, self.storage, self.db, listener_context(settings.tls))
+            StorageSCP(settings.node, settings.callers, self.storage, self.db, ssl_context)
             if settings.node.receiver_processes == 1 else ReceiverPool(settings, self.db.notify))
         self._wire_operations()
         self.assembler = Assembler(self.db, settings.study.stable_seconds, settings.study.poll_seconds)

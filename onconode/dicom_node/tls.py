@@ -21,11 +21,24 @@ def server_context(cert: Path, key: Path, ca: Path | None, require_client_cert: 
     return ctx
 
 
+class TLSError(Exception):
+    """The configured certificate, key or CA cannot be loaded; the message says which files."""
+
+
 def listener_context(tls: TLSSettings) -> ssl.SSLContext | None:
-    """The context the configuration asks of the listener, or None when TLS is off."""
+    """The context the configuration asks of the listener, or None when TLS is off.
+
+    Raises
+    ------
+    TLSError
+        When a file is unreadable or not PEM of the right kind.
+    """
     if not (tls.enabled and tls.cert and tls.key):
         return None
-    return server_context(tls.cert, tls.key, tls.ca, tls.require_client_cert)
+    try:
+        return server_context(tls.cert, tls.key, tls.ca, tls.require_client_cert)
+    except (ssl.SSLError, OSError) as err:
+        raise TLSError(f"tls: cannot load cert {tls.cert}, key {tls.key} or ca {tls.ca}: {err}") from err
 
 
 def client_context(ca: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:

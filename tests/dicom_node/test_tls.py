@@ -89,3 +89,15 @@ def test_a_caller_silent_before_the_handshake_holds_up_nobody(tls_node: NodeProc
     with socket.create_connection(("127.0.0.1", tls_node.port)):
         assert main(["echo", f"ONCONODE@127.0.0.1:{tls_node.port}", "--tls-ca", str(pki / "ca.pem"),
                      "--tls-cert", str(pki / "client.pem"), "--tls-key", str(pki / "client.key")]) == 0
+
+
+@pytest.mark.parametrize("receivers", [1, 2])
+def test_an_unloadable_certificate_stops_the_start_with_one_line(tmp_path: Path, pki: Path, receivers: int) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    process = NodeProcess(tmp_path, node={"receiver_processes": receivers}, tls={
+        "enabled": True, "cert": str(garbage), "key": str(pki / "server.key"), "ca": str(pki / "ca.pem")})
+    with pytest.raises(RuntimeError, match="exited with 2"):
+        process.start()
+    assert f"onconode serve: tls: cannot load cert {garbage}" in process.log()
+    assert "Traceback" not in process.log()
