@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from onconode.config import Settings
+from onconode.dicom_node.tls import TLSError, listener_context
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -142,6 +143,11 @@ def _folders(settings: Settings) -> Iterator[Finding]:
 def _security(settings: Settings) -> Iterator[Finding]:
     if not settings.callers:
         yield Finding(Level.WARNING, "callers", "callers is empty: any DICOM peer may send (demo only)")
+    try:
+        if listener_context(settings.tls) is not None:
+            yield Finding(Level.OK, "tls", f"certificate {settings.tls.cert} and CA {settings.tls.ca} load")
+    except TLSError as err:
+        yield Finding(Level.PROBLEM, "tls", str(err))
     if settings.node.host not in LOOPBACK and not settings.tls.enabled:
         yield Finding(Level.WARNING, "tls", f"DICOM listens on {settings.node.host} without TLS; use it only on a "
                                             "trusted network")

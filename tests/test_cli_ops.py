@@ -79,7 +79,10 @@ def test_doctor_says_what_is_wrong_in_plain_words(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))  # bound, not listening: nobody answers on it
         port = busy.getsockname()[1]
+        garbage = tmp_path / "garbage.pem"
+        garbage.write_text("not a certificate\n")
         config = _config(tmp_path, node={"port": port}, callers=[],
+                         tls={"enabled": True, "cert": str(garbage), "key": str(garbage), "ca": str(garbage)},
                          routing=[{"name": "chest", "modality": "CT", "model": "chest-ct-cancer"}],
                          api={"host": "0.0.0.0", "port": free_port()},
                          storage={"root": str(tmp_path / "store"), "min_free_mb": 10 ** 12})
@@ -91,6 +94,7 @@ def test_doctor_says_what_is_wrong_in_plain_words(tmp_path: Path) -> None:
     assert "the API listens on 0.0.0.0 without api.token" in out
     assert "every C-STORE will be refused" in out
     assert "callers is empty" in out
+    assert f"tls: cannot load cert {tmp_path / 'garbage.pem'}" in out
 
 
 def test_doctor_reports_an_invalid_configuration_in_one_line(tmp_path: Path) -> None:
