@@ -3,7 +3,7 @@
 Makes N CT slices of 512x512 from one real slice (new UIDs each), then sends them with DCMTK
 storescu (TCP_NODELAY=1, the same sender for every receiver) over one association and over four
 concurrent associations to:
-  (a) OncoNode (fsync + rename + index before Success), with the two receiver processes that
+  (a) OncoNode (fsync + rename + index before Success), with the receiver processes that
       config/onconode.yaml ships (node.receiver_processes),
   (b) storescp with TCP_NODELAY=1 (writes files, no fsync),
   (c) Orthanc with TCP_NODELAY=1 (its own SQLite index and storage area),
@@ -43,11 +43,14 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import generate_uid
 
+from onconode.config import load_settings
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("ONCONODE_DATA", REPO.parent / "shared" / "data"))
 SOURCE = DATA / "dicom" / "lidc-idri-0001" / "IM-0067.dcm"
 ENV = {**os.environ, "TCP_NODELAY": "1"}
-RECEIVER_PROCESSES = 2  # as config/onconode.yaml ships: associations spread over two interpreters
+# OncoNode runs with the receiver processes config/onconode.yaml ships (associations over several interpreters).
+RECEIVER_PROCESSES = load_settings(REPO / "config" / "onconode.yaml").node.receiver_processes
 
 
 @dataclass(frozen=True)

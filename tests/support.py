@@ -9,8 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
@@ -22,6 +23,7 @@ from onconode.dicom_node import scu  # noqa: F401  (sends files unchanged: STORE
 from onconode.state import StateDB, Study, StudyState
 
 REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 
 
 def data_root() -> Path | None:
@@ -40,6 +42,17 @@ def require(tool: str) -> str:
     if path is None:
         pytest.skip(f"{tool} not installed (CI installs it via .ci/run: apt-get install dcmtk)")
     return path
+
+
+def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+    """``check()``'s first truthy value within ``timeout`` seconds; fails the test naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def dataset_bytes(path: Path) -> bytes:

@@ -157,7 +157,6 @@ class StorageSCP:
     def start(self) -> None:
         """Listen on the configured address and serve every association in this process."""
         server = self._make_server(_Server)
-        self._ae._servers.append(server)  # so that AE.shutdown() and server.shutdown() find it
         threading.Thread(target=server.serve_forever, name="onconode-scp", daemon=True).start()
         self._server = server
 
@@ -198,12 +197,11 @@ class StorageSCP:
             ssl_context=self._ssl_context, evt_handlers=handlers, server_class=server_class,
             request_handler=_request_handler(self._policy, self._active_associations, self._record_rejection)))
         server.on_failure = self._on_connection_failed
+        self._ae._servers.append(server)  # so that AE.shutdown() and server.shutdown() find it
         return server
 
     def stop(self) -> None:
-        self._ae.shutdown()  # aborts the associations; shuts the listening server down
-        if isinstance(self._server, _AdoptingServer):
-            self._server.server_close()
+        self._ae.shutdown()  # aborts the associations; shuts the server down
         self._hashing.shutdown()
         self._storage.close()
 
@@ -439,3 +437,8 @@ class _AdoptingServer(_Server):
 
     def server_activate(self) -> None:
         pass
+
+    def shutdown(self) -> None:
+        # No serve_forever loop ran to be stopped: BaseServer.shutdown would wait for it forever.
+        self.server_close()
+        self.ae._servers.remove(self)

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -19,7 +18,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from onconode.dicom_node.scu import PeerAddress, send_paths
-from tests.support import NodeProcess, dataset_bytes, echo_status
+from tests.support import NodeProcess, dataset_bytes, echo_status, wait_for
 
 
 @pytest.fixture
@@ -55,13 +54,6 @@ def _associate(port: int) -> object:
     ae.add_requested_context(Verification)
     ae.add_requested_context(CTImageStorage)
     return ae.associate("127.0.0.1", port, ae_title="ONCONODE")
-
-
-def _wait_for(condition, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def test_associations_are_spread_over_the_receivers(node: NodeProcess) -> None:
@@ -101,7 +93,7 @@ def test_concurrent_associations_are_stored_indexed_and_reported_to_the_node(nod
     assert len(node.db().instances(study_uid)) == len(files)
 
     # What the receivers did reaches the node's own listeners: metrics and the audit trail.
-    _wait_for(lambda: len([r for r in _audit(node) if r["kind"] == "association"]) == 4)
+    wait_for(lambda: len([r for r in _audit(node) if r["kind"] == "association"]) == 4, 20, "4 association records")
     associations = [r for r in _audit(node) if r["kind"] == "association"]
     assert sorted(r["instances"] for r in associations) == sorted(len(s) for s in shards)
     assert any(r["kind"] == "transition" and r["to_state"] == "receiving" for r in _audit(node))
@@ -119,7 +111,7 @@ def test_a_receiver_that_dies_is_replaced_and_the_node_serves_on(node: NodeProce
     before = node.receivers()
     os.kill(before[0], signal.SIGKILL)
     node.wait_for_log("event=receiver_exited")
-    _wait_for(lambda: len(node.receivers()) == 2 and node.receivers() != before)
+    wait_for(lambda: len(node.receivers()) == 2 and node.receivers() != before, 20, "a new receiver")
     for _ in range(4):  # both receivers serve: the new one and the one that lived
         assert echo_status(node.port) == 0
     report = send_paths(files, PeerAddress("ONCONODE", "127.0.0.1", node.port))
@@ -137,8 +129,8 @@ def test_receivers_end_with_the_node(tmp_path: Path, ending: str) -> None:
         process.stop()
     else:
         process.kill()  # SIGKILL: the receivers see their control socket close
-    _wait_for(lambda: not any(_running(pid) for pid in receivers))
-    _wait_for(lambda: not held.is_established)
+    wait_for(lambda: not any(_running(pid) for pid in receivers), 20, "the receivers to end")
+    wait_for(lambda: not held.is_established, 20, "the held association to end")
 
 
 def _running(pid: int) -> bool:

@@ -6,7 +6,6 @@ fhir.resources, and nothing is routed twice."""
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from onconode.state import StudyState
 from tests import peers
 from tests.reporting_fixtures import CT_SERIES, MR_SERIES
-from tests.support import NodeProcess, free_port, require
+from tests.support import NodeProcess, free_port, require, wait_for
 
 pytestmark = pytest.mark.peers
 PATIENT_SYSTEM = "urn:oid:1.2.3.4.5.99"
@@ -49,16 +48,6 @@ def pacs(tmp_path: Path, models_dir: Path) -> Iterator[tuple[peers.Orthanc, Node
         sekmet.stop()
 
 
-def wait_for(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_results_come_back_to_the_same_study_and_the_ehr(pacs, dicom_dir: Path, tmp_path: Path) -> None:
     orthanc, node, sekmet = pacs
     storescu = require("storescu")
@@ -76,7 +65,7 @@ def test_results_come_back_to_the_same_study_and_the_ehr(pacs, dicom_dir: Path, 
         found = orthanc.series("SR")
         return found if len(found) == 2 else None
 
-    srs = wait_for(two_srs, 30, "2 SR series")
+    srs = wait_for(two_srs, 30, "2 SR series", interval=0.5)
     scs = orthanc.series("OT")
     assert len(scs) == 2
     out = tmp_path / "from-orthanc"
