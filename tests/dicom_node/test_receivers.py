@@ -17,8 +17,10 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
+from onconode.config import Settings
+from onconode.dicom_node.receivers import ReceiverError, ReceiverPool
 from onconode.dicom_node.scu import PeerAddress, send_paths
-from tests.support import NodeProcess, dataset_bytes, echo_status, wait_for
+from tests.support import NodeProcess, dataset_bytes, echo_status, free_port, wait_for
 
 
 @pytest.fixture
@@ -138,3 +140,16 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
     except FileNotFoundError:
         return False
+
+
+def test_a_receiver_that_cannot_start_stops_the_start_with_a_clear_error(tmp_path: Path) -> None:
+    # The node checks storage, database and TLS before it starts receivers, so a receiver failing on
+    # its own is exercised through the pool: a storage root that is a file fails only in the receiver.
+    blocked = tmp_path / "store"
+    blocked.write_text("not a folder")
+    settings = Settings(node={"port": free_port(), "receiver_processes": 2}, storage={"root": blocked},
+                        state={"database": tmp_path / "db.sqlite"})
+    pool = ReceiverPool(settings, lambda transitions: None)
+    with pytest.raises(ReceiverError, match=r"receiver process \d did not start \(exit code 1"):
+        pool.start()
+    assert not pool.listening
