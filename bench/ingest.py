@@ -70,6 +70,10 @@ class Result:
     def mb_per_second(self) -> float:
         return self.megabytes / self.seconds
 
+    @property
+    def cpu_ms_per_instance(self) -> float | None:
+        return None if self.cpu_seconds is None else self.cpu_seconds * 1000 / self.count
+
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of ``pid``, of the children it has reaped (storescp --fork) and of those still
@@ -275,7 +279,7 @@ def report(rounds: list[list[Result]], count: int) -> None:
                                                   list(TARGETS).index(r.target) if r.target in TARGETS else 0)):
         same = [r for run in rounds for r in run if (r.target, r.associations) == (first.target, first.associations)]
         rates = [r.per_second for r in same]
-        cpu = [r.cpu_seconds * 1000 / r.count for r in same if r.cpu_seconds is not None]
+        cpu = [r.cpu_ms_per_instance for r in same if r.cpu_ms_per_instance is not None]
         spread = f"{median(rates):.0f} [{min(rates):.0f}-{max(rates):.0f}]"
         print(f"{first.target:<14}{first.associations:>7}{spread:>20}{median(r.mb_per_second for r in same):>9.1f}"
               f"{f'{median(cpu):.2f}' if cpu else '-':>14}")
