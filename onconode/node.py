@@ -35,7 +35,7 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.db = StateDB(settings.state.database)
-        self.storage = InstanceStorage(settings.storage.root, settings.storage.min_free_mb * 1024 * 1024)
+        self.storage = InstanceStorage.from_settings(settings.storage)
         # Built here in either case, so that a bad certificate stops the start before anything listens;
         # receiver processes build their own from the same settings.
         ssl_context = listener_context(settings.tls)

@@ -209,7 +209,7 @@ def serve_receiver(values: dict[str, Any], control: socket.socket) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     db = StateDB(settings.state.database)
-    storage = InstanceStorage(settings.storage.root, settings.storage.min_free_mb * 1024 * 1024)
+    storage = InstanceStorage.from_settings(settings.storage)
     scp = StorageSCP(settings.node, settings.callers, storage, db, listener_context(settings.tls))
 
     def report(**message: Any) -> None:

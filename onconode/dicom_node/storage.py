@@ -20,6 +20,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from onconode.config import StorageSettings
 from onconode.dicom_node.identify import InstanceIdentity
 from onconode.durable import TEMP_SUFFIX, DurableFile, ReadyFiles
 
@@ -45,6 +46,11 @@ class InstanceStorage:
         self.incoming = root / INCOMING
         self.incoming.mkdir(parents=True, exist_ok=True)
         self._ready: ReadyFiles | None = None
+
+    @classmethod
+    def from_settings(cls, settings: StorageSettings) -> InstanceStorage:
+        """The tree ``storage`` configures; the node and each receiver process open it alike."""
+        return cls(settings.root, settings.min_free_mb * 1024 * 1024)
 
     def path_for(self, identity: InstanceIdentity) -> Path:
         return self.root / identity.study_uid / identity.series_uid / f"{identity.sop_instance_uid}{SUFFIX}"
