@@ -67,6 +67,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
                            for label in m.labels)
         print(f"{m.name:<22} {m.version:<10} {m.modality:<3} {m.file:<28} threshold {m.decision.threshold}  "
               f"labels: {labels}")
+        print(f"{'':<22} accepts: {m.accepts.summary(m.modality)}")
     return status
 
 

@@ -135,7 +135,9 @@ class RoutingRule(_Section):
     Every given condition must hold for a series to match; an absent condition matches anything.
     Regexes are searched (``re.search``), so anchor them when you mean the whole value. ``image_type``
     lists values that must be present in ImageType, or absent with a leading ``!`` (``!LOCALIZER``).
-    ``target`` says which slices carry the organ the model was trained on (``slices.py``).
+    A rule narrows what the model's manifest accepts; with ``use_manifest: false`` its conditions
+    alone decide (an override, e.g. for a site whose series the classifier reads wrongly).
+    ``target``, ``max_analysed_slices`` and ``key_slices`` override the manifest's ``slices``.
     """
 
     name: str = Field(min_length=1)
@@ -148,9 +150,10 @@ class RoutingRule(_Section):
     image_type: list[str] = []
     min_slices: int = Field(default=1, ge=1)
     max_slices: int | None = Field(default=None, ge=1)
-    target: Literal["lung", "brain", "body"] = "body"
-    max_analysed_slices: int = Field(default=48, ge=1)
-    key_slices: int = Field(default=3, ge=1)
+    use_manifest: bool = True
+    target: Literal["lung", "brain", "body"] | None = None
+    max_analysed_slices: int | None = Field(default=None, ge=1)
+    key_slices: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _slice_range(self) -> RoutingRule:

@@ -69,10 +69,12 @@ def _models(settings: Settings) -> Iterator[Finding]:
     if note:
         yield Finding(Level.WARNING, "models", f"{note}; every study will end 'no applicable model'")
     for name, model in sorted(registry.items()):
-        yield Finding(Level.OK, "models", f"{name} {model.manifest.version} ({model.manifest.modality}) verified "
-                                          f"against its manifest")
-    if not settings.routing:
-        yield Finding(Level.WARNING, "routing", "no routing rules: no study will be analysed")
+        manifest = model.manifest
+        yield Finding(Level.OK, "models", f"{name} {manifest.version} ({manifest.modality}) verified against its "
+                                          f"manifest; accepts {manifest.accepts.summary(manifest.modality)}")
+    if not settings.routing and registry:
+        yield Finding(Level.OK, "routing", "no routing rules: every installed model is offered every study and "
+                                           "reads the series its manifest accepts")
     for rule in settings.routing:
         if registry and rule.model not in registry:  # none installed at all: the warning above says it
             yield Finding(Level.PROBLEM, "routing", f"rule {rule.name} sends {rule.modality or 'any'} series to "

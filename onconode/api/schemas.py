@@ -81,6 +81,7 @@ class SeriesDecisionOut(_Out):
     slices: int
     taken: bool
     reason: str
+    evidence: list[str] = []
 
 
 class KeySliceOut(_Out):

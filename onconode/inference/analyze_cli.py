@@ -42,8 +42,11 @@ def _print_table(result: AnalysisResult, overlays: list[str], stream: TextIO) ->
         desc = decision.description or "(no description)"
         print(f"  {mark}     {decision.modality:<3} {desc[:38]:<38} {decision.slices:>4} sl  {decision.reason}",
               file=stream)
+        for line in decision.evidence:
+            print(f"            · {line}", file=stream)
     if result.outcome is Outcome.ANALYSED:
-        print(f"  model     {result.model} {result.model_version} (rule {result.rule}); "
+        rule = f" (rule {result.rule})" if result.rule else ""
+        print(f"  model     {result.model} {result.model_version}{rule}; "
               f"{len(result.slices_analysed)} of {result.slices_total} slices analysed", file=stream)
         for label, p in zip(result.labels, result.probabilities):
             print(f"    {label:<28} {p:6.3f}", file=stream)

@@ -117,6 +117,52 @@ class Decision(_Strict):
     temperature: float = Field(1.0, gt=0)
 
 
+Plane = Literal["axial", "coronal", "sagittal", "oblique"]
+Preference = Literal["sequence", "original", "thinnest", "most_slices", "latest"]
+
+
+class Accepts(_Strict):
+    """Which series the model can read; the node offers it a series only when every field holds.
+
+    ``regions`` are body regions (``onconode/selection/region.py``); ``sequences`` (MR only) are
+    what ``onconode/selection/sequence.py`` reads, with ``t1post`` for a T1 after contrast.
+    ``prefer`` ranks the series that pass, best first: the order of ``sequences``, ORIGINAL
+    before DERIVED, the thinnest slices, the most slices, the latest acquired.
+    """
+
+    regions: tuple[str, ...] = Field(min_length=1)
+    planes: tuple[Plane, ...] = ("axial",)
+    sequences: tuple[str, ...] = ()
+    thickness_mm: tuple[float, float] = (0.0, 10.0)
+    min_slices: int = Field(10, ge=1)
+    prefer: tuple[Preference, ...] = ("sequence", "original", "thinnest", "most_slices")
+
+    def summary(self, modality: str) -> str:
+        """One line a person reads in ``onconode models list`` and ``doctor``."""
+        parts = [modality, "/".join(self.regions), "/".join(self.planes)]
+        if self.sequences:
+            parts.append("/".join(self.sequences))
+        low, high = self.thickness_mm
+        parts.append(f"{low:g}–{high:g} mm")
+        parts.append(f">= {self.min_slices} slices")
+        return ", ".join(parts) + f"; prefers {', '.join(self.prefer)}"
+
+    @model_validator(mode="after")
+    def _range(self) -> Accepts:
+        low, high = self.thickness_mm
+        if not 0 <= low <= high:
+            raise ValueError(f"accepts.thickness_mm: need 0 <= low <= high, got {self.thickness_mm}")
+        return self
+
+
+class SliceSpec(_Strict):
+    """Which slices of the chosen series go through the model (``inference/slices.py``)."""
+
+    target: Literal["lung", "brain", "body"]
+    max_analysed: int = Field(64, ge=1)
+    key: int = Field(3, ge=1)
+
+
 class Manifest(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     version: str
@@ -129,6 +175,8 @@ class Manifest(_Strict):
     gradcam: GradCamSpec
     labels: tuple[Label, ...] = Field(min_length=2)
     decision: Decision
+    accepts: Accepts
+    slices: SliceSpec
     card: str | None = None
     metrics: str | None = None
 
@@ -140,6 +188,8 @@ class Manifest(_Strict):
         unknown = set(self.decision.positive_labels) - set(names)
         if unknown:
             raise ValueError(f"decision.positive_labels: not among the labels: {sorted(unknown)}")
+        if self.modality == "CT" and self.accepts.sequences:
+            raise ValueError("accepts.sequences: only an MR model names sequences")
         norm = self.preprocess.normalize
         if len(norm.mean) != self.input.channels or len(norm.std) != self.input.channels:
             raise ValueError(f"preprocess.normalize: need {self.input.channels} mean and std values")

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from onconode.config import RoutingRule
-from onconode.inference import gradcam, routing, series, slices, volume
+from onconode.inference import gradcam, series, slices, volume
 from onconode.inference.models import RegisteredModel
 from onconode.inference.preprocess import Placement, scale_intensities, to_model_input
 from onconode.inference.runner import RunnerPool
+from onconode.selection import match, probe
 
 log = logging.getLogger(__name__)
 
@@ -129,46 +130,26 @@ def analyze_study(paths: Sequence[Path], registry: Mapping[str, RegisteredModel]
     clock = _Clock()
     with clock.stage("scan"):
         scan = series.scan(paths)
-        candidates, decisions = _screen(scan)
-        chosen_route = routing.route(candidates, rules)
-    if chosen_route is None:
-        unmatched = [series.decide(c, False, _no_rule_reason(rules, c)) for c in candidates]
-        why = ("no routing rule matches any axial image series of the study" if candidates
-               else "the study has no axial image series to analyse")
-        return AnalysisResult(scan.study_uid, Outcome.NO_APPLICABLE_MODEL, f"no applicable model: {why}",
-                              tuple(decisions + unmatched), timings_ms=clock.ms)
-    rule = chosen_route.rule
-    with clock.stage("scan"):
-        chosen, ranked = series.select(chosen_route.series)
-    routed = {s.series_uid for s in chosen_route.series}
-    others = [series.decide(c, False, f"routing rule {rule.name} does not match: {routing.mismatch(rule, c)}")
-              for c in candidates if c.series_uid not in routed]
-    all_decisions = tuple(list(ranked) + others + decisions)
-    model = registry.get(rule.model)
-    if model is None:
-        return AnalysisResult(scan.study_uid, Outcome.NO_APPLICABLE_MODEL,
-                              f"no applicable model: rule {rule.name} wants model {rule.model}, which is not "
-                              f"installed (models present: {sorted(registry) or 'none'})",
-                              all_decisions, rule=rule.name, series_uid=chosen.series_uid, timings_ms=clock.ms)
-    if model.manifest.modality != chosen.first.modality:
-        return AnalysisResult(scan.study_uid, Outcome.NO_APPLICABLE_MODEL,
-                              f"no applicable model: rule {rule.name} sends a {chosen.first.modality} series to "
-                              f"model {rule.model}, which is made for {model.manifest.modality}; check the "
-                              "routing configuration", all_decisions, rule=rule.name,
-                              series_uid=chosen.series_uid, timings_ms=clock.ms)
-    return _run_model(scan.study_uid, all_decisions, rule, model, chosen, runners or RunnerPool(), clock)
+    with clock.stage("select"):
+        candidates, excluded = _screen(scan)
+        choice = match.choose(candidates, registry, rules, probe.look)
+    decisions = (*choice.decisions, *excluded)
+    offer = choice.offer
+    model = offer.model if offer is not None else None
+    if offer is None or model is None or choice.series is None:
+        return AnalysisResult(scan.study_uid, Outcome.NO_APPLICABLE_MODEL, choice.reason, decisions,
+                              timings_ms=clock.ms)
+    return _run_model(scan.study_uid, decisions, offer.rule, model, choice.series,
+                      runners or RunnerPool(), clock)
 
 
-def _no_rule_reason(rules: Sequence[RoutingRule], candidate: series.SeriesInfo) -> str:
-    if not rules:
-        return "no routing rules are configured"
-    return "no routing rule matches: " + "; ".join(f"{r.name}: {routing.mismatch(r, candidate)}" for r in rules)
-
-
-def _run_model(study_uid: str, decisions: tuple[series.SeriesDecision, ...], rule: RoutingRule,
-               model: RegisteredModel, chosen: series.SeriesInfo, runners: RunnerPool, clock: _Clock
-               ) -> AnalysisResult:
+def _run_model(study_uid: str, decisions: tuple[series.SeriesDecision, ...], rule: RoutingRule | None,
+               model: RegisteredModel, chosen: series.SeriesInfo, runners: RunnerPool,
+               clock: _Clock) -> AnalysisResult:
     manifest = model.manifest
+    target = (rule.target if rule else None) or manifest.slices.target
+    cap = (rule.max_analysed_slices if rule else None) or manifest.slices.max_analysed
+    key_count = (rule.key_slices if rule else None) or manifest.slices.key
     with clock.stage("scan"):
         vol = volume.build_volume(chosen)
     hounsfield = vol.modality == "CT"
@@ -190,13 +171,13 @@ def _run_model(study_uid: str, decisions: tuple[series.SeriesDecision, ...], rul
         with clock.stage("preprocess"):
             # MR masks need the scaled slice; CT masks read HU, so CT scales only the slices it keeps.
             scaled = None if hounsfield else scale_intensities(values, manifest.preprocess)
-            fraction = slices.tissue_fraction(values if scaled is None else scaled, rule.target, hounsfield)
+            fraction = slices.tissue_fraction(values if scaled is None else scaled, target, hounsfield)
             fractions.append(fraction)
-            if slices.is_eligible(fraction, rule.target):
+            if slices.is_eligible(fraction, target):
                 prepared[index] = prepare(scaled if scaled is not None else
                                           scale_intensities(values, manifest.preprocess))
         del values, scaled
-    chosen_idx = slices.choose(fractions, rule.target, rule.max_analysed_slices)
+    chosen_idx = slices.choose(fractions, target, cap)
     for index in chosen_idx:
         if index not in prepared:  # no slice showed the organ: ``choose`` spread over all of them
             with clock.stage("decode"):
@@ -211,7 +192,7 @@ def _run_model(study_uid: str, decisions: tuple[series.SeriesDecision, ...], rul
         runner = runners.get(model)
         logits, features = runner.run(batch)
         labels = [label.name for label in manifest.labels]
-        score = slices.aggregate(logits, labels, manifest.decision, rule.key_slices)
+        score = slices.aggregate(logits, labels, manifest.decision, key_count)
     assert model.head_weights is not None  # set by models.verify
     keys = []
     for row in score.key:
@@ -232,7 +213,7 @@ def _run_model(study_uid: str, decisions: tuple[series.SeriesDecision, ...], rul
     log.info("event=study_analysed study=%s series=%s model=%s slices=%d ms=%.0f", study_uid,
              chosen.series_uid, manifest.name, len(chosen_idx), sum(clock.ms.values()))
     return AnalysisResult(
-        study_uid, Outcome.ANALYSED, reason, decisions, rule=rule.name, model=manifest.name,
+        study_uid, Outcome.ANALYSED, reason, decisions, rule=rule.name if rule else None, model=manifest.name,
         model_version=manifest.version, series_uid=chosen.series_uid, labels=tuple(labels),
         probabilities=score.probabilities, predicted_label=predicted, positive=score.positive,
         positive_probability=score.positive_probability, threshold=manifest.decision.threshold,

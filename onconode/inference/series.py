@@ -1,31 +1,27 @@
-"""Series selection: which series of a study is worth analysing, and why each other one is not.
+"""A study's headers, grouped by series, and the objects that are never a model's input.
 
-Input: the file paths of one study. Output: ``StudyScan`` (headers grouped by series) and, after
-``screen`` and ``select``, a ``SeriesDecision`` per series saying whether it was taken and why.
+Input: the file paths of one study. Output: ``StudyScan`` (one ``InstanceHeader`` per file,
+grouped by series) and, from ``exclusion``, why a series cannot be read by any model at all.
 
 A PACS sends everything in a study: localizers (scouts), dose reports, secondary captures and
-sometimes several reconstructions. Only an axial cross-sectional image volume can feed a slice
-classifier. DERIVED\\SECONDARY series (e.g. a processed research release such as UPENN-GBM) are
-still real axial volumes: they are ranked below an ORIGINAL axial series of the same study but
-never dropped for that reason alone. Headers only are read here (``stop_before_pixels``); pixels
-are decoded later, in ``volume.py``.
+several reconstructions. Those that carry no cross-sectional slice are set aside here; which of
+the rest a model reads is ``onconode/selection``'s decision. Headers only are read here
+(``stop_before_pixels``); pixels are decoded later, in ``volume.py``.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-
-log = logging.getLogger(__name__)
 
 Vector = tuple[float, float, float]
 
@@ -40,9 +36,6 @@ SECONDARY_CAPTURE_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.7.3", "1.2.840.10008.5.1.4.1.1.7.4",
 }
 _SCOUT_WORDS = re.compile(r"(?i)\b(scout|topogram|localizer|localiser|surview|scanogram|survey)\b")
-# An axial slice's normal points within 45° of the patient's head-foot axis; a tilted gantry
-# (typically ≤ 30°) still counts as axial.
-AXIAL_MIN_COS = float(np.cos(np.deg2rad(45)))
 
 
 @dataclass(frozen=True)
@@ -65,6 +58,24 @@ class InstanceHeader:
     orientation: tuple[float, ...] | None  # ImageOrientationPatient (6 values)
     positions: tuple[Vector | None, ...]   # ImagePositionPatient per frame (one for single-frame)
     has_pixels: bool
+    # What series classification (``onconode/selection``) reads; absent or malformed values are
+    # empty or None, never an error: a value a scanner got wrong must not stop the analysis.
+    protocol_name: str = ""
+    requested_procedure: str = ""
+    anatomic_region: str = ""              # Code Meaning of AnatomicRegionSequence
+    manufacturer: str = ""
+    sequence_name: str = ""
+    scanning_sequence: tuple[str, ...] = ()
+    sequence_variant: tuple[str, ...] = ()
+    repetition_time: float | None = None
+    echo_time: float | None = None
+    inversion_time: float | None = None
+    diffusion_b: float | None = None
+    contrast_agent: str = ""
+    slice_thickness: float | None = None
+    pixel_spacing: tuple[float, float] | None = None
+    series_number: int | None = None
+    series_time: str = ""
 
     @property
     def frames(self) -> int:
@@ -111,17 +122,19 @@ class SeriesDecision:
     slices: int
     taken: bool
     reason: str
+    evidence: tuple[str, ...] = ()   # what the series was classified as, and from which headers
 
 
-def decide(info: SeriesInfo, taken: bool, reason: str) -> SeriesDecision:
+def decide(info: SeriesInfo, taken: bool, reason: str, evidence: tuple[str, ...] = ()) -> SeriesDecision:
     """The decision record of ``info``."""
     head = info.first
-    return SeriesDecision(info.series_uid, head.series_description, head.modality, info.slice_count, taken, reason)
+    return SeriesDecision(info.series_uid, head.series_description, head.modality, info.slice_count, taken, reason,
+                          evidence)
 
 
-def _floats(value: object, count: int) -> tuple[float, ...] | None:
+def _floats(value: Any, count: int) -> tuple[float, ...] | None:
     try:
-        numbers = tuple(float(v) for v in value)  # type: ignore[attr-defined]
+        numbers = tuple(float(v) for v in value)
     except (TypeError, ValueError):
         return None
     return numbers if len(numbers) == count else None
@@ -130,7 +143,7 @@ def _floats(value: object, count: int) -> tuple[float, ...] | None:
 def _frame_geometry(ds: Dataset) -> tuple[tuple[float, ...] | None, tuple[Vector | None, ...]]:
     """Orientation and per-frame positions, from the functional groups of enhanced multi-frame
     objects (PS3.3 C.7.6.16) or from the top-level attributes of single-frame ones."""
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _integer(ds, "NumberOfFrames") or 1
     if "PerFrameFunctionalGroupsSequence" not in ds:
         ipp = _floats(ds.get("ImagePositionPatient"), 3)
         position = (ipp[0], ipp[1], ipp[2]) if ipp else None
@@ -159,7 +172,6 @@ def read_header(path: Path) -> InstanceHeader:
     """
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     orientation, positions = _frame_geometry(ds)
-    number = ds.get("InstanceNumber")
     return InstanceHeader(
         path=path,
         study_uid=str(ds.get("StudyInstanceUID", "")),
@@ -171,13 +183,92 @@ def read_header(path: Path) -> InstanceHeader:
         body_part=str(ds.get("BodyPartExamined", "")),
         study_description=str(ds.get("StudyDescription", "")),
         series_description=str(ds.get("SeriesDescription", "")),
-        instance_number=int(number) if number not in (None, "") else None,
-        rows=int(ds.Rows) if "Rows" in ds else None,
-        columns=int(ds.Columns) if "Columns" in ds else None,
+        instance_number=_integer(ds, "InstanceNumber"),
+        rows=_integer(ds, "Rows"),
+        columns=_integer(ds, "Columns"),
         orientation=orientation,
         positions=positions,
         has_pixels="Rows" in ds and "Columns" in ds and "BitsAllocated" in ds,
+        protocol_name=_text(ds, "ProtocolName"),
+        requested_procedure=_text(ds, "RequestedProcedureDescription"),
+        anatomic_region=_code_meaning(ds, "AnatomicRegionSequence"),
+        manufacturer=_text(ds, "Manufacturer"),
+        sequence_name=_text(ds, "SequenceName"),
+        scanning_sequence=_texts(ds, "ScanningSequence"),
+        sequence_variant=_texts(ds, "SequenceVariant"),
+        repetition_time=_number(ds, "RepetitionTime"),
+        echo_time=_number(ds, "EchoTime"),
+        inversion_time=_number(ds, "InversionTime"),
+        diffusion_b=_number(ds, "DiffusionBValue"),
+        contrast_agent=_text(ds, "ContrastBolusAgent"),
+        slice_thickness=_number(ds, "SliceThickness"),
+        pixel_spacing=_pair(ds, "PixelSpacing"),
+        series_number=_integer(ds, "SeriesNumber"),
+        series_time=_text(ds, "SeriesTime"),
     )
+
+
+def _raw(ds: Dataset, keyword: str) -> Any:
+    """A value as pydicom gives it, or None when the element is absent or does not convert."""
+    try:
+        return ds.get(keyword)
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = _raw(ds, keyword)
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _texts(ds: Dataset, keyword: str) -> tuple[str, ...]:
+    value = _raw(ds, keyword)
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        return tuple(v.strip().upper() for v in value.split("\\") if v.strip())
+    try:
+        return tuple(str(v).strip().upper() for v in value)
+    except TypeError:
+        return (str(value).strip().upper(),)
+
+
+def _number(ds: Dataset, keyword: str) -> float | None:
+    value = _raw(ds, keyword)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, int, float)):
+        try:
+            value = value[0]
+        except (TypeError, IndexError):
+            return None
+    try:
+        number = float(str(value))
+    except ValueError:
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _integer(ds: Dataset, keyword: str) -> int | None:
+    number = _number(ds, keyword)
+    return int(number) if number is not None and number.is_integer() else None
+
+
+def _pair(ds: Dataset, keyword: str) -> tuple[float, float] | None:
+    values = _floats(_raw(ds, keyword), 2)
+    return (values[0], values[1]) if values and values[0] > 0 and values[1] > 0 else None
+
+
+def _code_meaning(ds: Dataset, keyword: str) -> str:
+    items = _raw(ds, keyword)
+    try:
+        return " ".join(str(item.get("CodeMeaning", "")) for item in items)
+    except (TypeError, AttributeError, ValueError):
+        return ""
 
 
 def group_by_study(paths: Iterable[Path]) -> dict[str, list[Path]]:
@@ -239,55 +330,4 @@ def exclusion(series: SeriesInfo) -> str | None:
         return "secondary capture: a picture, not a cross-sectional image with geometry"
     if "LOCALIZER" in head.image_type or _SCOUT_WORDS.search(head.series_description):
         return "localizer (scout): a projection image for planning, not a slice"
-    if head.orientation is None:
-        return "no ImageOrientationPatient: cannot tell whether the series is axial"
-    cos = abs(float(slice_normal(head.orientation)[2]))
-    if cos < AXIAL_MIN_COS:
-        return f"not axial (slice normal {np.degrees(np.arccos(min(1.0, cos))):.0f}° from head-foot axis)"
     return None
-
-
-def _geometry_consistent(series: SeriesInfo) -> bool:
-    shapes = {(i.rows, i.columns) for i in series.instances}
-    orientations = {tuple(round(v, 3) for v in i.orientation or ()) for i in series.instances}
-    return len(shapes) == 1 and len(orientations) == 1
-
-
-def select(candidates: Sequence[SeriesInfo]) -> tuple[SeriesInfo, tuple[SeriesDecision, ...]]:
-    """Pick one series among axial candidates that the same routing rule matched.
-
-    Ranking, best first: consistent geometry (one matrix size and orientation), ORIGINAL before
-    DERIVED/SECONDARY, then most slices. A derived series is therefore used whenever it is the only
-    axial volume, and only deprioritised when an original one exists.
-
-    Raises
-    ------
-    ValueError
-        If ``candidates`` is empty.
-    """
-    if not candidates:
-        raise ValueError("select: no candidate series")
-    ranked = sorted(candidates, key=lambda s: (not _geometry_consistent(s), s.derived, -s.slice_count,
-                                               s.series_uid))
-    chosen = ranked[0]
-    decisions = []
-    for series in ranked:
-        if series is chosen:
-            why = [f"axial {series.first.modality}, {series.slice_count} slices"]
-            if series.derived:
-                kind = "\\".join(series.first.image_type[:2])
-                alone = "the only" if len(ranked) == 1 else "the best"
-                why.append(f"{kind}, kept as {alone} axial volume (a derived series is deprioritised, "
-                           f"never dropped for that alone)")
-            if len(ranked) > 1:
-                why.append(f"ranked first of {len(ranked)} candidates")
-            reason = "; ".join(why)
-        elif _geometry_consistent(chosen) and not _geometry_consistent(series):
-            reason = "mixed matrix sizes or orientations; a consistent series was available"
-        elif series.derived and not chosen.derived:
-            reason = "DERIVED/SECONDARY: an ORIGINAL axial series of the study was preferred"
-        else:
-            reason = f"fewer slices ({series.slice_count}) than the chosen series ({chosen.slice_count})"
-        decisions.append(decide(series, series is chosen, reason))
-    log.info("event=series_selected series=%s slices=%d", chosen.series_uid, chosen.slice_count)
-    return chosen, tuple(decisions)

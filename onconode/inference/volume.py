@@ -1,6 +1,6 @@
 """Volume: the chosen series as slices in spatial order, decoded one at a time.
 
-Input: a ``SeriesInfo`` from ``series.select``. Output: a ``Volume`` (ordered ``SliceRef``s plus the
+Input: the ``SeriesInfo`` that ``selection.match`` chose. Output: a ``Volume`` (ordered ``SliceRef``s plus the
 notes a reader needs: how it was ordered, what was dropped) and, through ``iter_slices``, float32
 (H, W) slices after the modality LUT — Hounsfield units for CT, stored intensities for MR.
 

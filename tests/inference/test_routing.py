@@ -1,4 +1,4 @@
-"""Routing rules: validation in the configuration and first-match-wins matching."""
+"""Routing rules: validation in the configuration and each condition's own check."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from onconode.config import RoutingRule, load_settings
-from onconode.inference import routing, series
+from onconode.inference import series
+from onconode.selection import routing
 
 
 @pytest.fixture(scope="module")
@@ -17,13 +18,6 @@ def studies(dicom_dir: Path) -> dict[str, series.SeriesInfo]:
     for name in ("lidc-idri-0001", "upenn-gbm-00001-t1post", "brain-tumor-progression-pgbm-001-t1post"):
         out[name] = series.scan(sorted((dicom_dir / name).glob("*.dcm"))).series[0]
     return out
-
-
-def test_first_matching_rule_wins(studies) -> None:
-    rules = [RoutingRule(name="brain", modality="MR", series_description=r"(?i)t1.*post", model="a"),
-             RoutingRule(name="any-mr", modality="MR", model="b")]
-    got = routing.route([studies["brain-tumor-progression-pgbm-001-t1post"]], rules)
-    assert got is not None and got.rule.name == "brain"
 
 
 def test_conditions_each_can_refuse(studies) -> None:
@@ -36,10 +30,6 @@ def test_conditions_each_can_refuse(studies) -> None:
     assert "slices" in (routing.mismatch(RoutingRule(name="r", model="m", max_slices=100), ct) or "")
     assert "study_description" in (routing.mismatch(
         RoutingRule(name="r", model="m", study_description="."), ct) or "")  # LIDC has none
-
-
-def test_no_rule_matching_gives_none(studies) -> None:
-    assert routing.route([studies["lidc-idri-0001"]], [RoutingRule(name="mr", modality="MR", model="m")]) is None
 
 
 def test_rule_with_bad_regex_is_refused() -> None:
@@ -60,6 +50,6 @@ def test_settings_read_the_routing_section(tmp_path: Path) -> None:
     assert settings.analysis.intra_op_threads == 2
 
 
-def test_shipped_configuration_routes_the_two_models() -> None:
+def test_shipped_configuration_leaves_routing_to_the_manifests() -> None:
     settings = load_settings(Path(__file__).resolve().parents[2] / "config" / "onconode.yaml")
-    assert [r.model for r in settings.routing] == ["chest-ct-cancer", "brain-mri-tumour"]
+    assert settings.routing == []

@@ -72,6 +72,9 @@ def manifest_dict(name: str, onnx_path: Path, modality: str = "CT", size: int = 
         "labels": [{"name": n, "cancer": n == "malignant",
                     "snomed": {"code": str(100000 + i), "display": n}} for i, n in enumerate(LABELS)],
         "decision": {"positive_labels": ["malignant"], "threshold": 0.5, "temperature": 1.0},
+        "accepts": ({"regions": ["chest"]} if modality == "CT" else
+                    {"regions": ["brain"], "sequences": ["t1post", "flair"]}),
+        "slices": {"target": "lung" if modality == "CT" else "brain", "max_analysed": 8, "key": 3},
     }
 
 

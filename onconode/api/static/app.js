@@ -82,8 +82,14 @@ async function loadDetail() {
   const decisions = d.series_decisions.length ? d.series_decisions : d.series.map((s) =>
     ({ modality: s.modality, description: s.series_uid, slices: s.instances, taken: false, reason: "received" }));
   for (const s of decisions) {
-    series.append(text("li", (s.taken ? "TAKEN " : "") + s.modality + " " + (s.description || "(no description)") +
-      " — " + s.slices + " slices — " + s.reason));
+    const item = text("li", (s.taken ? "TAKEN " : "") + s.modality + " " + (s.description || "(no description)") +
+      " — " + s.slices + " slices — " + s.reason);
+    if (s.evidence && s.evidence.length) {
+      const why = document.createElement("ul"); why.className = "evidence";
+      for (const line of s.evidence) why.append(text("li", line));
+      item.append(why);
+    }
+    series.append(item);
   }
   const history = $("#detail-history"); history.replaceChildren();
   for (const t of d.transitions) {

@@ -1,25 +1,15 @@
-"""Routing: which configured rule (and so which model) applies to a study's candidate series.
+"""Configured routing rules: whether a series meets a rule's own conditions.
 
-Input: candidate ``SeriesInfo`` (after ``series.exclusion``) and the ``routing`` rules of the
-configuration. Output: a ``Route`` (the first rule, in configuration order, that matches at least
-one series, with the series it matched) or None, which the pipeline reports as "no applicable
-model" — a normal outcome for a study we have no model for, not an error.
+A site narrows what its models read (or, with ``use_manifest: false``, overrides their manifests)
+with rules in the configuration; ``match.choose`` combines them with the manifests.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 from onconode.config import RoutingRule
 from onconode.inference.series import SeriesInfo
-
-
-@dataclass(frozen=True)
-class Route:
-    rule: RoutingRule
-    series: tuple[SeriesInfo, ...]
 
 
 def mismatch(rule: RoutingRule, series: SeriesInfo) -> str | None:
@@ -43,13 +33,4 @@ def mismatch(rule: RoutingRule, series: SeriesInfo) -> str | None:
     count = series.slice_count
     if count < rule.min_slices or (rule.max_slices is not None and count > rule.max_slices):
         return f"{count} slices outside [{rule.min_slices}, {rule.max_slices or '∞'}]"
-    return None
-
-
-def route(candidates: Sequence[SeriesInfo], rules: Sequence[RoutingRule]) -> Route | None:
-    """First rule (configuration order) matching any candidate, with every candidate it matches."""
-    for rule in rules:
-        matched = tuple(s for s in candidates if mismatch(rule, s) is None)
-        if matched:
-            return Route(rule, matched)
     return None

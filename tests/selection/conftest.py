@@ -1,0 +1,1 @@
+from tests.inference.conftest import copy_series, dicom_dir, models_dir, registry, rules  # noqa: F401 (fixtures)
