@@ -244,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from onconode import runtime
+
+    runtime.configure()
     args = build_parser().parse_args(argv)
     command: Command = args.func
     try:

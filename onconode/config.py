@@ -190,9 +190,20 @@ class FhirDestination(_Section):
     kind: Literal["fhir"] = "fhir"
     base_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
     token: SecretStr | None = None  # sent as "Authorization: Bearer <token>"
-    # Identifier system of the DICOM Patient ID in the EHR (Patient.identifier.system).
-    patient_system: str = "urn:oid:1.2.3.4.5"
+    # Identifier system of the DICOM Patient ID in the EHR (Patient.identifier.system): the site's
+    # own (e.g. its MRN namespace, urn:oid:...); required with a base_url, never guessed.
+    patient_system: str | None = None
+    # The PACS's DICOMweb base (WADO-RS), named in the ImagingStudy's Endpoint so the EHR can open
+    # the images, e.g. http://pacs:8042/dicom-web
+    dicomweb_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
     timeout_seconds: float = Field(30, gt=0)
+
+    @model_validator(mode="after")
+    def _patient_system_with_base_url(self) -> FhirDestination:
+        if self.base_url and not (self.patient_system or "").strip():
+            raise ValueError("destinations.fhir.patient_system is required when base_url is set: the EHR's "
+                             "identifier system for the DICOM Patient ID (e.g. urn:oid:<your MRN OID>)")
+        return self
 
     @property
     def key(self) -> str:

@@ -15,7 +15,6 @@ from onconode.api.server import ApiServer
 from onconode.audit import AuditLog
 from onconode.config import Settings
 from onconode.delivery import dispatcher
-from onconode.delivery.outbox import Reporter, warm_up
 from onconode.dicom_node.assembler import Assembler
 from onconode.dicom_node.receivers import ReceiverPool
 from onconode.dicom_node.recovery import recover
@@ -25,6 +24,8 @@ from onconode.dicom_node.tls import listener_context
 from onconode.events import Event, log_event
 from onconode.inference.models import installed_models
 from onconode.inference.runner import RunnerPool
+from onconode.reporting.outbox import Outbox
+from onconode.reporting.outputs import destination_for, warm_up
 from onconode.state import Delivery, StateDB
 from onconode.worker import Worker
 
@@ -46,10 +47,10 @@ class Node:
         self.assembler = Assembler(self.db, settings.study.stable_seconds, settings.study.poll_seconds)
         # Models are checked before anything listens: a broken model stops the start (ModelError).
         self.models, self.models_note = installed_models(settings.analysis.models)
-        reporter = Reporter(self.db, self.models, settings.delivery.outbox, settings.destinations, settings.callers)
+        outbox = Outbox(self.db, settings.delivery.outbox, settings.destinations, settings.callers)
         self.worker = Worker(self.db, self.storage, settings.storage.results, self.models, settings.routing,
                              RunnerPool(settings.analysis.intra_op_threads), settings.study.poll_seconds,
-                             report=reporter)
+                             outbox=outbox, fhir=destination_for(settings.destinations.fhir))
         self.dispatcher = dispatcher.from_settings(settings, self.db)
         self._warm_up = threading.Thread(target=warm_up, name="onconode-warm-up", daemon=True)
         self.dispatcher.add_outcome_listener(self.metrics.on_delivery)

@@ -1,35 +1,39 @@
-"""The worker: takes each QUEUED study through analysis (and reporting, once a reporter is wired).
+"""The worker: takes each QUEUED study through analysis, conclusion and reporting, and alone moves it
+out of ANALYSING.
 
-Input: studies in QUEUED (``onconode/state``) and their stored files. Output: a result row, overlay PNGs
-under ``storage.results``, and the transitions ANALYSING → REPORTED, NO_MODEL or FAILED.
+Input: studies in QUEUED (``onconode/state``) and their stored files. Output: a result row (with
+the conclusion), overlay PNGs under ``storage.results``, the outputs in the outbox with their
+delivery rows, and one of the transitions ANALYSING → REPORTED, NO_MODEL or FAILED.
 
 If instances arrive while a study is being analysed, the store moves it back to RECEIVING; the
-worker's final transition then finds it no longer ANALYSING and leaves it alone, so the stale result
-is superseded by the analysis of the complete study (the assembler queues it again).
+outbox then records nothing (the report would describe a study that no longer exists) and the
+assembler queues the study again once it is complete.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from onconode.background import PollingLoop
+from onconode.conclusion import Conclusion, conclude
 from onconode.config import RoutingRule
 from onconode.dicom_node.storage import InstanceStorage
 from onconode.events import Event, log_event
-from onconode.inference.heatmap_png import write_overlays
+from onconode.fhir.report import Destination
 from onconode.inference.models import RegisteredModel
 from onconode.inference.pipeline import AnalysisResult, Outcome, analyze_study
 from onconode.inference.runner import RunnerPool
 from onconode.inference.volume import PixelDecodeError
+from onconode.reporting.checks import OutputCheckError
+from onconode.reporting.outbox import Outbox
+from onconode.reporting.outputs import build_outputs, fingerprint, read_header
+from onconode.reporting.png import write_overlays
 from onconode.state import StateDB, StateError, StudyState
 
 log = logging.getLogger(__name__)
-
-# The reporting stage: builds and queues the outputs of one analysed study (issue 4 wires it).
-Reporter = Callable[[str, AnalysisResult, Sequence[Path]], None]
 
 
 class Worker(PollingLoop):
@@ -37,7 +41,7 @@ class Worker(PollingLoop):
 
     def __init__(self, db: StateDB, storage: InstanceStorage, results_root: Path,
                  registry: Mapping[str, RegisteredModel], rules: Sequence[RoutingRule], runners: RunnerPool,
-                 poll_seconds: float, report: Reporter | None = None) -> None:
+                 poll_seconds: float, outbox: Outbox | None = None, fhir: Destination | None = None) -> None:
         super().__init__(poll_seconds)
         self._db = db
         self._storage = storage
@@ -45,7 +49,8 @@ class Worker(PollingLoop):
         self._registry = registry
         self._rules = rules
         self._runners = runners
-        self._report = report
+        self._outbox = outbox
+        self._fhir = fhir
 
     def run_once(self) -> str | None:
         """Analyse the longest-waiting queued study, if any; returns its UID."""
@@ -58,9 +63,11 @@ class Worker(PollingLoop):
             raise
         except Exception:  # a bug in one study must not stop the others: fail it, log the traceback once
             log.exception("event=worker_error study=%s", study_uid)
-            self._db.transition(study_uid, StudyState.FAILED, "internal error during analysis (see the node log)",
-                                expect=[StudyState.ANALYSING])
+            self._fail(study_uid, "internal error during analysis (see the node log)")
         return study_uid
+
+    def _fail(self, study_uid: str, reason: str) -> None:
+        self._db.transition(study_uid, StudyState.FAILED, reason, expect=[StudyState.ANALYSING])
 
     def _analyse(self, study_uid: str) -> None:
         paths = [self._storage.path_for(i.identity) for i in self._db.instances(study_uid)]
@@ -68,26 +75,41 @@ class Worker(PollingLoop):
         try:
             result = analyze_study(paths, self._registry, self._rules, self._runners)
         except (PixelDecodeError, ValueError) as err:
-            self._db.transition(study_uid, StudyState.FAILED, f"analysis: {err}", expect=[StudyState.ANALYSING])
+            self._fail(study_uid, f"analysis: {err}")
             return
         overlays = write_overlays(result, self._results_root / study_uid)
+        conclusion = conclude(result, self._registry[result.model].manifest) \
+            if result.outcome is Outcome.ANALYSED and result.model else None
         timings = dict(result.timings_ms) | {"analysis_total": (time.perf_counter() - started) * 1000}
         self._db.add_result(study_uid, result.summary() | {
-            "overlays": [p.name for p in overlays], "timings_ms": timings})
+            "overlays": [p.name for p in overlays], "timings_ms": timings,
+            "conclusion": conclusion.to_dict() if conclusion else None})
         log_event(log, Event.ANALYSED, study=study_uid, outcome=result.outcome.value, model=result.model,
                   positive=result.positive, ms=round(timings["analysis_total"]))
-        if result.outcome is Outcome.NO_APPLICABLE_MODEL:
+        if conclusion is None:
             self._db.transition(study_uid, StudyState.NO_MODEL, result.reason, expect=[StudyState.ANALYSING])
             return
-        if self._report is not None:
-            self._report(study_uid, result, paths)
-        self._db.transition(study_uid, StudyState.REPORTED, _conclusion(result), expect=[StudyState.ANALYSING])
+        if self._outbox is None:
+            self._db.transition(study_uid, StudyState.REPORTED, conclusion.headline(), expect=[StudyState.ANALYSING])
+            return
+        self._report(study_uid, result, conclusion, paths)
+
+    def _report(self, study_uid: str, result: AnalysisResult, conclusion: Conclusion, paths: list[Path]) -> None:
+        assert self._outbox is not None
+        manifest = self._registry[conclusion.algorithm.name].manifest
+        if self._outbox.unchanged(fingerprint(manifest, paths), study_uid):
+            self._db.transition(study_uid, StudyState.REPORTED, f"{conclusion.headline()} (report unchanged)",
+                                expect=[StudyState.ANALYSING])
+            return
+        previous = self._db.latest_report(study_uid)
+        predecessor = read_header(previous.sr_path) if previous is not None and previous.sr_path.is_file() else None
+        try:
+            outputs = build_outputs(conclusion, result, paths, manifest, self._db.node_id(), predecessor, self._fhir)
+            self._outbox.record(outputs, conclusion.headline())
+        except (OutputCheckError, ValueError, OSError) as err:
+            reason = str(err).splitlines()[0]
+            log_event(log, Event.REPORT_PREPARED, logging.WARNING, study=study_uid, status="failed", reason=reason)
+            self._fail(study_uid, f"reporting: {reason}")
 
     def step(self) -> bool:
         return self.run_once() is not None
-
-
-def _conclusion(result: AnalysisResult) -> str:
-    verdict = "positive" if result.positive else "negative"
-    return (f"{result.model} {result.model_version}: {verdict}, {result.predicted_label} "
-            f"(p={result.positive_probability:.2f}, threshold {result.threshold})")

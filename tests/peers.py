@@ -89,21 +89,29 @@ def dciodvfy_errors(path: Path) -> list[str]:
     return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
 
 
+def dciodvfy_warnings(path: Path) -> list[str]:
+    """``Warning`` lines of dciodvfy."""
+    done = subprocess.run(check=False, args=[require("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Warning")]
+
+
 def dcentvfy_errors(paths: list[Path]) -> list[str]:
     done = subprocess.run(check=False, args=[require("dcentvfy"), *map(str, paths)], capture_output=True, text=True, timeout=60)
     return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
 
 
 def pixelmed_sr_problems(path: Path) -> list[str]:
-    """PixelMed DicomSRValidator on one SR; its exit code is always 0, so the output is parsed."""
+    """PixelMed DicomSRValidator (template IDs and content item order checked) on one SR: its errors
+    and warnings. Its exit code is always 0, so the output is parsed."""
     if not PIXELMED_JAR.is_file():
         pytest.skip("PixelMed not installed (apt-get install pixelmed-apps libpixelmed-java)")
     done = subprocess.run(check=False, args=[require("java"), *JVM_FLAGS, "-cp", str(PIXELMED_JAR),
-                           "com.pixelmed.validate.DicomSRValidator", str(path)],
+                           "com.pixelmed.validate.DicomSRValidator", "-checktemplateid",
+                           "-checkcontentitemorder", str(path)],
                           capture_output=True, text=True, timeout=120)
     out = done.stdout + done.stderr
     problems = [line for line in out.splitlines()
-                if line.startswith("Error") or "illegal" in line or "Exception" in line]
+                if line.startswith(("Error", "Warning")) or "illegal" in line or "Exception" in line]
     for needed in ("Root Template Validation Complete", "IOD validation complete"):
         if needed not in out:
             problems.append(f"missing '{needed}' in: {out[-500:]}")

@@ -11,13 +11,15 @@ from typing import Any
 import pydicom
 import pytest
 
+from onconode.conclusion import Conclusion, conclude
 from onconode.config import Caller, DestinationSettings
-from onconode.delivery.outbox import Prepared, Reporter
 from onconode.dicom_node.identify import InstanceIdentity
 from onconode.inference.models import RegisteredModel
 from onconode.inference.pipeline import AnalysisResult, analyze_study
+from onconode.reporting.outbox import Outbox, Prepared
+from onconode.reporting.outputs import build_outputs, destination_for, read_header
 from onconode.state import ReceivedInstance, StateDB, StudyState
-from tests.inference.conftest import dicom_dir, models_dir, registry, rules  # noqa: F401  (fixtures)
+from tests.inference.conftest import copy_series, dicom_dir, models_dir, registry, rules  # noqa: F401  (fixtures)
 
 CT_SERIES = "lung-pet-ct-dx-a0002-ct"
 MR_SERIES = "brain-tumor-progression-pgbm-001-t1post"
@@ -58,23 +60,46 @@ def index_study(db: StateDB, files: list[Path], calling_ae: str = "ORTHANC", sta
     return study_uid
 
 
+def report(db: StateDB, registry: dict[str, RegisteredModel], outbox_root: Path, files: list[Path],  # noqa: F811
+           result: AnalysisResult, destinations: dict[str, Any] | None = None,
+           callers: list[Caller] | None = None) -> Prepared | None:
+    """What the worker does after an analysis: conclude, build the outputs, record them (the study
+    must be ANALYSING; it moves to REPORTED)."""
+    manifest = registry[result.model or ""].manifest
+    conclusion = conclude(result, manifest)
+    settings = DestinationSettings.model_validate(destinations or {})
+    outbox = Outbox(db, outbox_root, settings, callers or [])
+    previous = db.latest_report(result.study_uid)
+    predecessor = read_header(previous.sr_path) if previous is not None and previous.sr_path.is_file() else None
+    outputs = build_outputs(conclusion, result, files, manifest, db.node_id(), predecessor,
+                            destination_for(settings.fhir))
+    return outbox.record(outputs, conclusion.headline())
+
+
 @pytest.fixture
 def prepare(tmp_path: Path, registry: dict[str, RegisteredModel]) -> Callable[..., tuple[StateDB, Prepared]]:  # noqa: F811
     """prepare(files, result, destinations=dict, callers=[...], db_path=None) → (db, Prepared)."""
     opened: list[StateDB] = []
 
     def run(files: list[Path], result: AnalysisResult, destinations: dict[str, Any] | None = None,
-            callers: list[Caller] | None = None, db_path: Path | None = None,
-            state: StudyState | None = StudyState.REPORTED) -> tuple[StateDB, Prepared]:
+            callers: list[Caller] | None = None, db_path: Path | None = None) -> tuple[StateDB, Prepared]:
         db = StateDB(db_path or tmp_path / "onconode.db")
         opened.append(db)
-        index_study(db, files, state=state)
-        reporter = Reporter(db, registry, tmp_path / "outbox", DestinationSettings.model_validate(destinations or {}),
-                            callers or [])
-        prepared = reporter.prepare(result.study_uid, result, files)
+        index_study(db, files, state=StudyState.ANALYSING)
+        prepared = report(db, registry, tmp_path / "outbox", files, result, destinations, callers)
         assert prepared is not None
         return db, prepared
 
     yield run  # type: ignore[misc]
     for db in opened:
         db.close()
+
+
+@pytest.fixture(scope="session")
+def ct_conclusion(ct_result: AnalysisResult, registry: dict[str, RegisteredModel]) -> Conclusion:  # noqa: F811
+    return conclude(ct_result, registry[ct_result.model or ""].manifest)
+
+
+@pytest.fixture(scope="session")
+def mr_conclusion(mr_result: AnalysisResult, registry: dict[str, RegisteredModel]) -> Conclusion:  # noqa: F811
+    return conclude(mr_result, registry[mr_result.model or ""].manifest)

@@ -8,6 +8,7 @@ import pytest
 
 from onconode.dicom_node.assembler import Assembler
 from onconode.dicom_node.identify import InstanceIdentity
+from onconode.state.database import SCHEMA_VERSION
 from onconode.state import ReceivedInstance, RecordOutcome, StateDB, StudyState
 
 
@@ -26,7 +27,33 @@ def test_database_is_wal_and_versioned(db: StateDB, tmp_path: Path) -> None:
 
     conn = sqlite3.connect(tmp_path / "state.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+
+
+def test_a_version_1_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
+    import sqlite3
+
+    from onconode.state.database import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(MIGRATIONS[0])
+    conn.execute("INSERT INTO studies VALUES ('1.2.3', 'receiving', NULL, 1, 1, 1, 'A', 'h')")
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    db = StateDB(path)
+    try:
+        assert db.study("1.2.3") is not None
+        node = db.node_id()
+        assert len(node) == 32
+    finally:
+        db.close()
+    reopened = StateDB(path)
+    try:
+        assert reopened.node_id() == node  # made once, kept
+    finally:
+        reopened.close()
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:

@@ -37,9 +37,11 @@ def test_a_received_ct_study_is_analysed_and_reported(tmp_path: Path, data: Path
         study = node.wait_for_state(study_uid, StudyState.DELIVERED, timeout=60)
         assert study.reason == "no destination configured"
         reported = [t for t in node.db().transitions(study_uid) if t.to_state == StudyState.REPORTED]
-        assert reported[-1].reason is not None and reported[-1].reason.startswith("test-ct 0.0.1-test:")
         result = node.db().latest_result(study_uid)
         assert result is not None and result["outcome"] == "analysed" and result["model"] == "test-ct"
+        # One conclusion, said the same way in the result row and the transition.
+        assert reported[-1].reason == result["conclusion"]["headline"]
+        assert result["conclusion"]["probability"] == result["positive_probability"]
         assert set(result["timings_ms"]) >= {"decode", "preprocess", "inference", "gradcam", "analysis_total"}
         assert result["overlays"] and all((tmp_path / "results" / study_uid / name).is_file()
                                           for name in result["overlays"])

@@ -1,22 +1,30 @@
-"""The EHR side of a result: a FHIR R4B transaction Bundle.
+"""The EHR side of a conclusion: a FHIR R4B transaction Bundle an EHR can file.
 
-Input: ``StudyFacts`` (identifiers read from the source header by the outbox), the ``Finding``
-values of the SR, the ``Algorithm`` and the SR's SOP Instance UID.
+Input: the ``Conclusion`` (the one record every output renders), ``StudyFacts`` (identifiers,
+exam date and the study's series and instances, read from the source headers by the reporting
+stage, no demographics), the SR's SOP Instance UID and the key images as PNG.
 Output: a validated ``fhir.resources.R4B.bundle.Bundle`` holding
-- the Patient, matched by identifier (system from configuration, value = DICOM Patient ID) with a
-  conditional create: an existing Patient is used as it is; a new one carries only the identifier,
-  because the node must never invent (or overwrite) demographics;
-- a Device for the model and an ImagingStudy with the Study Instance UID as ``urn:oid:``
-  identifier, both conditional creates on their identifiers;
-- one Observation per label (value = probability, interpretation detected / not detected,
-  derivedFrom the ImagingStudy, device = the model);
-- the DiagnosticReport (preliminary: nobody verified it), identified by the SR's UID.
-Every entry is a conditional create on a stable identifier, so a bundle sent twice (a retry after
-a lost answer) stores its resources once.
+- the Patient, matched by identifier (the site's system, which the configuration must name, and
+  the DICOM Patient ID) with a conditional create: an existing Patient is used as it is, a new
+  one carries only the identifier, because the node must never invent or overwrite demographics;
+- the Device (the model: name, version, OncoNode's version, the model file's SHA-256), an
+  Endpoint (the PACS's DICOMweb base, when configured) and an ImagingStudy with its series,
+  instances, start and endpoint, so the EHR can open the images;
+- two Observations: the study probability (code "Probability", DICOM 122157; the threshold as a
+  component) and the decision (code = the finding the model looks for, value Present/Absent,
+  interpretation POS/NEG), both with the exam's date as ``effectiveDateTime``;
+- one Media per key image (PNG), and the DiagnosticReport (preliminary: nobody verified it),
+  identified by the SR's UID, with the headline as ``conclusion`` and no ``conclusionCode``: a
+  coded disorder there would reach problem lists, and an AI probability is not a diagnosis;
+R4B's DiagnosticReport.performer cannot name a Device (Practitioner, Organization or CareTeam
+only), so the model is named where FHIR allows it: each result Observation's and Media's ``device``.
+Every entry is a conditional create on a stable identifier, so a bundle sent twice (a retry after a
+lost answer) stores its resources once.
 """
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,122 +33,208 @@ from typing import Any
 
 from fhir.resources.R4B.bundle import Bundle
 
-from onconode.reporting.sc import Algorithm
-from onconode.reporting.sr import Finding
+from onconode.algorithm import SOFTWARE
+from onconode.conclusion import NOT_FOR_DIAGNOSIS, Conclusion
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
+DICOM_DCM = "http://dicom.nema.org/resources/ontology/DCM"
 UCUM = "http://unitsofmeasure.org"
 URI = "urn:ietf:rfc:3986"  # identifier system for URIs such as urn:oid:<UID>
-# LOINC 18748-4 Diagnostic imaging study (the report's code).
+SYSTEMS = {"SCT": SNOMED, "DCM": DICOM_DCM, "LN": LOINC}
 REPORT_CODE = {"system": LOINC, "code": "18748-4", "display": "Diagnostic imaging study"}
-# HL7 v2 table 0074: RAD, the diagnostic service section.
 CATEGORY_RAD = {"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD", "display": "Radiology"}
-# HL7 v2 table 0203: ACSN, accession number.
+CATEGORY_IMAGING = {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "imaging"}
 TYPE_ACCESSION = {"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}
-# v3 ObservationInterpretation: detected / not detected.
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
-DETECTED = {"system": INTERPRETATION, "code": "DET", "display": "Detected"}
-NOT_DETECTED = {"system": INTERPRETATION, "code": "ND", "display": "Not detected"}
-# DICOM modality code system for ImagingStudy.modality.
-DICOM_DCM = "http://dicom.nema.org/resources/ontology/DCM"
-NOT_FOR_DIAGNOSIS = "AI result - research use only, NOT FOR DIAGNOSIS. Unverified by a physician."
+POSITIVE = {"system": INTERPRETATION, "code": "POS", "display": "Positive"}
+NEGATIVE = {"system": INTERPRETATION, "code": "NEG", "display": "Negative"}
+PRESENT = {"system": SNOMED, "code": "52101004", "display": "Present"}
+ABSENT = {"system": SNOMED, "code": "272519000", "display": "Absent"}
+PROBABILITY = {"system": DICOM_DCM, "code": "122157", "display": "Probability"}
+WADO_RS = {"system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type", "code": "dicom-wado-rs"}
 _NAMESPACE = uuid.UUID("6b1f3c2e-4c1a-4c55-9a53-0f6d1e0c0a11")
 
 
 @dataclass(frozen=True)
+class InstanceFacts:
+    sop_instance_uid: str
+    sop_class_uid: str
+    number: int | None
+
+
+@dataclass(frozen=True)
+class SeriesFacts:
+    series_uid: str
+    modality: str
+    number: int | None
+    description: str
+    instances: tuple[InstanceFacts, ...]
+
+
+@dataclass(frozen=True)
 class StudyFacts:
-    """What the EHR needs to know about the study; read from the source header, no demographics."""
+    """What the EHR needs to know about the study; read from the source headers, no demographics."""
 
     study_uid: str
     patient_id: str
     modality: str
     accession_number: str | None = None
+    started: str | None = None            # FHIR dateTime of the exam (StudyDate/StudyTime)
+    series: tuple[SeriesFacts, ...] = ()
 
 
-def build_bundle(study: StudyFacts, findings: Sequence[Finding], algorithm: Algorithm, sr_uid: str,
-                 issued: datetime, patient_system: str) -> Bundle:
+@dataclass(frozen=True)
+class KeyImage:
+    title: str
+    png: bytes
+
+
+@dataclass(frozen=True)
+class Destination:
+    patient_system: str
+    dicomweb_url: str | None = None
+
+
+def fhir_datetime(date: str, time: str = "", offset: str = "") -> str | None:
+    """DICOM DA (+ TM, + TimezoneOffsetFromUTC) as a FHIR dateTime; the date alone when the time
+    zone is unknown (FHIR requires one with a time). None when the date does not parse."""
+    date = date.strip()
+    if len(date) != 8 or not date.isdigit():
+        return None
+    try:
+        day = datetime.strptime(date, "%Y%m%d")
+    except ValueError:
+        return None
+    text = day.strftime("%Y-%m-%d")
+    time, offset = time.strip().split(".")[0], offset.strip()
+    if len(time) >= 4 and time.isdigit() and len(offset) == 5 and offset[0] in "+-" and offset[1:].isdigit():
+        seconds = time[4:6] if len(time) >= 6 else "00"
+        text += f"T{time[:2]}:{time[2:4]}:{seconds}{offset[:3]}:{offset[3:]}"
+    return text
+
+
+def build_bundle(conclusion: Conclusion, study: StudyFacts, sr_uid: str, issued: datetime,
+                 destination: Destination, key_images: Sequence[KeyImage] = ()) -> Bundle:
     """The transaction Bundle for one report (see the module docstring).
 
     Raises
     ------
     ValueError
-        When the study has no Patient ID (the EHR could not file the report), there are no
-        findings, or the result does not validate against the R4B models.
+        When the study has no Patient ID (the EHR could not file the report), no patient
+        identifier system is configured, or the result does not validate against R4B.
     """
     if not study.patient_id.strip():
         raise ValueError("study has no Patient ID: the report cannot be matched to an EHR patient")
-    if not findings:
-        raise ValueError("findings: at least one is required")
+    if not destination.patient_system.strip():
+        raise ValueError("no patient identifier system (destinations.fhir.patient_system) is configured")
     if issued.tzinfo is None:
         raise ValueError("issued must be timezone-aware")
-    patient_url, device_url, study_url, report_url = (_urn(sr_uid, n) for n in
-                                                      ("patient", "device", "study", "report"))
-    patient_ident = {"system": patient_system, "value": study.patient_id}
+    url = {name: _urn(sr_uid, name) for name in ("patient", "device", "endpoint", "study", "probability",
+                                                 "decision", "report")}
+    algorithm = conclusion.algorithm
+    patient_ident = {"system": destination.patient_system, "value": study.patient_id}
     device_ident = {"system": URI, "value": f"urn:oid:{algorithm.device_uid}"}
     study_ident = {"system": URI, "value": f"urn:oid:{study.study_uid}"}
     report_ident = {"system": URI, "value": f"urn:oid:{sr_uid}"}
-    patient = {"resourceType": "Patient", "identifier": [patient_ident]}
-    device = {
-        "resourceType": "Device", "identifier": [device_ident], "status": "active",
-        "manufacturer": algorithm.manufacturer,
-        "deviceName": [{"name": algorithm.name, "type": "model-name"}],
-        "version": [{"value": algorithm.version}],
-        "note": [{"text": NOT_FOR_DIAGNOSIS}],
-    }
-    imaging_study = {
-        "resourceType": "ImagingStudy", "identifier": [study_ident], "status": "available",
-        "subject": {"reference": patient_url},
+    effective = {"effectiveDateTime": study.started} if study.started else {}
+    subject = {"reference": url["patient"]}
+    device_ref = {"reference": url["device"]}
+    note = [{"text": NOT_FOR_DIAGNOSIS}]
+    entries: list[dict[str, Any]] = [
+        _entry(url["patient"], {"resourceType": "Patient", "identifier": [patient_ident]}, _query(patient_ident)),
+        _entry(url["device"], {
+            "resourceType": "Device", "identifier": [device_ident], "status": "active",
+            "manufacturer": algorithm.manufacturer,
+            "deviceName": [{"name": algorithm.name, "type": "model-name"}],
+            "version": [{"type": {"text": "model"}, "value": algorithm.version},
+                        {"type": {"text": "software"}, "value": SOFTWARE}],
+            "property": [{"type": {"text": "SHA-256 of the model file"},
+                          "valueCode": [{"text": algorithm.sha256 or "unknown"}]}],
+            "note": note}, _query(device_ident)),
+    ]
+    imaging_study: dict[str, Any] = {
+        "resourceType": "ImagingStudy", "identifier": [study_ident], "status": "available", "subject": subject,
         "modality": [{"system": DICOM_DCM, "code": study.modality}],
+        "numberOfSeries": len(study.series), "numberOfInstances": sum(len(s.instances) for s in study.series),
+        "series": [_series(s) for s in study.series],
     }
-    observations, observation_urls = [], []
-    for index, finding in enumerate(findings):
-        url = _urn(sr_uid, f"observation-{index}")
-        observation_urls.append(url)
-        observations.append(_entry(url, {
-            "resourceType": "Observation", "status": "preliminary",
-            "identifier": [{"system": URI, "value": f"urn:uuid:{url.removeprefix('urn:uuid:')}"}],
-            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                      "code": "imaging"}]}],
-            "code": {"coding": [{"system": SNOMED, "code": finding.code, "display": finding.meaning}],
-                     "text": f"AI probability of {finding.label}"},
-            "subject": {"reference": patient_url},
-            "issued": issued.isoformat(),
-            "valueQuantity": {"value": round(finding.probability, 6), "unit": "1", "system": UCUM, "code": "1"},
-            "interpretation": [{"coding": [DETECTED if finding.predicted else NOT_DETECTED]}],
-            "derivedFrom": [{"reference": study_url}],
-            "device": {"reference": device_url},
-            "note": [{"text": NOT_FOR_DIAGNOSIS}],
-        }, _if_none_exist(url)))
-    predicted = next((f for f in findings if f.predicted), findings[0])
+    if study.started:
+        imaging_study["started"] = study.started
+    if destination.dicomweb_url:
+        endpoint_ident = {"system": URI, "value": destination.dicomweb_url}
+        entries.append(_entry(url["endpoint"], {
+            "resourceType": "Endpoint", "identifier": [endpoint_ident], "status": "active",
+            "connectionType": WADO_RS, "payloadType": [{"text": "DICOM"}],
+            "payloadMimeType": ["application/dicom"], "address": destination.dicomweb_url}, _query(endpoint_ident)))
+        imaging_study["endpoint"] = [{"reference": url["endpoint"]}]
+    entries.append(_entry(url["study"], imaging_study, _query(study_ident)))
+    common = {"status": "preliminary", "category": [{"coding": [CATEGORY_IMAGING]}], "subject": subject,
+              **effective, "issued": issued.isoformat(), "device": device_ref,
+              "derivedFrom": [{"reference": url["study"]}], "note": note}
+    finding = conclusion.finding
+    entries.append(_observation(url["probability"], {
+        **common,
+        "code": {"coding": [PROBABILITY], "text": f"AI probability of {finding.display} (whole study)"},
+        "valueQuantity": {"value": round(conclusion.probability, 6), "unit": "1", "system": UCUM, "code": "1"},
+        "method": {"text": f"{algorithm.name} {algorithm.version}: {conclusion.method}"},
+        "component": [{"code": {"text": "decision threshold"},
+                       "valueQuantity": {"value": round(conclusion.threshold, 6), "unit": "1", "system": UCUM,
+                                         "code": "1"}}],
+    }))
+    entries.append(_observation(url["decision"], {
+        **common,
+        "code": {"coding": [{"system": SYSTEMS.get(finding.scheme, finding.scheme), "code": finding.code,
+                             "display": finding.meaning}], "text": f"AI: {finding.display}"},
+        "valueCodeableConcept": {"coding": [PRESENT if conclusion.positive else ABSENT]},
+        "interpretation": [{"coding": [POSITIVE if conclusion.positive else NEGATIVE]}],
+        "hasMember": [{"reference": url["probability"]}],
+    }))
+    media_refs = []
+    for n, image in enumerate(key_images, start=1):
+        media_url = _urn(sr_uid, f"media-{n}")
+        media_refs.append({"comment": image.title, "link": {"reference": media_url}})
+        entries.append(_observation(media_url, {
+            "status": "completed", "subject": subject, "device": device_ref,
+            "content": {"contentType": "image/png", "data": base64.b64encode(image.png).decode(),
+                        "title": image.title}, "note": note}, resource_type="Media"))
     identifiers: list[dict[str, Any]] = [report_ident]
     if study.accession_number:
         identifiers.append({"type": {"coding": [TYPE_ACCESSION]}, "value": study.accession_number})
     report = {
         "resourceType": "DiagnosticReport", "identifier": identifiers, "status": "preliminary",
-        "category": [{"coding": [CATEGORY_RAD]}], "code": {"coding": [REPORT_CODE]},
-        "subject": {"reference": patient_url}, "issued": issued.isoformat(),
-        "performer": [{"display": f"{algorithm.manufacturer} {algorithm.name} {algorithm.version} (AI)"}],
-        "result": [{"reference": u} for u in observation_urls],
-        "imagingStudy": [{"reference": study_url}],
-        "conclusion": (f"{predicted.meaning} (model label {predicted.label}, probability "
-                       f"{predicted.probability:.3f}). {NOT_FOR_DIAGNOSIS}"),
-        "conclusionCode": [{"coding": [{"system": SNOMED, "code": predicted.code, "display": predicted.meaning}]}],
+        "category": [{"coding": [CATEGORY_RAD]}], "code": {"coding": [REPORT_CODE]}, "subject": subject,
+        **effective, "issued": issued.isoformat(),
+        "result": [{"reference": url["decision"]}, {"reference": url["probability"]}],
+        "imagingStudy": [{"reference": url["study"]}],
+        "conclusion": f"{conclusion.headline()}. {NOT_FOR_DIAGNOSIS}",
     }
-    bundle = {
-        "resourceType": "Bundle", "type": "transaction",
-        "entry": [
-            _entry(patient_url, patient, _query(patient_ident)),
-            _entry(device_url, device, _query(device_ident)),
-            _entry(study_url, imaging_study, _query(study_ident)),
-            *observations,
-            _entry(report_url, report, _query(report_ident)),
-        ],
-    }
+    if media_refs:
+        report["media"] = media_refs
+    entries.append(_entry(url["report"], report, _query(report_ident)))
     try:
-        return Bundle.model_validate(bundle)
+        return Bundle.model_validate({"resourceType": "Bundle", "type": "transaction", "entry": entries})
     except Exception as err:  # pydantic.ValidationError; re-raised as the documented ValueError
         raise ValueError(f"FHIR bundle does not validate: {err}") from err
+
+
+def _series(series: SeriesFacts) -> dict[str, Any]:
+    out: dict[str, Any] = {"uid": series.series_uid, "modality": {"system": DICOM_DCM, "code": series.modality},
+                           "numberOfInstances": len(series.instances),
+                           "instance": [_instance(i) for i in series.instances]}
+    if series.number is not None:
+        out["number"] = series.number
+    if series.description:
+        out["description"] = series.description
+    return out
+
+
+def _instance(instance: InstanceFacts) -> dict[str, Any]:
+    out: dict[str, Any] = {"uid": instance.sop_instance_uid,
+                           "sopClass": {"system": URI, "code": f"urn:oid:{instance.sop_class_uid}"}}
+    if instance.number is not None:
+        out["number"] = instance.number
+    return out
 
 
 def _urn(sr_uid: str, name: str) -> str:
@@ -152,8 +246,10 @@ def _query(identifier: dict[str, str]) -> str:
     return f"identifier={identifier['system']}|{identifier['value']}"
 
 
-def _if_none_exist(url: str) -> str:
-    return f"identifier={URI}|urn:uuid:{url.removeprefix('urn:uuid:')}"
+def _observation(url: str, body: dict[str, Any], resource_type: str = "Observation") -> dict[str, Any]:
+    """A resource identified by its own stable URN, created once (conditional on that identifier)."""
+    ident = {"system": URI, "value": url}
+    return _entry(url, {"resourceType": resource_type, "identifier": [ident], **body}, _query(ident))
 
 
 def _entry(full_url: str, resource: dict[str, Any], if_none_exist: str) -> dict[str, Any]:

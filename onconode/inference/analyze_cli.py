@@ -15,12 +15,12 @@ from typing import TextIO
 
 from onconode.config import Settings
 from onconode.folders import files_under
-from onconode.inference.heatmap_png import write_overlays
 from onconode.inference.models import ModelError, RegisteredModel, installed_models
 from onconode.inference.pipeline import AnalysisResult, Outcome, analyze_study
 from onconode.inference.runner import RunnerPool
 from onconode.inference.series import group_by_study
 from onconode.inference.volume import PixelDecodeError
+from onconode.reporting.png import write_overlays
 
 
 class AnalyzeError(Exception):

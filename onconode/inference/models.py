@@ -111,6 +111,27 @@ class Label(_Strict):
     snomed: SnomedCode
 
 
+class FindingSpec(_Strict):
+    """What the model looks for, as a coded concept every output names (SR, FHIR, captions).
+
+    ``display`` is the phrase a person reads ("suspicious lung nodule or mass"); the code is the
+    finding itself, never a diagnosis: a probability of a finding must not land in a problem list.
+    """
+
+    code: str
+    scheme: str = "SCT"
+    meaning: str = Field(max_length=64)  # DICOM Code Meaning is LO
+    display: str
+
+
+class DisplaySpec(_Strict):
+    """How a key slice is shown to a person (the window a radiologist would pick for this organ),
+    independent of how the model's input is scaled."""
+
+    window: Window | None = None
+    percentiles: Percentiles | None = None
+
+
 class Decision(_Strict):
     positive_labels: tuple[str, ...]
     threshold: float = Field(0.5, gt=0, lt=1)
@@ -177,6 +198,8 @@ class Manifest(_Strict):
     decision: Decision
     accepts: Accepts
     slices: SliceSpec
+    finding: FindingSpec
+    display: DisplaySpec = DisplaySpec()
     card: str | None = None
     metrics: str | None = None
 

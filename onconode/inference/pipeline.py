@@ -24,9 +24,10 @@ import numpy as np
 from onconode.config import RoutingRule
 from onconode.inference import gradcam, series, slices, volume
 from onconode.inference.models import RegisteredModel
-from onconode.inference.preprocess import Placement, scale_intensities, to_model_input
+from onconode.inference.preprocess import Placement, display_scale, scale_intensities, to_model_input
 from onconode.inference.runner import RunnerPool
 from onconode.selection import match, probe
+from onconode.selection.region import body_outline
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,18 @@ class KeySlice:
     probabilities: tuple[float, ...]  # per label, manifest order
     positive_probability: float
     heat_map: np.ndarray         # float32 (H, W) in [0, 1], slice pixel grid, for the predicted label
-    image: np.ndarray            # float32 (H, W) in [0, 1]: the slice as the model saw it (windowed)
+    image: np.ndarray            # float32 (H, W) in [0, 1]: the slice in the manifest's display window
+    body: np.ndarray             # bool (H, W): the patient's outline on the slice
+
+
+@dataclass(frozen=True)
+class SliceScore:
+    """One analysed slice and the model's probability that it shows the finding (per slice)."""
+
+    index: int                   # position in the ordered volume
+    sop_instance_uid: str
+    frame: int | None
+    probability: float
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,6 +81,8 @@ class AnalysisResult:
     slices_total: int = 0
     slices_analysed: tuple[int, ...] = ()  # volume indices that went through the model
     key_slices: tuple[KeySlice, ...] = ()
+    slice_scores: tuple[SliceScore, ...] = ()  # every analysed slice, in volume order
+    slice_paths: Mapping[str, Path] = field(default_factory=dict)  # SOP Instance UID → file, analysed slices
     volume_notes: tuple[str, ...] = ()
     timings_ms: Mapping[str, float] = field(default_factory=dict)
 
@@ -201,11 +215,17 @@ def _run_model(study_uid: str, decisions: tuple[series.SeriesDecision, ...], rul
         with clock.stage("gradcam"):
             heat = gradcam.heat_map(features[row], model.head_weights, score.predicted, placements[index])
         with clock.stage("decode"):  # key slices only: the image under the overlay
-            image = scale_intensities(volume.read_slice(ref), manifest.preprocess)
+            values = volume.read_slice(ref)
+            image = display_scale(values, manifest.display, manifest.preprocess)
+            body = body_outline(values, vol.modality)
         probs = score.slice_probabilities[row]
         positive = float(sum(probs[labels.index(n)] for n in manifest.decision.positive_labels))
         keys.append(KeySlice(ref.sop_instance_uid, ref.frame, index, ref.position,
-                             tuple(float(p) for p in probs), positive, heat, image))
+                             tuple(float(p) for p in probs), positive, heat, image, body))
+    positive_columns = [labels.index(n) for n in manifest.decision.positive_labels]
+    scores = tuple(SliceScore(i, vol.slices[i].sop_instance_uid, vol.slices[i].frame,
+                              float(score.slice_probabilities[row, positive_columns].sum()))
+                   for row, i in enumerate(chosen_idx))
     predicted = labels[score.predicted]
     verdict = "positive" if score.positive else "negative"
     reason = (f"{verdict}: P(positive)={score.positive_probability:.3f} vs threshold "
@@ -217,5 +237,6 @@ def _run_model(study_uid: str, decisions: tuple[series.SeriesDecision, ...], rul
         model_version=manifest.version, series_uid=chosen.series_uid, labels=tuple(labels),
         probabilities=score.probabilities, predicted_label=predicted, positive=score.positive,
         positive_probability=score.positive_probability, threshold=manifest.decision.threshold,
-        slices_total=len(vol.slices), slices_analysed=chosen_idx, key_slices=tuple(keys),
+        slices_total=len(vol.slices), slices_analysed=chosen_idx, key_slices=tuple(keys), slice_scores=scores,
+        slice_paths={vol.slices[i].sop_instance_uid: vol.slices[i].path for i in chosen_idx},
         volume_notes=vol.notes, timings_ms=dict(clock.ms))

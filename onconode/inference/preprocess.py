@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from onconode.inference.models import CropBody, Percentiles, Preprocess, Window
+from onconode.inference.models import CropBody, DisplaySpec, Percentiles, Preprocess, Window
 
 
 def window(hu: np.ndarray, spec: Window) -> np.ndarray:
@@ -49,6 +49,16 @@ def scale_intensities(image: np.ndarray, spec: Preprocess) -> np.ndarray:
         return window(image, spec.window)
     assert spec.percentiles is not None
     return percentile_scale(image, spec.percentiles)
+
+
+def display_scale(image: np.ndarray, display: DisplaySpec, spec: Preprocess) -> np.ndarray:
+    """The slice as a person should see it: the manifest's display window (lung, brain), else the
+    model's own intensity scaling. Returns float32 in [0, 1]."""
+    if display.window is not None:
+        return window(image, display.window)
+    if display.percentiles is not None:
+        return percentile_scale(image, display.percentiles)
+    return scale_intensities(image, spec)
 
 
 @dataclass(frozen=True)

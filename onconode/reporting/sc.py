@@ -1,70 +1,50 @@
-"""Secondary Capture images of the key slices: the slice, its Grad-CAM heat map, a caption.
+"""Secondary Capture images of the key slices, for viewers that show only images.
 
-Input: the source image's header (``pydicom.Dataset`` read inside this stage), the rendered RGB
-array (``overlay.render``) and the ``Algorithm`` that produced it.
+Input: the source image's header (``pydicom.Dataset``), the rendered RGB array (``overlay.render``:
+the slice in its display window, the heat map over the body, the caption) and the ``Conclusion``.
 Output: a ``highdicom.sc.SCImage`` (Secondary Capture Image Storage, PS3.3 A.8.1) in the same
-study, in a new series, with patient and study modules copied from the source by
+study, in a new series, with patient and study copied from the source by
 ``SCImage.from_ref_dataset`` (identity is copied, never re-typed).
 """
 
 from __future__ import annotations
 
-import uuid
-import warnings
-from dataclasses import dataclass
+from datetime import datetime
 
 import highdicom as hd
 import numpy as np
 from pydicom import Dataset
-from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian
 
-# highdicom warns about single-component person names and quotes the name: that would put a
-# patient's name in the node log. Identity is copied as received, so the warning has no use here.
-warnings.filterwarnings("ignore", message=r".*unlikely to represent the intended person name.*")
+from onconode.algorithm import MANUFACTURER
+from onconode.conclusion import Conclusion
+from onconode.inference.pipeline import SliceScore
+from onconode.reporting.equipment import contributing, stamp
+from onconode.reporting.identity import copy_patient_study
 
-MANUFACTURER = "OncoNode"
-_MODEL_NAMESPACE = uuid.UUID("0b6f1f7e-2d8e-4c3f-9a51-6f2b9d1c7e20")
-# CID 7005 Contributing Equipment Purposes of Reference: the algorithm processed the images.
-PURPOSE_PROCESSING = codes.DCM.ProcessingEquipment
 # Burned in on every SC and stated in the description: PS3.3 C.7.6.1.1.7 Burned In Annotation.
 NOT_FOR_DIAGNOSIS = "AI RESULT - NOT FOR DIAGNOSIS"
 SERIES_DESCRIPTION = "AI heat map - NOT FOR DIAGNOSIS"
-# Patient and General Study module attributes highdicom does not copy; copied when the source has
-# them so that every object of the study tells the same story (dcentvfy compares them).
-PATIENT_STUDY_EXTRA = ("StudyDescription", "PatientAge", "PatientSize", "PatientWeight",
-                       "PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
-                       "IssuerOfPatientID", "OtherPatientIDsSequence")
 
 
-@dataclass(frozen=True)
-class Algorithm:
-    """The model as a piece of equipment (IHE AIR: creator, name, version, device UID)."""
+def caption_lines(conclusion: Conclusion, score: SliceScore) -> tuple[str, ...]:
+    """The burned-in caption: warning, the study's decision, this slice's own value, the model.
 
-    name: str
-    version: str
-    device_uid: str
-    manufacturer: str = MANUFACTURER
+    Hershey fonts draw ASCII only; anything else in a manifest's display text becomes "?".
+    """
+    def ascii_only(text: str) -> str:
+        return text.encode("ascii", "replace").decode()
 
-    @classmethod
-    def from_model(cls, name: str, version: str, sha256: str) -> Algorithm:
-        """A stable Device UID per model file: the same model always has the same UID, a retrained
-        one (new hash) a new UID, as the IHE AIR profile asks."""
-        # PS3.5 B.2: a UUID as "2.25." + its integer; uuid5 makes it a function of the model file.
-        return cls(name, version, f"2.25.{uuid.uuid5(_MODEL_NAMESPACE, f'{name}/{version}/{sha256}').int}")
-
-    def contributing_equipment(self) -> hd.ContributingEquipment:
-        """PS3.3 C.7.5.1 Contributing Equipment Sequence item naming the algorithm."""
-        item = hd.ContributingEquipment(
-            manufacturer=self.manufacturer, purpose_of_reference=PURPOSE_PROCESSING,
-            manufacturer_model_name=self.name, software_versions=self.version,
-            contribution_description="AI classification; research use only, not for diagnosis")
-        item.DeviceUID = self.device_uid
-        return item
+    relation = ">=" if conclusion.positive else "<"
+    return (NOT_FOR_DIAGNOSIS,
+            ascii_only(f"{conclusion.finding.display}: {conclusion.verdict.upper()} (whole study)"),
+            f"study probability {conclusion.probability:.2f} {relation} threshold {conclusion.threshold:.2f}",
+            f"this slice: probability {score.probability:.2f} (per slice)",
+            ascii_only(f"{conclusion.algorithm.name} {conclusion.algorithm.version}"))
 
 
-def build_sc(source: Dataset, rgb: np.ndarray, algorithm: Algorithm, series_uid: str, series_number: int,
-             instance_number: int, sop_instance_uid: str | None = None) -> hd.sc.SCImage:
+def build_sc(source: Dataset, rgb: np.ndarray, conclusion: Conclusion, series_uid: str, series_number: int,
+             instance_number: int, sop_instance_uid: str, created: datetime, node_id: str) -> hd.sc.SCImage:
     """One RGB Secondary Capture built from ``source``'s patient and study.
 
     Raises
@@ -77,34 +57,35 @@ def build_sc(source: Dataset, rgb: np.ndarray, algorithm: Algorithm, series_uid:
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
         coordinate_system="PATIENT", series_instance_uid=series_uid, series_number=series_number,
-        sop_instance_uid=sop_instance_uid or generate_uid(), instance_number=instance_number,
+        sop_instance_uid=sop_instance_uid, instance_number=instance_number,
         manufacturer=MANUFACTURER, patient_orientation=_patient_orientation(source),
         transfer_syntax_uid=ExplicitVRLittleEndian,
-        contributing_equipment=[algorithm.contributing_equipment()])
+        contributing_equipment=[contributing(conclusion.algorithm)])
     copy_patient_study(source, sc)
-    # Laterality (Type 2C in General Series): the source's value, else empty (unpaired/unknown).
-    sc.Laterality = source.get("Laterality", "")
+    stamp(sc, conclusion.algorithm, node_id, created)
+    # Laterality (Type 2C in General Series) is required for a paired body part only; the body part
+    # comes with it so a validator can tell (dciodvfy requires it when no body part is named).
+    if source.get("BodyPartExamined"):
+        sc.BodyPartExamined = source.BodyPartExamined
+    if source.get("Laterality"):
+        sc.Laterality = source.Laterality
+    elif source.get("BodyPartExamined"):
+        if "Laterality" in sc:
+            del sc.Laterality
+    else:
+        sc.Laterality = ""  # the body part is unknown: Laterality present, empty (unknown)
     sc.SeriesDescription = SERIES_DESCRIPTION
     sc.BurnedInAnnotation = "YES"
-    sc.ImageComments = NOT_FOR_DIAGNOSIS
+    sc.ImageComments = f"{NOT_FOR_DIAGNOSIS}. {conclusion.headline()}"[:10240]
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.ConversionType = "WSD"  # workstation: rendered by software
-    sc.SoftwareVersions = algorithm.version
-    sc.ManufacturerModelName = algorithm.name
     # Source Image Sequence: the slice under the heat map (PS3.3 C.7.6.1.1.3 Derivation).
     ref = Dataset()
     ref.ReferencedSOPClassUID = source.SOPClassUID
     ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
     sc.SourceImageSequence = [ref]
-    sc.DerivationDescription = "Grad-CAM heat map over the windowed slice"
+    sc.DerivationDescription = "Grad-CAM heat map over the slice in its display window"
     return sc
-
-
-def copy_patient_study(source: Dataset, target: Dataset) -> None:
-    """Copy the ``PATIENT_STUDY_EXTRA`` attributes the source has and the target lacks."""
-    for keyword in PATIENT_STUDY_EXTRA:
-        if keyword in source and keyword not in target:
-            target[keyword] = source[keyword]
 
 
 def _patient_orientation(source: Dataset) -> tuple[str, str]:

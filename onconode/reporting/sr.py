@@ -1,116 +1,160 @@
-"""The structured report of one analysis: a TID 1500 Measurement Report in a Comprehensive 3D SR.
+"""The structured report of one conclusion: a TID 1500 Measurement Report in a Comprehensive 3D SR.
 
-Input: ``Finding`` values (label, SNOMED CT code from the manifest, probability), the
-``Algorithm``, the source images' headers and the Secondary Capture images (``pydicom.Dataset``),
-and optionally the SR it revises.
-Output: a ``highdicom.sr.Comprehensive3DSR`` (PS3.3 A.35.13), VerificationFlag UNVERIFIED.
+Input: the ``Conclusion`` and the headers (``pydicom.Dataset``) of every analysed slice, and
+optionally the SR it revises. Output: a ``highdicom.sr.Comprehensive3DSR`` (PS3.3 A.35.13),
+VerificationFlag UNVERIFIED.
 
-Content (PS3.16):
-- TID 1500 Measurement Report, procedure reported from CID 100, a device observer (TID 1004);
-- TID 1411 one measurement group per label, each with a tracking identifier and UID, the label
-  as finding type, the probability as a numeric measurement in UCUM "1", and TID 4019 algorithm
-  identification (name, version, family "Artificial Intelligence");
-- the predicted label as the qualitative evaluation "Finding" in its group;
-- TID 1600 image library: the key slices. The SC images are listed in the SR's evidence
-  (Current Requested Procedure Evidence) but not in the library: their modality is OT, which
-  CID 29 (the library's Modality row) does not allow.
-A revision references the SR it replaces (Predecessor Documents Sequence, PS3.3 C.17.2).
+Content (PS3.16), saying one thing:
+- TID 1500, a device observer (TID 1004: the model's device UID, OncoNode as manufacturer), the
+  procedure from CID 100, and the image library (TID 1600) listing every analysed slice;
+- one measurement group (TID 1501) for the study: the finding the model looks for as the finding
+  type and its study probability (UCUM "1"), with the threshold and the aggregation named in the
+  algorithm's parameters (TID 4019);
+- one group per slice for the key slices and every slice at or over the threshold, named "per
+  slice", each referencing its image;
+- TID 1500's Qualitative Evaluations container with the decision, one coded item "<finding> =
+  Present" or "Absent", and a comment with the headline that reads "research use only, not for
+  diagnosis", where every SR viewer shows the report's text.
+Evidence (Current Requested Procedure Evidence) is the analysed slices only; OncoNode's own
+outputs are never listed as evidence. A revision references the SR it replaces (PS3.3 C.17.2), and
+the groups keep their tracking UIDs across revisions of the same study by the same model.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from datetime import datetime
 
 import highdicom as hd
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
 
-from onconode.reporting.sc import MANUFACTURER, Algorithm, copy_patient_study
+from onconode.conclusion import NOT_FOR_DIAGNOSIS, Conclusion
+from onconode.inference.pipeline import SliceScore
+from onconode.reporting.equipment import contributing, stamp
+from onconode.reporting.identity import copy_patient_study
 
 # CID 100 Quantitative Diagnostic Imaging Procedures, by the modality of the analysed series.
 PROCEDURE_BY_MODALITY = {"CT": codes.cid100.CTUnspecifiedBodyRegion, "MR": codes.cid100.MRIUnspecifiedBodyRegion}
-# CID 270 Observer Type: the algorithm observed, no person did.
 OBSERVER_DEVICE = codes.DCM.Device
-# TID 4019 Algorithm Family (CID 7162).
 ALGORITHM_FAMILY = codes.DCM.ArtificialIntelligence
-# TID 1419 qualitative evaluation concept and TID 1411 measurement concept.
-FINDING = codes.DCM.Finding
 PROBABILITY = codes.DCM.Probability
-# UCUM "no units": a probability is a ratio in [0, 1].
+PRESENT, ABSENT = codes.SCT.Present, codes.SCT.Absent
+COMMENT = codes.DCM.Comment
+QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 UNITY = hd.sr.CodedConcept("1", "UCUM", "no units")
-SNOMED = "SCT"
-NOT_FOR_DIAGNOSIS = "Research use only - NOT FOR DIAGNOSIS"
 SERIES_DESCRIPTION = "AI findings - NOT FOR DIAGNOSIS"
+# Slice groups beyond the key slices: those at or over the threshold, at most this many in all.
+MAX_SLICE_GROUPS = 20
+_TRACKING = uuid.UUID("5d0e3c4a-7a55-4d0b-9e7a-2b61f4f0c1d3")
 
 
-@dataclass(frozen=True)
-class Finding:
-    """One label's result: its name, its SNOMED CT code and meaning, its probability."""
-
-    label: str
-    code: str
-    meaning: str
-    probability: float
-    predicted: bool
+def _tracking_uid(conclusion: Conclusion, what: str) -> str:
+    """Stable across revisions: the same study, model and slice give the same UID."""
+    key = f"{conclusion.study_uid}/{conclusion.algorithm.device_uid}/{what}"
+    return f"2.25.{uuid.uuid5(_TRACKING, key).int}"
 
 
-def build_sr(findings: Sequence[Finding], algorithm: Algorithm, modality: str, sources: Sequence[Dataset],
-             captures: Sequence[Dataset], series_uid: str, series_number: int,
-             predecessor: Dataset | None = None, sop_instance_uid: str | None = None
+def slices_for_groups(conclusion: Conclusion) -> list[SliceScore]:
+    """Key slices plus the slices at or over the threshold, in volume order, at most MAX_SLICE_GROUPS."""
+    keys = {s.index for s in conclusion.key}
+    over = sorted((s for s in conclusion.slices if s.index not in keys and s.probability >= conclusion.threshold),
+                  key=lambda s: -s.probability)
+    chosen = list(conclusion.key) + over[:max(0, MAX_SLICE_GROUPS - len(conclusion.key))]
+    return sorted(chosen, key=lambda s: s.index)
+
+
+def build_sr(conclusion: Conclusion, sources: Sequence[Dataset], series_uid: str, sop_instance_uid: str,
+             series_number: int, created: datetime, node_id: str, predecessor: Dataset | None = None
              ) -> hd.sr.Comprehensive3DSR:
-    """Build the SR; the first source gives patient and study (highdicom copies them).
+    """Build the SR; ``sources`` are the headers of the analysed slices (any order).
 
     Raises
     ------
     ValueError
-        When there are no findings, no sources, an unknown modality, or a probability outside [0, 1].
+        When a scored slice has no header among ``sources``, or the modality is not CT or MR.
     """
-    if not findings:
-        raise ValueError("findings: at least one is required")
-    if not sources:
-        raise ValueError("sources: the SR needs the analysed images as evidence")
-    if modality not in PROCEDURE_BY_MODALITY:
-        raise ValueError(f"modality {modality!r}: expected one of {sorted(PROCEDURE_BY_MODALITY)}")
-    for finding in findings:
-        if not 0.0 <= finding.probability <= 1.0:
-            raise ValueError(f"finding {finding.label}: probability {finding.probability} outside [0, 1]")
+    if conclusion.modality not in PROCEDURE_BY_MODALITY:
+        raise ValueError(f"modality {conclusion.modality!r}: expected one of {sorted(PROCEDURE_BY_MODALITY)}")
+    by_uid = {str(s.SOPInstanceUID): s for s in sources}
+    missing = [s.sop_instance_uid for s in conclusion.slices if s.sop_instance_uid not in by_uid]
+    if missing:
+        raise ValueError(f"{len(missing)} analysed slices have no header among the sources")
+    analysed = [by_uid[uid] for uid in dict.fromkeys(s.sop_instance_uid for s in conclusion.slices)]
+    finding = hd.sr.CodedConcept(conclusion.finding.code, conclusion.finding.scheme, conclusion.finding.meaning)
+    algorithm = conclusion.algorithm
     algorithm_id = hd.sr.AlgorithmIdentification(
         name=algorithm.name, version=algorithm.version, family=ALGORITHM_FAMILY,
-        parameters=[NOT_FOR_DIAGNOSIS])  # TID 4019 (2022) has no manufacturer row: PixelMed flags it
-    source_refs = [hd.sr.SourceImageForMeasurementGroup.from_source_image(s) for s in sources]
-    groups = [_group(f, algorithm_id, source_refs) for f in findings]
+        parameters=[f"decision threshold {conclusion.threshold:.4g} on the study probability",
+                    f"study probability: {conclusion.method}"[:1024]])
+
+    def refs(scores: Sequence[SliceScore]) -> list[hd.sr.SourceImageForMeasurementGroup]:
+        return [hd.sr.SourceImageForMeasurementGroup.from_source_image(
+            by_uid[s.sop_instance_uid], referenced_frame_numbers=[s.frame + 1] if s.frame is not None else None)
+            for s in scores]
+
+    study_group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=_tracking_uid(conclusion, "study"), identifier=f"AI study result: {conclusion.finding.display}"[:64]),
+        finding_type=finding, algorithm_id=algorithm_id,
+        measurements=[hd.sr.Measurement(PROBABILITY, round(conclusion.probability, 6), UNITY,
+                                        algorithm_id=algorithm_id)],
+        source_images=refs(conclusion.key))
+    slice_groups = [hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=_tracking_uid(conclusion, f"slice/{s.sop_instance_uid}/{s.frame}"),
+            identifier=f"AI per slice: slice {s.index + 1} of {conclusion.slices_total}"[:64]),
+        finding_type=finding, algorithm_id=algorithm_id,
+        measurements=[hd.sr.Measurement(PROBABILITY, round(s.probability, 6), UNITY, algorithm_id=algorithm_id)],
+        source_images=refs([s])) for s in slices_for_groups(conclusion)]
     observer = hd.sr.ObserverContext(
         observer_type=OBSERVER_DEVICE,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=algorithm.device_uid, name=algorithm.name, manufacturer_name=algorithm.manufacturer,
-            model_name=f"{algorithm.name} {algorithm.version}"))
+            model_name=f"{algorithm.name} {algorithm.version}"[:64], serial_number=node_id[:64]))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=PROCEDURE_BY_MODALITY[modality], imaging_measurements=groups,
-        referenced_images=list(sources))
+        procedure_reported=PROCEDURE_BY_MODALITY[conclusion.modality],
+        imaging_measurements=[study_group, *slice_groups], referenced_images=analysed)
+    _tid1604_row_order(report[0])
+    report[0].ContentSequence.append(_qualitative_evaluations(conclusion, finding))
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[*sources, *captures], content=report, series_instance_uid=series_uid,
-        series_number=series_number, sop_instance_uid=sop_instance_uid or generate_uid(), instance_number=1,
-        manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
-        previous_versions=[predecessor] if predecessor is not None else None,
-        contributing_equipment=[algorithm.contributing_equipment()])
-    copy_patient_study(sources[0], sr)
+        evidence=analysed, content=report, series_instance_uid=series_uid, series_number=series_number,
+        sop_instance_uid=sop_instance_uid, instance_number=1, is_complete=True, is_final=False,
+        is_verified=False, previous_versions=[predecessor] if predecessor is not None else None,
+        contributing_equipment=[contributing(algorithm)])
+    copy_patient_study(analysed[0], sr)
+    stamp(sr, algorithm, node_id, created)
     sr.SeriesDescription = SERIES_DESCRIPTION
-    sr.SoftwareVersions = algorithm.version
-    sr.ManufacturerModelName = algorithm.name
     return sr
 
 
-def _group(finding: Finding, algorithm_id: hd.sr.AlgorithmIdentification,
-           source_refs: Sequence[hd.sr.SourceImageForMeasurementGroup]
-           ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1411 for one label; the tracking UID makes the group citable across revisions."""
-    label_code = hd.sr.CodedConcept(finding.code, SNOMED, finding.meaning)
-    evaluations = [hd.sr.QualitativeEvaluation(FINDING, label_code)] if finding.predicted else None
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"AI {finding.label}"[:64]),
-        finding_type=label_code, algorithm_id=algorithm_id,
-        measurements=[hd.sr.Measurement(PROBABILITY, finding.probability, UNITY, algorithm_id=algorithm_id)],
-        qualitative_evaluations=evaluations, source_images=list(source_refs))
+SPACING_BETWEEN_SLICES, SLICE_THICKNESS = "112226", "112225"
+
+
+def _tid1604_row_order(root: Dataset) -> None:
+    """Put "Spacing between slices" before "Slice Thickness" in each image library entry, as TID 1604
+    orders its rows (highdicom 0.28 appends it last; PixelMed's content-item-order check flags it)."""
+    for item in root.ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue != "111028":  # Image Library
+            continue
+        for group in item.get("ContentSequence", []):
+            for entry in group.get("ContentSequence", []):
+                descriptors = entry.get("ContentSequence", [])
+                codes_ = [d.ConceptNameCodeSequence[0].CodeValue for d in descriptors]
+                if SPACING_BETWEEN_SLICES in codes_ and SLICE_THICKNESS in codes_:
+                    spacing = descriptors.pop(codes_.index(SPACING_BETWEEN_SLICES))
+                    at = [d.ConceptNameCodeSequence[0].CodeValue for d in descriptors].index(SLICE_THICKNESS)
+                    descriptors.insert(at, spacing)
+
+
+def _qualitative_evaluations(conclusion: Conclusion, finding: hd.sr.CodedConcept) -> hd.sr.ContainerContentItem:
+    """TID 1500's Qualitative Evaluations: the decision, and the notice a reader sees with it."""
+    container = hd.sr.ContainerContentItem(QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
+    container.ContentSequence = hd.sr.ContentSequence([
+        hd.sr.CodeContentItem(finding, PRESENT if conclusion.positive else ABSENT, relationship_type="CONTAINS"),
+        hd.sr.TextContentItem(COMMENT, f"{conclusion.headline()}. {NOT_FOR_DIAGNOSIS}"[:1024],
+                              relationship_type="CONTAINS"),
+    ])
+    return container

@@ -180,7 +180,7 @@ HEAD_WIDTH_MM = (110.0, 210.0)
 HEAD_DEPTH_MM = (130.0, 260.0)
 
 
-def _largest_filled(mask: np.ndarray) -> np.ndarray:
+def largest_filled(mask: np.ndarray) -> np.ndarray:
     """The largest 8-connected component of ``mask`` with its holes filled (a body outline)."""
     import cv2
 
@@ -194,7 +194,7 @@ def _largest_filled(mask: np.ndarray) -> np.ndarray:
 
 def lung_share(hu: np.ndarray) -> float:
     """Share of the body's cross-section (outline filled) that is lung-density tissue."""
-    body = _largest_filled(hu > BODY_HU)
+    body = largest_filled(hu > BODY_HU)
     area = int(np.count_nonzero(body))
     if area == 0:
         return 0.0
@@ -213,7 +213,7 @@ def outline_mm(values: np.ndarray, pixel_spacing: tuple[float, float] | None) ->
     level = float(np.percentile(values, 99)) * 0.1
     if level <= 0:
         return None
-    body = _largest_filled(values > level)
+    body = largest_filled(values > level)
     rows = np.flatnonzero(body.any(axis=1))
     cols = np.flatnonzero(body.any(axis=0))
     if rows.size == 0:
@@ -238,3 +238,12 @@ def pixel_regions(modality: str, shares: Sequence[float] = (),
         return (frozenset({"brain"}) if head else frozenset()), \
             f"largest outline {width:.0f} x {depth:.0f} mm ({'a head' if head else 'not a head'})"
     return None
+
+
+def body_outline(values: np.ndarray, modality: str) -> np.ndarray:
+    """The patient's cross-section on one slice (bool, holes filled): denser than air on CT, brighter
+    than a tenth of the slice's 99th percentile on MR. Overlays tint only inside it."""
+    if modality == "CT":
+        return largest_filled(values > BODY_HU)
+    level = float(np.percentile(values, 99)) * 0.1
+    return largest_filled(values > level) if level > 0 else np.zeros(values.shape, bool)

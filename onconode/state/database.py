@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,6 @@ from onconode.state.records import StateError, StudyState, Transition, Transitio
 
 log = logging.getLogger("onconode.state")
 
-SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE studies (
     study_uid TEXT PRIMARY KEY,
@@ -90,6 +90,12 @@ CREATE TABLE deliveries (
 CREATE INDEX deliveries_due ON deliveries (state, next_try_at);
 CREATE INDEX deliveries_by_study ON deliveries (study_uid, state);
 """
+# Version n of the schema is MIGRATIONS[:n] applied in order; a step is never edited once shipped.
+MIGRATIONS = (
+    SCHEMA,
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+)
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class Database:
@@ -142,15 +148,27 @@ class Database:
                     log.exception("event=transition_listener_error study=%s", transition.study_uid)
 
     def _migrate(self) -> None:
+        """Bring the schema to ``SCHEMA_VERSION``, one numbered step at a time, in one transaction:
+        a database written by an older OncoNode is upgraded, never rebuilt."""
         with self._transaction() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
+            if version > SCHEMA_VERSION:
                 raise RuntimeError(f"database schema version {version}, this OncoNode knows {SCHEMA_VERSION}")
+            for number, script in enumerate(MIGRATIONS, start=1):
+                if number > version:
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+            if version < SCHEMA_VERSION:
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if db.execute("SELECT value FROM meta WHERE key = 'node_id'").fetchone() is None:
+                db.execute("INSERT INTO meta (key, value) VALUES ('node_id', ?)", (uuid.uuid4().hex,))
+
+    def node_id(self) -> str:
+        """This installation's identity (a UUID made when the database was created): the device
+        serial number on every object OncoNode writes."""
+        with self._lock:
+            return str(self._conn.execute("SELECT value FROM meta WHERE key = 'node_id'").fetchone()[0])
 
     def add_transition_listener(self, listener: TransitionListener) -> None:
         """Call ``listener(transition)`` after each committed transition (the audit trail uses it)."""

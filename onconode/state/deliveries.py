@@ -29,10 +29,24 @@ class DeliveryQueries(Database):
         counts.update({DeliveryState(r[0]): int(r[1]) for r in rows})
         return counts
 
-    def record_report(self, report: NewReport, deliveries: Sequence[NewDelivery]) -> int:
-        """Record a report written to the outbox and its pending deliveries; returns the report id."""
+    def record_report(self, report: NewReport, deliveries: Sequence[NewDelivery],
+                      reported: str | None = None) -> int | None:
+        """Record a report written to the outbox and its pending deliveries; returns the report id.
+
+        With ``reported`` (the transition's reason), the study moves ANALYSING → REPORTED in the same
+        transaction, and nothing is recorded (None) unless it is still ANALYSING: a report of a study
+        that received instances while it was analysed describes a study that no longer exists, and
+        must never be delivered.
+        """
         now = time.time()
         with self._transaction() as db:
+            if reported is not None:
+                row = db.execute("SELECT state FROM studies WHERE study_uid = ?", (report.study_uid,)).fetchone()
+                if row is None or StudyState(row[0]) is not StudyState.ANALYSING:
+                    return None
+                db.execute("UPDATE studies SET state = ?, reason = ?, state_changed_at = ? WHERE study_uid = ?",
+                           (StudyState.REPORTED.value, reported, now, report.study_uid))
+                self._log_transition(db, report.study_uid, now, StudyState.ANALYSING, StudyState.REPORTED, reported)
             cursor = db.execute(
                 "INSERT INTO reports (study_uid, created_at, folder, sr_sop_uid, sr_path, fingerprint) "
                 "VALUES (?, ?, ?, ?, ?, ?)",

@@ -8,13 +8,20 @@ from collections.abc import Callable
 
 from pydicom import Dataset
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, Verification
+from pynetdicom.sop_class import (
+    Comprehensive3DSRStorage,
+    KeyObjectSelectionDocumentStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+    Verification,
+)
 
 from tests.support import free_port
 
 
 class CountingSCP:
-    """Accepts SC and Comprehensive 3D SR; ``on_store(ds)`` may act before the answer (e.g. kill)."""
+    """Accepts what OncoNode sends (SC, SEG, KOS, Comprehensive 3D SR); ``on_store(ds)`` may act before
+    the answer (e.g. kill)."""
 
     def __init__(self, ae_title: str = "PACS", on_store: Callable[[Dataset], int | None] | None = None) -> None:
         self.ae_title = ae_title
@@ -24,7 +31,8 @@ class CountingSCP:
         self.on_store = on_store
         self._lock = threading.Lock()
         ae = AE(ae_title=ae_title)
-        for sop in (SecondaryCaptureImageStorage, Comprehensive3DSRStorage, Verification):
+        for sop in (SecondaryCaptureImageStorage, SegmentationStorage, KeyObjectSelectionDocumentStorage,
+                    Comprehensive3DSRStorage, Verification):
             ae.add_supported_context(sop)
         self._ae = ae
         self._server = None

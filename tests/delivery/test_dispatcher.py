@@ -58,7 +58,7 @@ def test_destination_down_then_up_is_delivered_once(ct_files, ct_result, prepare
     d = dispatcher(db)
     d.run_once()  # nobody listens yet
     pending = db.deliveries(ct_result.study_uid, DeliveryState.PENDING)
-    assert len(pending) == len(prepared.captures) + 1 and all(p.attempts == 1 for p in pending)
+    assert len(pending) == len(prepared.dicom) and all(p.attempts == 1 for p in pending)
     assert "association" in (pending[0].last_error or "")
     assert state(db, ct_result.study_uid) == StudyState.DELIVERING
     received = tmp_path / "received"
@@ -73,7 +73,7 @@ def test_destination_down_then_up_is_delivered_once(ct_files, ct_result, prepare
         proc.wait()
     files = sorted(received.iterdir())
     uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
-    assert len(uids) == len(set(uids)) == len(prepared.captures) + 1
+    assert len(uids) == len(set(uids)) == len(prepared.dicom)
     assert prepared.sr_uid in uids
     sent = db.deliveries(ct_result.study_uid, DeliveryState.SENT)
     assert len(sent) == len(uids) and all(s.attempts >= 2 for s in sent)
@@ -113,9 +113,9 @@ def test_fhir_500_then_201_is_delivered_once_with_the_bearer_token(ct_files, ct_
     FlakyFhir.posts, FlakyFhir.auth = [], []
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}/fhir"
-    fhir = FhirDestination(base_url=base, token="s3cret")  # type: ignore[arg-type]
+    fhir = FhirDestination(base_url=base, token="s3cret", patient_system="urn:oid:2.16.840.1.113883.3.9999")  # type: ignore[arg-type]
     try:
-        db, _ = prepare(ct_files, ct_result, {"fhir": {"base_url": base}})
+        db, _ = prepare(ct_files, ct_result, {"fhir": {"base_url": base, "patient_system": "urn:oid:2.16.840.1.113883.3.9999"}})
         d = dispatcher(db, fhir=fhir)
         d.run_once()
         (pending,) = db.deliveries(ct_result.study_uid, DeliveryState.PENDING)
@@ -140,7 +140,7 @@ def test_retry_limit_moves_to_dead_letter_then_replay_delivers(ct_files, ct_resu
     study = db.study(ct_result.study_uid)
     assert study is not None and "dead letter" in (study.reason or "")
     dead = db.deliveries(ct_result.study_uid, DeliveryState.DEAD)
-    assert len(dead) == len(prepared.captures) + 1 and all(x.attempts == FAST.max_attempts for x in dead)
+    assert len(dead) == len(prepared.dicom) and all(x.attempts == FAST.max_attempts for x in dead)
     config = tmp_path / "onconode.yaml"
     config.write_text(f"state: {{database: {tmp_path / 'onconode.db'}}}\n")
     listed = subprocess.run([sys.executable, "-m", "onconode", "--config", str(config), "deadletter", "list"],
@@ -167,7 +167,7 @@ def test_default_destination_is_the_sender_when_it_is_a_known_caller_with_a_port
         run_until(dispatcher(db), lambda: state(db, ct_result.study_uid) == StudyState.DELIVERED)
     finally:
         scp.stop()
-    assert len(scp.received) == len(prepared.captures) + 1
+    assert len(scp.received) == len(prepared.dicom)
 
 
 def test_no_destination_at_all_ends_delivered_with_the_reason(ct_files, ct_result, prepare) -> None:
@@ -175,13 +175,3 @@ def test_no_destination_at_all_ends_delivered_with_the_reason(ct_files, ct_resul
     run_until(dispatcher(db), lambda: state(db, ct_result.study_uid) == StudyState.DELIVERED)
     study = db.study(ct_result.study_uid)
     assert study is not None and study.reason == "no destination configured"
-
-
-def test_an_unchanged_result_is_not_reported_twice(ct_files, ct_result, prepare, registry, tmp_path: Path) -> None:
-    from onconode.config import DestinationSettings
-    from onconode.delivery.outbox import Reporter
-
-    db, _ = prepare(ct_files, ct_result, {"dicom": [{"ae_title": "PACS", "host": "127.0.0.1", "port": 1}]})
-    reporter = Reporter(db, registry, tmp_path / "outbox", DestinationSettings(), [])
-    assert reporter.prepare(ct_result.study_uid, ct_result, ct_files) is None
-    assert len(db.reports(ct_result.study_uid)) == 1

@@ -47,14 +47,14 @@ def test_node_killed_between_sc_and_sr_sends_the_sr_after_restart_and_no_sc_twic
         node.proc.wait(timeout=60)  # killed by the SCP on the SR
         assert node.proc.returncode == -signal.SIGKILL
         captures = sum(scp.received.values())
-        assert captures == len(prepared.captures) and prepared.sr_uid not in scp.received
+        assert captures == len(prepared.dicom) - 1 and prepared.sr_uid not in scp.received
         after_kill = node.db()
         try:
             states = {d.object_uid: d.state for d in after_kill.deliveries(ct_result.study_uid)}
         finally:
             after_kill.close()
         assert states[prepared.sr_uid] == DeliveryState.PENDING
-        assert list(states.values()).count(DeliveryState.SENT) == len(prepared.captures)
+        assert list(states.values()).count(DeliveryState.SENT) == len(prepared.dicom) - 1
 
         node.start()
         try:
@@ -65,4 +65,4 @@ def test_node_killed_between_sc_and_sr_sends_the_sr_after_restart_and_no_sc_twic
         node.stop()  # also after a failure above: no node outlives its test
         scp.stop()
     assert scp.received[prepared.sr_uid] == 1
-    assert set(scp.received.values()) == {1} and len(scp.received) == len(prepared.captures) + 1
+    assert set(scp.received.values()) == {1} and len(scp.received) == len(prepared.dicom)

@@ -1,5 +1,5 @@
 """End to end with real peers: storescu → Orthanc (Lua OnStableSeries routing) → OncoNode (analysis
-with the tiny test models) → SC + SR back into the same study in Orthanc, FHIR Bundle into
+with the tiny test models) → SC, SEG, KOS and SR back into the same study in Orthanc, FHIR Bundle into
 sekmet-fhir; everything that arrives is checked by dciodvfy, dcentvfy, PixelMed, Medplum and
 fhir.resources, and nothing is routed twice."""
 
@@ -90,7 +90,9 @@ def test_results_come_back_to_the_same_study_and_the_ehr(pacs, dicom_dir: Path, 
     # No loop: Orthanc routed each source series once, and nothing OncoNode sent came back to it.
     jobs = [j for j in orthanc.get("/jobs?expand") if j["Type"] == "DicomModalityStore"]  # type: ignore[union-attr]
     assert len(jobs) == 2 and all(j["State"] == "Success" for j in jobs)
-    assert orthanc.log().count("not routing") == 2 * len(sources)  # each study's SC series and SR series
+    # Each study's SC, SEG, KOS and SR series came back, and none was routed again.
+    assert len(orthanc.series("SEG")) == len(orthanc.series("KO")) == len(sources)
+    assert orthanc.log().count("not routing") == 4 * len(sources)
     db = node.db()
     try:
         for name, uid in study_uids.items():

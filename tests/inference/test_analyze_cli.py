@@ -9,7 +9,7 @@ import pytest
 
 from onconode.cli import main
 from onconode.folders import files_under
-from onconode.inference import heatmap_png, series
+from onconode.inference import series
 
 
 @pytest.fixture
@@ -92,10 +92,3 @@ def test_an_undecodable_study_fails_with_its_reason(dicom_dir: Path, models_dir:
     folder = copy_series(src, edit=mpeg2)[0].parent
     assert main(["--config", str(config), "analyze", str(folder), "--models", str(models_dir)]) == 1
     assert "cannot decode pixel data" in capsys.readouterr().out
-
-
-def test_overlay_blend_refuses_mismatched_shapes() -> None:
-    import numpy as np
-
-    with pytest.raises(ValueError, match="same"):
-        heatmap_png.blend(np.zeros((4, 4)), np.zeros((4, 5)))

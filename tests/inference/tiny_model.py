@@ -75,6 +75,11 @@ def manifest_dict(name: str, onnx_path: Path, modality: str = "CT", size: int = 
         "accepts": ({"regions": ["chest"]} if modality == "CT" else
                     {"regions": ["brain"], "sequences": ["t1post", "flair"]}),
         "slices": {"target": "lung" if modality == "CT" else "brain", "max_analysed": 8, "key": 3},
+        "finding": {"code": "786838002" if modality == "CT" else "126952004", "scheme": "SCT",
+                    "meaning": "Pulmonary nodule" if modality == "CT" else "Neoplasm of brain",
+                    "display": "test finding"},
+        "display": ({"window": {"center": -600, "width": 1500}} if modality == "CT"
+                    else {"percentiles": {"low": 0.5, "high": 99.5}}),
     }
 
 

@@ -1,8 +1,10 @@
-"""SC and SR built from real analyses: written to the outbox, re-read, checked by dciodvfy,
-dcentvfy and PixelMed's DicomSRValidator, and by the node's own rules."""
+"""Every output built from real analyses: re-read, checked by dciodvfy, dcentvfy and PixelMed's
+DicomSRValidator, and by what they must say: one decision, per-slice values named as such, the
+analysed slices as evidence, OncoNode's and the model's versions, and the notice."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import highdicom as hd
@@ -11,102 +13,139 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from onconode.delivery import checks
-from onconode.reporting import sc, sr
+from onconode.algorithm import SOFTWARE
+from onconode.conclusion import NOT_FOR_DIAGNOSIS
+from onconode.reporting import checks, sr
+from onconode.reporting.outputs import build_outputs
 from tests import peers
 
-ALGORITHM = sc.Algorithm.from_model("test-ct", "0.0.1-test", "ab" * 32)
+OURS = ("Laterality", "SeriesDate", "SeriesTime")  # warnings that would be OncoNode's own doing
+
+
+def _read(prepared, name: str) -> pydicom.Dataset:
+    return pydicom.dcmread(prepared.folder / name)
 
 
 @pytest.mark.peers
 @pytest.mark.parametrize("which", ["ct", "mr"])
-def test_sc_and_sr_pass_dciodvfy_dcentvfy_and_pixelmed(which: str, request: pytest.FixtureRequest, prepare) -> None:
+def test_every_output_passes_dciodvfy_dcentvfy_and_pixelmed(which: str, request: pytest.FixtureRequest,
+                                                           prepare) -> None:
     files = request.getfixturevalue(f"{which}_files")
     result = request.getfixturevalue(f"{which}_result")
     _, prepared = prepare(files, result)
-    sr_path = prepared.folder / "sr.dcm"
-    for path in [*prepared.captures, sr_path]:
+    assert {p.name for p in prepared.dicom} == {"sc-1.dcm", "sc-2.dcm", "sc-3.dcm", "seg.dcm", "kos.dcm", "sr.dcm"}
+    for path in prepared.dicom:
         assert peers.dciodvfy_errors(path) == [], path.name
-    assert peers.pixelmed_sr_problems(sr_path) == []
-    key_files = [f for f in files if f.stem in {k.sop_instance_uid for k in result.key_slices}] or files[:1]
-    sources = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: f for f in files}
-    key_files = [sources[k.sop_instance_uid] for k in result.key_slices]
-    assert peers.dcentvfy_errors([*key_files, *prepared.captures, sr_path]) == []
+        ours = [w for w in peers.dciodvfy_warnings(path) if any(k in w for k in OURS)]
+        assert ours == [], path.name
+    assert peers.pixelmed_sr_problems(prepared.folder / "sr.dcm") == []
+    analysed = [p for p in files if p in result.slice_paths.values()]
+    assert peers.dcentvfy_errors([*analysed, *prepared.dicom]) == []
 
 
-def test_sc_copies_identity_names_the_algorithm_and_says_not_for_diagnosis(ct_files, ct_result, prepare,
-                                                                          registry) -> None:
+def test_sr_says_one_decision_with_the_analysed_slices_as_evidence(ct_files, ct_result, ct_conclusion, prepare,
+                                                                   tmp_path: Path) -> None:
+    db, prepared = prepare(ct_files, ct_result)
+    ds = _read(prepared, "sr.dcm")
+    assert ds.VerificationFlag == "UNVERIFIED" and ds.CompletionFlag == "COMPLETE"
+    assert ds.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    assert SOFTWARE in ds.SoftwareVersions and "test-ct 0.0.1-test" in ds.SoftwareVersions
+    assert ds.DeviceSerialNumber == db.node_id() and ds.SeriesDate and ds.SeriesTime
+    report = hd.sr.srread(prepared.folder / "sr.dcm")
+    groups = report.content.get_image_measurement_groups()
+    study, *per_slice = groups
+    assert study.tracking_identifier.startswith("AI study result")
+    (probability,) = study.get_measurements(name=sr.PROBABILITY)
+    assert abs(float(probability.value) - ct_conclusion.probability) < 1e-6
+    assert per_slice and all(g.tracking_identifier.startswith("AI per slice") for g in per_slice)
+    assert {k.sop_instance_uid for k in ct_conclusion.key} <= {
+        g.source_images[0].referenced_sop_instance_uid for g in per_slice}
+    # Exactly one decision, in the Qualitative Evaluations container: Present or Absent.
+    decisions = [item for item in ds.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
+    (container,) = decisions
+    codes = [i for i in container.ContentSequence if i.ValueType == "CODE"]
+    assert len(codes) == 1
+    assert codes[0].ConceptCodeSequence[0].CodeMeaning == ("Present" if ct_conclusion.positive else "Absent")
+    assert any(NOT_FOR_DIAGNOSIS in i.TextValue for i in container.ContentSequence if i.ValueType == "TEXT")
+    evidence = {item.ReferencedSOPInstanceUID for st in ds.CurrentRequestedProcedureEvidenceSequence
+                for se in st.ReferencedSeriesSequence for item in se.ReferencedSOPSequence}
+    assert evidence == {s.sop_instance_uid for s in ct_conclusion.slices}  # analysed slices, no outputs
+    texts = [e.value for e in ds.iterall() if e.keyword == "TextValue"]
+    assert f"decision threshold {ct_conclusion.threshold:.4g} on the study probability" in texts
+
+
+def test_sc_captions_name_the_study_decision_and_the_per_slice_value(ct_files, ct_result, ct_conclusion,
+                                                                      prepare) -> None:
     _, prepared = prepare(ct_files, ct_result)
-    source = pydicom.dcmread(ct_files[0], stop_before_pixels=True)
-    series = set()
+    sources = {k.sop_instance_uid for k in ct_result.key_slices}
     for path in prepared.captures:
         ds = pydicom.dcmread(path)
-        series.add(ds.SeriesInstanceUID)
-        assert ds.StudyInstanceUID == source.StudyInstanceUID and ds.PatientID == source.PatientID
-        assert ds.SeriesInstanceUID != source.SeriesInstanceUID
-        assert ds.PhotometricInterpretation == "RGB" and ds.pixel_array.shape[2] == 3
         assert ds.BurnedInAnnotation == "YES" and "NOT FOR DIAGNOSIS" in ds.ImageComments
-        assert "Laterality" in ds
+        assert ct_conclusion.headline() in ds.ImageComments
+        assert "Laterality" not in ds  # an unpaired body part: absent, not empty
+        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID in sources
         equipment = next(e for e in ds.ContributingEquipmentSequence if "DeviceUID" in e)
-        assert equipment.ManufacturerModelName == "test-ct" and equipment.SoftwareVersions == "0.0.1-test"
-        manifest = registry["test-ct"].manifest
-        assert equipment.DeviceUID == sc.Algorithm.from_model("test-ct", manifest.version, manifest.sha256).device_uid
-        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID in {k.sop_instance_uid for k in ct_result.key_slices}
-    assert len(series) == 1 and len(prepared.captures) == len(ct_result.key_slices)
+        assert equipment.DeviceUID == ct_conclusion.algorithm.device_uid
+    # The picture: nothing tinted outside the patient (grey pixels stay grey: R == G == B).
+    key = ct_result.key_slices[0]
+    rgb = pydicom.dcmread(prepared.captures[0]).pixel_array[:key.image.shape[0]]
+    outside = rgb[~key.body]
+    assert (outside[:, 0] == outside[:, 1]).all() and (outside[:, 1] == outside[:, 2]).all()
 
 
-def test_sr_is_an_unverified_tid1500_report_with_one_group_per_label(ct_files, ct_result, prepare) -> None:
+def test_seg_and_kos_point_at_the_key_slices_on_the_source_grid(ct_files, ct_result, prepare) -> None:
     _, prepared = prepare(ct_files, ct_result)
-    ds = pydicom.dcmread(prepared.folder / "sr.dcm")
-    assert ds.VerificationFlag == "UNVERIFIED" and ds.CompletionFlag == "COMPLETE"
-    report = ds
-    assert ds.ContentTemplateSequence[0].TemplateIdentifier == "1500"
-    groups = hd.sr.srread(prepared.folder / "sr.dcm").content.get_image_measurement_groups()
-    assert len(groups) == len(ct_result.labels)
-    for group in groups:
-        assert group.tracking_uid and group.tracking_identifier.startswith("AI ")
-        assert group.get_measurements(name=sr.PROBABILITY)[0].unit == sr.UNITY
-    evidence = {item.ReferencedSOPInstanceUID for study in report.CurrentRequestedProcedureEvidenceSequence
-                for series in study.ReferencedSeriesSequence for item in series.ReferencedSOPSequence}
-    captures = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in prepared.captures}
-    assert captures <= evidence and {k.sop_instance_uid for k in ct_result.key_slices} <= evidence
-    text = str(report)
-    assert "Artificial Intelligence" in text and "0.0.1-test" in text and "Probability" in text
-    assert text.count("Tracking Unique Identifier") == len(ct_result.labels)
+    source = pydicom.dcmread(ct_result.slice_paths[ct_result.key_slices[0].sop_instance_uid], stop_before_pixels=True)
+    seg = hd.seg.segread(prepared.folder / "seg.dcm")
+    assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
+    assert (seg.Rows, seg.Columns) == (source.Rows, source.Columns)
+    description = seg.get_segment_description(1)
+    assert "saliency" in description.segment_label.lower()
+    assert description.segmented_property_type.value == "130404"
+    referenced = {ref.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence
+                  for ref in s.ReferencedInstanceSequence}
+    assert referenced == {k.sop_instance_uid for k in ct_result.key_slices}
+    kos = _read(prepared, "kos.dcm")
+    selected = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in kos.ContentSequence
+                if i.ValueType == "IMAGE"}
+    assert selected == {k.sop_instance_uid for k in ct_result.key_slices}
+    assert "NOT FOR DIAGNOSIS" in kos.SeriesDescription
 
 
-def test_a_revised_sr_references_the_one_it_replaces(ct_files) -> None:
-    source = pydicom.dcmread(ct_files[0], stop_before_pixels=True)
-    findings = [sr.Finding("malignant", "363358000", "Malignant tumor of lung", 0.7, True),
-                sr.Finding("normal", "17621005", "Normal", 0.3, False)]
-    first = sr.build_sr(findings, ALGORITHM, "CT", [source], [], generate_uid(), 1)
-    second = sr.build_sr(findings, ALGORITHM, "CT", [source], [], generate_uid(), 1, predecessor=first)
-    checks.check_sr(second, source.StudyInstanceUID, first)
+def test_a_revised_sr_references_the_one_it_replaces(ct_files, ct_result, ct_conclusion, registry,
+                                                     prepare) -> None:
+    _, first = prepare(ct_files, ct_result)
+    predecessor = _read(first, "sr.dcm")
+    outputs = build_outputs(ct_conclusion, ct_result, ct_files, registry["test-ct"].manifest, "node",
+                            predecessor=predecessor)
+    revised = pydicom.dcmread(__import__("io").BytesIO(next(f.data for f in outputs.files if f.name == "sr.dcm")))
+    checks.check_sr(revised, ct_conclusion.study_uid, predecessor)
     with pytest.raises(checks.OutputCheckError, match="predecessor"):
-        checks.check_sr(first, source.StudyInstanceUID, second)
+        checks.check_sr(predecessor, ct_conclusion.study_uid, revised)
+    # The groups keep their tracking UIDs across the revision.
+    uids = [[g.tracking_uid for g in hd.sr.srread(p).content.get_image_measurement_groups()]
+            for p in (first.folder / "sr.dcm",)]
+    again = [g.tracking_uid for g in hd.sr.Comprehensive3DSR.from_dataset(revised).content
+             .get_image_measurement_groups()]
+    assert uids[0] == again
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"findings": []}, "at least one"),
-    ({"sources": []}, "evidence"),
-    ({"modality": "US"}, "modality"),
-    ({"findings": [sr.Finding("x", "1", "x", 1.5, True)]}, "outside"),
-])
-def test_build_sr_refuses(ct_files, kwargs: dict, message: str) -> None:
-    source = pydicom.dcmread(ct_files[0], stop_before_pixels=True)
-    args = {"findings": [sr.Finding("x", "1", "x", 0.5, True)], "algorithm": ALGORITHM, "modality": "CT",
-            "sources": [source], "captures": [], "series_uid": generate_uid(), "series_number": 1} | kwargs
-    with pytest.raises(ValueError, match=message):
-        sr.build_sr(**args)
+def test_a_malformed_source_value_is_left_out_and_never_quoted(ct_files, ct_result, ct_conclusion, registry,
+                                                               copy_series) -> None:
+    def bad_birth_date(ds: pydicom.Dataset, index: int) -> None:
+        ds.PatientBirthDate = "1901-01-01"
+
+    files = copy_series(ct_files, "bad", bad_birth_date)
+    paths = {p.stem: p for p in files}
+    moved = type(ct_result)(**{**ct_result.__dict__, "slice_paths": {
+        uid: paths[Path(path).stem] for uid, path in ct_result.slice_paths.items()}})
+    outputs = build_outputs(ct_conclusion, moved, files, registry["test-ct"].manifest, "node")
+    assert outputs.notes == ("PatientBirthDate in the source is not a valid DA; left empty in OncoNode's outputs",)
+    for f in outputs.files:
+        assert b"1901-01-01" not in f.data
 
 
-def test_build_sc_refuses_a_non_rgb_array(ct_files) -> None:
-    source = pydicom.dcmread(ct_files[0], stop_before_pixels=True)
-    with pytest.raises(ValueError, match="uint8"):
-        sc.build_sc(source, np.zeros((4, 4), np.uint8), ALGORITHM, generate_uid(), 1, 1)
-
-
-def test_checks_refuse_an_sc_of_another_study(ct_files, ct_result, prepare) -> None:
+def test_checks_refuse_an_sc_of_another_study_or_without_its_notice(ct_files, ct_result, prepare) -> None:
     _, prepared = prepare(ct_files, ct_result)
     ds = pydicom.dcmread(prepared.captures[0])
     with pytest.raises(checks.OutputCheckError, match="study"):
@@ -114,9 +153,29 @@ def test_checks_refuse_an_sc_of_another_study(ct_files, ct_result, prepare) -> N
     ds.BurnedInAnnotation = "NO"
     with pytest.raises(checks.OutputCheckError, match="not-for-diagnosis"):
         checks.check_sc(ds, ds.StudyInstanceUID)
+    ds.BurnedInAnnotation = "YES"
+    ds.SoftwareVersions = "something else"
+    with pytest.raises(checks.OutputCheckError, match="OncoNode's version"):
+        checks.check_sc(ds, ds.StudyInstanceUID)
+
+
+def test_build_refuses_a_key_slice_without_its_file(ct_files, ct_result, ct_conclusion, registry) -> None:
+    missing = type(ct_result)(**{**ct_result.__dict__, "slice_paths": {}})
+    with pytest.raises(ValueError, match="key slice"):
+        build_outputs(ct_conclusion, missing, ct_files, registry["test-ct"].manifest, "node",
+                      created=datetime(2026, 12, 3, tzinfo=UTC))
 
 
 def test_outbox_holds_nothing_half_written(ct_files, ct_result, prepare, tmp_path: Path) -> None:
     _, prepared = prepare(ct_files, ct_result)
     assert not list((tmp_path / "outbox").rglob("*.tmp"))
-    assert {p.name for p in prepared.folder.iterdir()} == {"sr.dcm", *(p.name for p in prepared.captures)}
+    assert {p.name for p in prepared.folder.iterdir()} == {p.name for p in prepared.paths}
+
+
+def test_sc_refuses_a_non_rgb_array(ct_files, ct_conclusion) -> None:
+    from onconode.reporting.sc import build_sc
+
+    source = pydicom.dcmread(ct_files[0], stop_before_pixels=True)
+    with pytest.raises(ValueError, match="uint8"):
+        build_sc(source, np.zeros((4, 4), np.uint8), ct_conclusion, generate_uid(), 1, 1, generate_uid(),
+                 datetime.now(UTC), "node")

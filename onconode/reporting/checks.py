@@ -1,12 +1,13 @@
 """The project's own checks on every output before it may leave the node.
 
-Input: a built SC or SR (``pydicom.Dataset``) and the study it belongs to.
-Output: nothing, or ``OutputCheckError`` naming the first rule broken.
+Input: a built SC, SR, SEG or KOS (``pydicom.Dataset``), its encoded bytes and the study it
+belongs to. Output: nothing, or ``OutputCheckError`` naming the first rule broken.
 
 highdicom validates while it builds (types, required attributes, template structure); these rules
 add what OncoNode promises on top: the same study, an unverified SR, the not-for-diagnosis notice
-on every object, the algorithm named as contributing equipment, the encoding round-trips with
-pydicom's ``enforce_valid_values``, and a revision references what it replaces.
+on every object, OncoNode's version and the algorithm named as contributing equipment, a series
+date, the encoding round-trips with pydicom's ``enforce_valid_values``, and a revision references
+what it replaces.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from pydicom import Dataset, config
 from pydicom.uid import UID
 from pydicom.valuerep import validate_value
 
+from onconode.algorithm import SOFTWARE
+from onconode.conclusion import NOT_FOR_DIAGNOSIS
 from onconode.reporting import sc as sc_module
-from onconode.reporting import sr as sr_module
 
 SC_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.7")  # Secondary Capture Image Storage
 SR_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.88.34")  # Comprehensive 3D SR Storage
+SEG_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.66.4")  # Segmentation Storage
+KOS_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.88.59")  # Key Object Selection Document Storage
 
 
 # Value representations whose values pydicom's validators check as text (PS3.5 6.2).
@@ -40,8 +44,6 @@ def check_sc(ds: Dataset, study_uid: str, encoded: bytes | None = None) -> None:
     _common(ds, study_uid, SC_SOP_CLASS, encoded)
     if ds.get("BurnedInAnnotation") != "YES" or sc_module.NOT_FOR_DIAGNOSIS not in str(ds.get("ImageComments", "")):
         raise OutputCheckError(f"SC {ds.SOPInstanceUID}: the not-for-diagnosis caption is not declared")
-    if "Laterality" not in ds:
-        raise OutputCheckError(f"SC {ds.SOPInstanceUID}: Laterality (Type 2C) missing")
     if ds.PhotometricInterpretation != "RGB" or ds.SamplesPerPixel != 3:
         raise OutputCheckError(f"SC {ds.SOPInstanceUID}: expected RGB, found {ds.PhotometricInterpretation}")
     if not ds.get("SourceImageSequence"):
@@ -67,8 +69,15 @@ def check_sr(ds: Dataset, study_uid: str, predecessor: Dataset | None, encoded: 
         if predecessor.SOPInstanceUID not in listed:
             raise OutputCheckError(f"SR {ds.SOPInstanceUID}: revision does not reference "
                                    f"{predecessor.SOPInstanceUID} as predecessor")
-    if not any(e.keyword == "TextValue" and sr_module.NOT_FOR_DIAGNOSIS in str(e.value) for e in ds.iterall()):
+    if not any(e.keyword == "TextValue" and NOT_FOR_DIAGNOSIS in str(e.value) for e in ds.iterall()):
         raise OutputCheckError(f"SR {ds.SOPInstanceUID}: content does not say not for diagnosis")
+
+
+def check_derived(ds: Dataset, study_uid: str, sop_class: UID, encoded: bytes | None = None) -> None:
+    """A Segmentation or Key Object Selection: the common rules and the notice in its description."""
+    _common(ds, study_uid, sop_class, encoded)
+    if "NOT FOR DIAGNOSIS" not in str(ds.get("SeriesDescription", "")):
+        raise OutputCheckError(f"{ds.SOPInstanceUID}: the series does not say not for diagnosis")
 
 
 def _common(ds: Dataset, study_uid: str, sop_class: UID, encoded: bytes | None) -> None:
@@ -79,6 +88,9 @@ def _common(ds: Dataset, study_uid: str, sop_class: UID, encoded: bytes | None) 
     equipment = ds.get("ContributingEquipmentSequence") or []
     if not any(item.get("DeviceUID") and item.get("SoftwareVersions") for item in equipment):
         raise OutputCheckError(f"{ds.SOPInstanceUID}: the algorithm is not named as contributing equipment")
+    versions = ds.get("SoftwareVersions") or []
+    if SOFTWARE not in ([versions] if isinstance(versions, str) else list(versions)) or not ds.get("SeriesDate"):
+        raise OutputCheckError(f"{ds.SOPInstanceUID}: OncoNode's version or the series date is missing")
     # Written, re-read, and every value checked against its VR as ``enforce_valid_values`` would,
     # without flipping pydicom's process-wide setting under the other threads.
     if encoded is None:

@@ -1,0 +1,109 @@
+"""What OncoNode concluded about a study: one record that every output renders and none recomputes.
+
+Input: an ``AnalysisResult`` (per-slice probabilities, the study probability, the decision) and the
+model's manifest. Output: a frozen ``Conclusion``: what was looked for (a coded finding), the
+study-level probability, the threshold, positive or negative, the model, and the per-slice
+probabilities, each named as per slice.
+
+Why one record: a study probability in the status page, another label's probability in the SR
+and a per-slice value unnamed on the captions are three numbers for one result, and a reader
+cannot tell which one the decision used. The SR, the FHIR report, the captions, the API and the
+page all take their numbers and wording from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from onconode.algorithm import Algorithm
+from onconode.inference.models import Manifest
+from onconode.inference.pipeline import AnalysisResult, SliceScore
+
+NOT_FOR_DIAGNOSIS = "Research use only - NOT FOR DIAGNOSIS. Unverified AI result."
+
+
+@dataclass(frozen=True)
+class Finding:
+    """The coded concept the model looks for (from its manifest)."""
+
+    code: str
+    scheme: str
+    meaning: str
+    display: str
+
+
+@dataclass(frozen=True)
+class Conclusion:
+    study_uid: str
+    series_uid: str
+    modality: str
+    finding: Finding
+    probability: float          # study-level probability that the finding is present
+    threshold: float
+    positive: bool              # probability >= threshold
+    method: str                 # how the study probability comes from the slices
+    algorithm: Algorithm
+    slices: tuple[SliceScore, ...]   # every analysed slice, in volume order
+    key: tuple[SliceScore, ...]      # the key slices, most suspicious first
+    slices_total: int
+
+    @property
+    def verdict(self) -> str:
+        return "positive" if self.positive else "negative"
+
+    def headline(self) -> str:
+        """The one sentence every output leads with."""
+        relation = ">=" if self.positive else "<"
+        return (f"{self.finding.display}: {self.verdict.upper()} (study probability {self.probability:.2f} "
+                f"{relation} threshold {self.threshold:.2f}; {self.algorithm.name} {self.algorithm.version})")
+
+    def slice_line(self, score: SliceScore) -> str:
+        """How one slice's own value is named wherever it is shown."""
+        return f"this slice: probability {score.probability:.2f} (per slice)"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, for the result row, the API and ``analyze --json``."""
+        data = asdict(self)
+        data["verdict"] = self.verdict
+        data["headline"] = self.headline()
+        data["not_for_diagnosis"] = NOT_FOR_DIAGNOSIS
+        return data
+
+
+def from_dict(data: Mapping[str, Any]) -> Conclusion:
+    """The inverse of ``Conclusion.to_dict`` (ignores the derived keys)."""
+    scores = [tuple(SliceScore(**s) for s in data[name]) for name in ("slices", "key")]
+    return Conclusion(
+        study_uid=data["study_uid"], series_uid=data["series_uid"], modality=data["modality"],
+        finding=Finding(**data["finding"]), probability=float(data["probability"]),
+        threshold=float(data["threshold"]), positive=bool(data["positive"]), method=data["method"],
+        algorithm=Algorithm(**data["algorithm"]), slices=scores[0], key=scores[1],
+        slices_total=int(data["slices_total"]))
+
+
+def conclude(result: AnalysisResult, manifest: Manifest) -> Conclusion:
+    """The conclusion of an analysed study.
+
+    Raises
+    ------
+    ValueError
+        When the result is not an analysis by this manifest's model (no slices, another model).
+    """
+    if result.model != manifest.name or result.positive_probability is None or result.positive is None:
+        raise ValueError(f"result of model {result.model!r} is no analysis by {manifest.name}")
+    if not result.slice_scores or result.series_uid is None:
+        raise ValueError("result has no analysed slices")
+    by_index = {s.index: s for s in result.slice_scores}
+    key = tuple(by_index[k.index] for k in result.key_slices if k.index in by_index)
+    spec = manifest.finding
+    return Conclusion(
+        study_uid=result.study_uid, series_uid=result.series_uid, modality=manifest.modality,
+        finding=Finding(spec.code, spec.scheme, spec.meaning, spec.display),
+        probability=float(result.positive_probability), threshold=float(manifest.decision.threshold),
+        positive=bool(result.positive),
+        method=f"mean of the {len(result.key_slices)} highest per-slice probabilities of "
+               f"{len(result.slice_scores)} analysed slices",
+        algorithm=Algorithm.from_model(manifest.name, manifest.version, manifest.sha256),
+        slices=result.slice_scores, key=key, slices_total=result.slices_total)

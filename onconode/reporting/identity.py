@@ -1,0 +1,64 @@
+"""The patient and study attributes OncoNode copies from a source image into its own objects, made
+safe to copy: a value that does not parse for its VR is left empty, and the note says which
+attribute it was, never its value.
+
+Why: highdicom copies the Patient and General Study modules from the source and refuses a value
+that is not valid for its VR (a PatientBirthDate "1901-01-01" is no DA). A scanner's typo must
+not stop the whole report, and the offending value (a birth date, a name) must not reach an error
+text or a log line.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+from pydicom import Dataset, config
+from pydicom.dataelem import DataElement
+from pydicom.valuerep import validate_value
+
+# Attributes highdicom copies into SR, SC, SEG and KOS, and those OncoNode copies beside them.
+COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+          "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber", "StudyDescription", "PatientAge",
+          "PatientSize", "PatientWeight", "PatientIdentityRemoved", "DeidentificationMethod", "IssuerOfPatientID",
+          "SeriesDate", "SeriesTime", "ContentDate", "ContentTime", "AcquisitionDate", "AcquisitionTime")
+# Patient and General Study attributes highdicom does not copy; copied when the source has them, so
+# every object of the study tells the same story (dcentvfy compares them).
+PATIENT_STUDY_EXTRA = ("StudyDescription", "PatientAge", "PatientSize", "PatientWeight",
+                       "PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
+                       "IssuerOfPatientID", "OtherPatientIDsSequence")
+
+
+def _valid(ds: Dataset, keyword: str) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            element = ds[keyword]
+            if element.VR == "SQ" or element.value is None:
+                return True
+            values = element.value if element.VM > 1 else [element.value]
+            for value in values:
+                validate_value(element.VR, value if isinstance(value, (bytes, str)) else str(value), config.RAISE)
+    except (ValueError, KeyError, TypeError, OverflowError):
+        return False
+    return True
+
+
+def sanitized(source: Dataset) -> tuple[Dataset, tuple[str, ...]]:
+    """A copy of ``source`` whose copied attributes all parse; notes name what was emptied."""
+    clean = copy.deepcopy(source)  # headers only: the source's own elements stay as received
+    notes = []
+    for keyword in COPIED:
+        if keyword in clean and not _valid(clean, keyword):
+            element = clean[keyword]
+            vr = element.VR
+            clean[keyword] = DataElement(element.tag, vr, "")
+            notes.append(f"{keyword} in the source is not a valid {vr}; left empty in OncoNode's outputs")
+    return clean, tuple(notes)
+
+
+def copy_patient_study(source: Dataset, target: Dataset) -> None:
+    """Copy the ``PATIENT_STUDY_EXTRA`` attributes the source has and the target lacks."""
+    for keyword in PATIENT_STUDY_EXTRA:
+        if keyword in source and keyword not in target:
+            target[keyword] = source[keyword]

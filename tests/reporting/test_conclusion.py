@@ -1,0 +1,38 @@
+"""The one conclusion record: its numbers are the analysis's, said once, and survive the result row."""
+
+from __future__ import annotations
+
+import pytest
+
+from onconode import conclusion as conclusion_module
+from onconode.conclusion import conclude, from_dict
+from onconode.inference.pipeline import AnalysisResult, Outcome
+
+
+def test_conclusion_carries_the_study_decision_and_names_slice_values(ct_result, ct_conclusion, registry) -> None:
+    c = ct_conclusion
+    manifest = registry["test-ct"].manifest
+    assert c.probability == ct_result.positive_probability and c.threshold == manifest.decision.threshold
+    assert c.positive == (c.probability >= c.threshold) == ct_result.positive
+    assert [s.index for s in c.slices] == list(ct_result.slices_analysed)
+    assert [s.index for s in c.key] == [k.index for k in ct_result.key_slices]
+    assert all(abs(s.probability - k.positive_probability) < 1e-9 for s, k in zip(c.key, ct_result.key_slices))
+    assert c.finding.code == manifest.finding.code and c.algorithm.sha256 == manifest.sha256
+    headline = c.headline()
+    assert c.verdict.upper() in headline and f"{c.probability:.2f}" in headline and f"{c.threshold:.2f}" in headline
+    assert "(per slice)" in c.slice_line(c.key[0])
+
+
+def test_the_result_row_form_round_trips(ct_conclusion) -> None:
+    data = ct_conclusion.to_dict()
+    assert data["headline"] == ct_conclusion.headline()
+    assert data["not_for_diagnosis"] == conclusion_module.NOT_FOR_DIAGNOSIS
+    assert from_dict(data) == ct_conclusion
+
+
+def test_only_an_analysis_by_the_model_concludes(ct_result, registry) -> None:
+    none = AnalysisResult(ct_result.study_uid, Outcome.NO_APPLICABLE_MODEL, "no applicable model: x", ())
+    with pytest.raises(ValueError):
+        conclude(none, registry["test-ct"].manifest)
+    with pytest.raises(ValueError):
+        conclude(ct_result, registry["test-mr"].manifest)
