@@ -39,9 +39,10 @@ bench-analyze: $(FULL)
 bench-e2e: $(FULL)
 	$(VENV)/bin/python bench/e2e.py
 
-# FHIR peers for the reporting tests (PEERS.md 5, 6): sekmet-fhir in its own venv, @medplum/core via npm.
+# Peers installed under var/peers/: sekmet-fhir in its own venv and @medplum/core via npm for the reporting
+# tests (PEERS.md 5, 6); OHIF Viewer's prebuilt dist/ (npm @ohif/app) for the viewer test (README, "Viewer test").
 peers: $(FULL)
-	$(VENV)/bin/python -c "from tests import peers; peers.sekmet(); peers.medplum()"
+	$(VENV)/bin/python -c "from tests import peers; peers.sekmet(); peers.medplum(); peers.ohif()"
 
 # Full retraining from scratch; each rewrites models/<name>.{onnx,yaml,md} and its plots.
 train-chest: $(FULL)

