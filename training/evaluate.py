@@ -1,72 +1,213 @@
-"""Score a model's logits on one split: the numbers the model card reports.
+"""Honest numbers from out-of-fold predictions: slice and series AUC with patient-bootstrap CIs,
+cross-fitted calibration, thresholds and operating points, localisation against the lesion masks,
+and the metadata-only baseline on the same folds.
 
-Input: logits (N, K), labels (N,), the validation-chosen temperature and threshold, and the
-indices of the decision's positive labels. Output: an ``Evaluation`` with bootstrap 95% CIs
-(percentile bootstrap over images, 2000 resamples, fixed seed).
+Input: per-slice out-of-fold records (``SliceRecord``) from ``crossval``. Output: plain numbers in
+dataclasses and dicts for the card and ``<model>.metrics.json``.
+
+"Cross-fitted" means a fold's calibration and threshold are fitted on the other folds' out-of-fold
+predictions only, so the operating point reported for a patient never saw that patient. Every CI
+resamples patients, not slices or series: slices of one patient are not independent.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from itertools import pairwise
 
 import numpy as np
 
-from training.metrics import (
-    Estimate,
-    PerClass,
-    bootstrap,
-    confusion,
-    ece,
-    macro_ovr_auc,
-    per_class,
-    roc_auc,
-    softmax,
-)
+from training.metrics import Estimate, roc_auc, youden_threshold
 
 
 @dataclass(frozen=True)
-class Evaluation:
-    n: int
-    accuracy: Estimate
-    per_class: list[PerClass]
-    confusion: np.ndarray          # (true, predicted)
-    macro_auc: Estimate            # one-vs-rest, mean over classes
-    decision_auc: Estimate         # positive labels (summed probability) vs the rest
-    sensitivity: Estimate          # at the manifest threshold
+class SliceRecord:
+    series: str
+    patient: str
+    sequence: str
+    fold: int
+    index: int
+    label: int              # 1 lesion, 0 none, -1 ignore
+    probability: float      # per-slice P(lesion) of the fold's model
+    baseline: float         # per-slice P(lesion) of the metadata-only baseline
+    pointing_hit: float     # lesion slices: the heat peak inside the lesion (+1 cm); NaN otherwise
+    heat_share: float       # lesion slices: share of the heat inside the lesion; NaN otherwise
+
+
+@dataclass(frozen=True)
+class SeriesRecord:
+    series: str
+    patient: str
+    sequence: str
+    fold: int
+    lesion: bool
+    score: float            # mean of the k highest per-slice probabilities (the node's aggregation)
+    baseline: float
+    top_index: int          # the most suspicious slice (the first key slice)
+    top_label: int
+
+
+def series_records(slices: Sequence[SliceRecord], lesion_of: dict[str, bool], k: int) -> list[SeriesRecord]:
+    by_series: dict[str, list[SliceRecord]] = defaultdict(list)
+    for record in slices:
+        by_series[record.series].append(record)
+    out = []
+    for key, rows in sorted(by_series.items()):
+        probs = np.array([r.probability for r in rows])
+        base = np.array([r.baseline for r in rows])
+        top = int(np.argmax(probs))
+        out.append(SeriesRecord(key, rows[0].patient, rows[0].sequence, rows[0].fold, lesion_of[key],
+                                float(np.sort(probs)[-k:].mean()), float(np.sort(base)[-k:].mean()),
+                                rows[top].index, rows[top].label))
+    return out
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def platt(scores: np.ndarray, positive: np.ndarray, ridge: float = 1e-2) -> tuple[float, float]:
+    """(slope, intercept) of sigmoid(slope·logit(score) + intercept) by Newton steps on the log loss.
+
+    A small ridge keeps it finite on separable data; the slope is kept positive (a calibration must
+    not reverse the ranking)."""
+    x, y = logit(scores), positive.astype(float)
+    a, b = 1.0, 0.0
+    for _ in range(100):
+        p = 1 / (1 + np.exp(-(a * x + b)))
+        w = np.maximum(p * (1 - p), 1e-9)
+        grad = np.array([np.sum((p - y) * x) + ridge * (a - 1), np.sum(p - y) + ridge * b])
+        hess = np.array([[np.sum(w * x * x) + ridge, np.sum(w * x)], [np.sum(w * x), np.sum(w) + ridge]])
+        step = np.linalg.solve(hess, grad)
+        a, b = a - step[0], b - step[1]
+        if np.abs(step).max() < 1e-8:
+            break
+    return float(max(a, 1e-3)), float(b)
+
+
+def calibrated(scores: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    return 1 / (1 + np.exp(-(slope * logit(scores) + intercept)))
+
+
+def ece(probabilities: np.ndarray, positive: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error of P(lesion) against the lesion frequency, equal-width bins."""
+    edges = np.linspace(0, 1, bins + 1)
+    total = 0.0
+    for low, high in pairwise(edges):
+        inside = (probabilities > low) & (probabilities <= high) if low > 0 else probabilities <= high
+        if inside.any():
+            total += inside.mean() * abs(positive[inside].mean() - probabilities[inside].mean())
+    return float(total)
+
+
+def patient_bootstrap(statistic: object, groups: Sequence[str], resamples: int = 2000, seed: int = 0) -> Estimate:
+    """Percentile bootstrap resampling patients: ``statistic(indices)`` over the rows of the drawn patients."""
+    assert callable(statistic)
+    names = sorted(set(groups))
+    rows: dict[str, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        rows[g].append(i)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        drawn = rng.integers(0, len(names), len(names))
+        index = np.concatenate([rows[names[d]] for d in drawn])
+        value = statistic(index)
+        if not np.isnan(value):
+            values.append(value)
+    point = statistic(np.arange(len(groups)))
+    if not values:
+        return Estimate(point, float("nan"), float("nan"))
+    low, high = np.percentile(values, [2.5, 97.5])
+    return Estimate(float(point), float(low), float(high))
+
+
+def auc_estimate(scores: np.ndarray, positive: np.ndarray, groups: Sequence[str]) -> Estimate:
+    return patient_bootstrap(lambda i: roc_auc(scores[i], positive[i]), groups)
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    sensitivity: Estimate
     specificity: Estimate
-    ece_before: float              # temperature 1
-    ece_after: float               # manifest temperature
+    thresholds: tuple[float, ...]   # per fold, each chosen on the other folds
 
 
-def positive_score(probs: np.ndarray, positive: list[int]) -> np.ndarray:
-    """The decision score: probability mass on the positive labels (what the node thresholds)."""
-    return probs[:, positive].sum(axis=1)
+def cross_fitted(series: Sequence[SeriesRecord]) -> tuple[np.ndarray, OperatingPoint]:
+    """Each fold's series probabilities calibrated and thresholded by fits on the other folds.
+
+    Returns the calibrated probabilities (series order) and the operating point they give.
+    """
+    scores = np.array([s.score for s in series])
+    positive = np.array([s.lesion for s in series])
+    folds = np.array([s.fold for s in series])
+    out = np.full(len(series), np.nan)
+    decided = np.zeros(len(series), bool)
+    thresholds = []
+    for fold in sorted(set(folds.tolist())):
+        inside, other = folds == fold, folds != fold
+        if positive[other].all() or not positive[other].any():
+            slope, intercept, threshold = 1.0, 0.0, 0.5
+        else:
+            slope, intercept = platt(scores[other], positive[other])
+            threshold = youden_threshold(calibrated(scores[other], slope, intercept), positive[other])
+        out[inside] = calibrated(scores[inside], slope, intercept)
+        decided[inside] = out[inside] >= threshold
+        thresholds.append(threshold)
+    groups = [s.patient for s in series]
+
+    def rate(i: np.ndarray, wanted: bool) -> float:
+        chosen = positive[i] == wanted
+        return float((decided[i][chosen] == wanted).mean()) if chosen.any() else float("nan")
+
+    point = OperatingPoint(patient_bootstrap(lambda i: rate(i, True), groups),
+                           patient_bootstrap(lambda i: rate(i, False), groups), tuple(thresholds))
+    return out, point
 
 
-def evaluate(logits: np.ndarray, labels: np.ndarray, temperature: float, threshold: float,
-             positive: list[int], seed: int = 0) -> Evaluation:
-    probs = softmax(logits, temperature)
-    predicted = probs.argmax(axis=1)
-    is_positive = np.isin(labels, positive)
-    score = positive_score(probs, positive)
-    flagged = score >= threshold
-    n = len(labels)
-
-    def sensitivity(i: np.ndarray) -> float:
-        return float(flagged[i][is_positive[i]].mean()) if is_positive[i].any() else float("nan")
-
-    def specificity(i: np.ndarray) -> float:
-        return float((~flagged[i])[~is_positive[i]].mean()) if (~is_positive[i]).any() else float("nan")
-
-    return Evaluation(
-        n=n,
-        accuracy=bootstrap(lambda i: float((predicted[i] == labels[i]).mean()), n, seed=seed),
-        per_class=per_class(confusion(predicted, labels, probs.shape[1])),
-        confusion=confusion(predicted, labels, probs.shape[1]),
-        macro_auc=bootstrap(lambda i: macro_ovr_auc(probs[i], labels[i]), n, seed=seed),
-        decision_auc=bootstrap(lambda i: roc_auc(score[i], is_positive[i]), n, seed=seed),
-        sensitivity=bootstrap(sensitivity, n, seed=seed),
-        specificity=bootstrap(specificity, n, seed=seed),
-        ece_before=ece(softmax(logits, 1.0), labels),
-        ece_after=ece(probs, labels),
-    )
+def summary(slices: Sequence[SliceRecord], series: Sequence[SeriesRecord]) -> dict[str, object]:
+    """Every number of the card, from out-of-fold records."""
+    counted = [r for r in slices if r.label >= 0]
+    s_prob = np.array([r.probability for r in counted])
+    s_base = np.array([r.baseline for r in counted])
+    s_pos = np.array([r.label == 1 for r in counted])
+    s_groups = [r.patient for r in counted]
+    scores = np.array([s.score for s in series])
+    base = np.array([s.baseline for s in series])
+    positive = np.array([s.lesion for s in series])
+    groups = [s.patient for s in series]
+    calibrated_probs, point = cross_fitted(series)
+    hits = np.array([r.pointing_hit for r in slices if r.label == 1 and not np.isnan(r.pointing_hit)])
+    shares = np.array([r.heat_share for r in slices if r.label == 1 and not np.isnan(r.heat_share)])
+    hit_groups = [r.patient for r in slices if r.label == 1 and not np.isnan(r.pointing_hit)]
+    lesion_series = [s for s in series if s.lesion]
+    out: dict[str, object] = {
+        "slices": {"count": len(counted), "lesion": int(s_pos.sum()), "patients": len(set(s_groups)),
+                   "auc": asdict(auc_estimate(s_prob, s_pos, s_groups)),
+                   "baseline_auc": asdict(auc_estimate(s_base, s_pos, s_groups))},
+        "series": {"count": len(series), "lesion": int(positive.sum()), "patients": len(set(groups)),
+                   "auc": asdict(auc_estimate(scores, positive, groups)),
+                   "baseline_auc": asdict(auc_estimate(base, positive, groups)),
+                   "ece_calibrated": ece(calibrated_probs, positive) if len(series) else float("nan"),
+                   "ece_raw": ece(scores, positive) if len(series) else float("nan"),
+                   "sensitivity": asdict(point.sensitivity), "specificity": asdict(point.specificity),
+                   "fold_thresholds": list(point.thresholds),
+                   "top_slice_is_lesion": (sum(s.top_label == 1 for s in lesion_series) / len(lesion_series)
+                                           if lesion_series else float("nan"))},
+        "localisation": {
+            "lesion_slices": len(hits),
+            "pointing_game": asdict(patient_bootstrap(lambda i: float(hits[i].mean()), hit_groups))
+            if len(hits) else None,
+            "heat_share_mean": float(shares.mean()) if len(shares) else float("nan")},
+    }
+    by_sequence: dict[str, object] = {}
+    for sequence in sorted({s.sequence for s in series}):
+        chosen = [i for i, s in enumerate(series) if s.sequence == sequence]
+        sub_pos = positive[chosen]
+        by_sequence[sequence] = {"series": len(chosen), "lesion": int(sub_pos.sum()),
+                                 "auc": asdict(auc_estimate(scores[chosen], sub_pos, [groups[i] for i in chosen]))}
+    out["series_by_sequence"] = by_sequence
+    return out

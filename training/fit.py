@@ -1,22 +1,25 @@
-"""Fine-tune one classifier on its train split, choosing the epoch on validation.
+"""Fine-tune one slice classifier, choosing the epoch on patient-held-out validation.
 
-Input: a ``ModelSpec`` and cached arrays. Output: ``runs/<name>/model.pt`` (the best-validation
-weights) and ``history.json``. The test split is never touched here.
+Input: training and validation ``SeriesExamples`` and the ``ModelSpec``. Output: the weights of the
+epoch with the lowest validation loss, and the history. Each epoch draws ``samples_per_epoch``
+slices, half with a lesion and half without: lesion slices are a few percent of a scan, and a
+balanced draw keeps an epoch affordable on two cores while every lesion slice is seen often.
+Slices whose lesion the label policy does not count (label -1) are never drawn.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from training.augment import Augmenter
+from training.examples import SeriesExamples
 from training.network import LiteClassifier
 from training.specs import ModelSpec
 
@@ -24,88 +27,123 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Stacked:
+    """Slices of several series side by side; ``series`` indexes into the source list."""
+
+    planes: np.ndarray
+    labels: np.ndarray
+    series: np.ndarray
+
+
+def stack(series: Sequence[SeriesExamples]) -> Stacked:
+    if not series:
+        raise ValueError("no series to stack")
+    return Stacked(np.concatenate([s.planes for s in series]), np.concatenate([s.labels for s in series]),
+                   np.concatenate([np.full(len(s.labels), i, np.int32) for i, s in enumerate(series)]))
+
+
+def normalise(planes: np.ndarray, spec: ModelSpec) -> torch.Tensor:
+    """uint8 planes (N, C, h, w) to the model's normalised float input, channels-last."""
+    mean = torch.tensor(spec.preprocess.normalize.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(spec.preprocess.normalize.std, dtype=torch.float32).view(1, -1, 1, 1)
+    unit = torch.from_numpy(planes).float() / 255.0
+    return ((unit - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+@dataclass(frozen=True)
 class FitResult:
+    state: dict[str, torch.Tensor]
     best_epoch: int
     best_val_loss: float
     history: list[dict[str, float]]
 
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Fixed seeds for torch and numpy; returns the generator that drives shuffling and augmentation."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     return torch.Generator().manual_seed(seed)
 
 
-def predict_logits(model: LiteClassifier, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Eval-mode logits (N, classes) as float64 for a float16 array (N, 3, h, w)."""
+def logits_of(model: LiteClassifier, planes: np.ndarray, spec: ModelSpec, batch_size: int = 64) -> np.ndarray:
+    """Eval-mode logits (N, 2) as float64."""
     model.eval()
     out = []
     with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy(images[start:start + batch_size].astype(np.float32))
-            logits, _ = model(batch.contiguous(memory_format=torch.channels_last))
+        for start in range(0, len(planes), batch_size):
+            logits, _ = model(normalise(planes[start:start + batch_size], spec))
             out.append(logits.double().numpy())
-    return np.concatenate(out)
+    return np.concatenate(out) if out else np.zeros((0, 2))
 
 
-def fit(spec: ModelSpec, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
-        out_dir: Path, epochs: int | None = None, max_steps: int | None = None,
-        pretrained: bool = True) -> FitResult:
-    """AdamW + per-step cosine schedule; keeps the weights of the epoch with the lowest validation loss.
+def fit(spec: ModelSpec, train: Sequence[SeriesExamples], valid: Sequence[SeriesExamples], seed: int,
+        epochs: int | None = None, max_steps: int | None = None, pretrained: bool = True) -> FitResult:
+    """AdamW + one-cycle schedule; keeps the weights of the epoch with the lowest validation loss, or of
+    the last epoch when ``valid`` is empty (the shipped model, trained for the folds' median best epoch).
 
-    The stem and the first ``spec.frozen_blocks`` blocks stay frozen (ImageNet weights and statistics).
-
-    ``max_steps`` stops early (CI smoke runs); ``pretrained=False`` skips the ImageNet weights.
+    ``max_steps`` stops early (smoke runs); ``pretrained=False`` skips the ImageNet weights.
     """
-    generator = seed_everything(spec.seed)
+    generator = seed_everything(seed)
     epochs = epochs or spec.epochs
-    model = LiteClassifier(len(spec.labels), spec.size[0], pretrained=pretrained)
+    data = stack(train)
+    if valid:
+        val = stack(valid)
+        val_planes, val_labels = val.planes[val.labels >= 0], val.labels[val.labels >= 0].astype(np.int64)
+    lesion = np.flatnonzero(data.labels == 1)
+    clear = np.flatnonzero(data.labels == 0)
+    if len(lesion) == 0 or len(clear) == 0:
+        raise ValueError(f"training needs lesion and lesion-free slices, found {len(lesion)} and {len(clear)}")
+    model = LiteClassifier(2, spec.size[0], pretrained=pretrained)
     model.freeze_early(spec.frozen_blocks)
     model = model.to(memory_format=torch.channels_last)
     augment = Augmenter(spec.preprocess, generator)
-    steps_per_epoch = max(1, len(train_x) // spec.batch_size)
+    steps_per_epoch = max(1, spec.samples_per_epoch // spec.batch_size)
     total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=spec.lr, total_steps=total,
-                                                   pct_start=0.1, anneal_strategy="cos")
-    # Classes are unequal after dedup (chest: few normals), so the loss is weighted per class.
-    counts = np.bincount(train_y, minlength=len(spec.labels)).astype(np.float64)
-    weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
-    labels = torch.from_numpy(train_y).long()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=spec.lr, total_steps=total, pct_start=0.15,
+                                                   anneal_strategy="cos")
+    rng = np.random.default_rng(seed)
     history: list[dict[str, float]] = []
-    best = (float("inf"), -1)
+    best: tuple[float, int, dict[str, torch.Tensor]] = (float("inf"), -1, {})
     step = 0
     for epoch in range(1, epochs + 1):
         model.train()
-        started, running = time.monotonic(), 0.0
-        order = torch.randperm(len(train_x), generator=generator)
-        for batch_index in range(steps_per_epoch):
+        started, running, batches = time.monotonic(), 0.0, 0
+        half = spec.samples_per_epoch // 2
+        order = np.concatenate([rng.choice(lesion, half, replace=len(lesion) < half),
+                                rng.choice(clear, half, replace=len(clear) < half)])
+        order = order[rng.permutation(len(order))]
+        for b in range(steps_per_epoch):
             if step >= total:
                 break
-            index = order[batch_index * spec.batch_size:(batch_index + 1) * spec.batch_size]
-            batch = augment(torch.from_numpy(train_x[index.numpy()].astype(np.float32)))
+            index = np.sort(order[b * spec.batch_size:(b + 1) * spec.batch_size])
+            batch = augment(normalise(data.planes[index], spec))
             logits, _ = model(batch)
-            loss = F.cross_entropy(logits, labels[index], weight=weights, label_smoothing=0.05)
+            target = torch.from_numpy(data.labels[index].astype(np.int64))
+            loss = F.cross_entropy(logits, target, label_smoothing=0.05)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             schedule.step()
             running += loss.item()
+            batches += 1
             step += 1
-        val_logits = predict_logits(model, val_x)
-        val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(val_y).long()))
-        val_acc = float((val_logits.argmax(1) == val_y).mean())
-        row = {"epoch": epoch, "train_loss": running / max(1, batch_index + 1), "val_loss": val_loss,
-               "val_accuracy": val_acc, "seconds": time.monotonic() - started}
+        row = {"epoch": epoch, "train_loss": running / max(1, batches), "seconds": time.monotonic() - started}
+        if valid:
+            val_logits = logits_of(model, val_planes, spec)
+            val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(val_labels)))
+            row |= {"val_loss": val_loss, "val_accuracy": float((val_logits.argmax(1) == val_labels).mean())}
+        else:
+            val_loss = -float(epoch)  # no validation: the last epoch is kept
         history.append(row)
         log.info("model=%s %s", spec.name, " ".join(f"{k}={v:.4g}" for k, v in row.items()))
         if val_loss < best[0]:
-            best = (val_loss, epoch)
-            torch.save(model.state_dict(), out_dir / "model.pt")
-        # Written every epoch so that an interrupted run still documents the checkpoint it left.
-        (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+            best = (val_loss, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
         if step >= total:
             break
-    return FitResult(best_epoch=best[1], best_val_loss=best[0], history=history)
+    return FitResult(best[2], best[1], best[0], history)
+
+
+def load(spec: ModelSpec, state: dict[str, torch.Tensor]) -> LiteClassifier:
+    model = LiteClassifier(2, spec.size[0], pretrained=False)
+    model.load_state_dict(state)
+    return model.eval()

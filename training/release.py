@@ -1,133 +1,255 @@
-"""From a trained checkpoint to the shipped files: ONNX, manifest, card, plots and metrics.
+"""From cross-validated evidence to the shipped files: ONNX, manifest, card, plots, pictures, metrics.
 
-Order matters and is the point of this module: temperature and threshold are chosen on validation
-logits first, and only then is the test split scored, once, with those values frozen. Every number
-is computed from the exported ONNX model, i.e. the artefact the node runs.
+Order matters and is the point of this module: the cross-validation's out-of-fold predictions give
+every number of the card and, pooled, the calibration and the threshold; the shipped model is then
+trained on every patient for the median best epoch of the folds, exported, and run by the node's
+own ``analyze_study`` on the external studies of ``$ONCONODE_DATA/dicom``, which nothing was
+trained, tuned or thresholded on. Every number on those studies comes from the exported ONNX model.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
+import statistics
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+import cv2
 import numpy as np
+import pydicom
 import torch
 import yaml
 
-from onconode.inference.models import Decision, GradCamSpec, InputSpec, Manifest, Outputs, sha256_of
+from onconode.conclusion import conclude
+from onconode.folders import files_under
+from onconode.inference.models import (
+    Calibration,
+    Decision,
+    GradCamSpec,
+    InputSpec,
+    Label,
+    Manifest,
+    Outputs,
+    SnomedCode,
+    load_registry,
+    sha256_of,
+)
+from onconode.inference.pipeline import AnalysisResult, Outcome, analyze_study
+from onconode.reporting import overlay
+from training import crossval
 from training.card import render_card
-from training.datasets import DedupReport, Record, data_root, split_sizes
-from training.dicom_check import SliceResult, classify_series
-from training.evaluate import Evaluation, evaluate, positive_score
+from training.evaluate import SeriesRecord, SliceRecord, calibrated, platt, series_records, summary
+from training.examples import SeriesExamples
 from training.export import FEATURES, HEAD_BIAS, HEAD_WEIGHT, INPUT, LOGITS, export, onnx_outputs, session
-from training.fit import predict_logits
+from training.fit import fit, load, logits_of, normalise
 from training.latency import Latency, measure
-from training.metrics import ece, fit_temperature, softmax, youden_threshold
-from training.network import LiteClassifier
+from training.metrics import youden_threshold
 from training.plots import reliability_plot, roc_plot
-from training.specs import ModelSpec
+from training.specs import ExternalCase, ModelSpec
 
 log = logging.getLogger(__name__)
 
-VERSION = "1.1.0"
+
+@dataclass(frozen=True)
+class ExternalResult:
+    folder: str
+    description: str
+    outcome: str
+    positive: bool | None
+    probability: float | None
+    key_files: tuple[str, ...]          # file stems of the key slices, most suspicious first
+    key_on_lesion: tuple[bool, ...]
+    peak_in_box: tuple[bool | None, ...]  # per key slice with a lesion box: the heat peak inside it (+1 cm)
+    picture: str | None                 # the first key slice's overlay, next to the card
 
 
 @dataclass(frozen=True)
 class Release:
-    """Everything the card reports, besides the spec and the manifest."""
-
-    dedup: DedupReport
-    sizes: dict[str, dict[str, int]]
-    history: list[dict[str, float]]
-    best_epoch: int
-    temperature: float
+    spec_name: str
+    data: dict[str, Any]                # patients, series, slices per source and overall
+    cv: dict[str, Any]                  # evaluate.summary of the out-of-fold predictions
+    epochs: list[int]                   # best epoch of each fold
+    final_epochs: int
+    calibration: tuple[float, float]
     threshold: float
-    val_ece_before: float
-    val_ece_after: float
-    test: Evaluation
-    onnx_max_abs_diff: float
-    onnx_bytes: int
+    external: list[ExternalResult]
     latency: Latency
-    sanity: dict[str, list[SliceResult]]
+    onnx_bytes: int
+    onnx_max_abs_diff: float
+    failures: list[dict[str, Any]]
 
 
-def load_trained(spec: ModelSpec, run_dir: Path) -> LiteClassifier:
-    model = LiteClassifier(len(spec.labels), spec.size[0], pretrained=False)
-    model.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
-    return model.eval()
+def data_facts(series: list[SeriesExamples]) -> dict[str, Any]:
+    by_source: dict[str, dict[str, Any]] = {}
+    for s in series:
+        row = by_source.setdefault(s.meta.collection or "unknown", {"patients": set(), "series": 0,
+                                                                      "lesion_series": 0, "slices": 0,
+                                                                      "lesion_slices": 0})
+        row["patients"].add(s.meta.patient)
+        row["series"] += 1
+        row["lesion_series"] += int(s.meta.lesion)
+        row["slices"] += int((s.labels >= 0).sum())
+        row["lesion_slices"] += int((s.labels == 1).sum())
+    out = {k: {**v, "patients": len(v["patients"])} for k, v in sorted(by_source.items())}
+    return {"by_source": out, "patients": len({s.meta.patient for s in series}), "series": len(series),
+            "lesion_series": sum(s.meta.lesion for s in series),
+            "sequences": sorted({s.meta.sequence for s in series})}
 
 
-def build_manifest(spec: ModelSpec, onnx_path: Path, temperature: float, threshold: float) -> Manifest:
+def build_manifest(spec: ModelSpec, onnx_path: Path, calibration: tuple[float, float], threshold: float
+                   ) -> Manifest:
+    finding = spec.finding
     return Manifest(
-        name=spec.name, version=VERSION, modality=spec.modality, file=onnx_path.name,
-        sha256=sha256_of(onnx_path),
-        input=InputSpec(name=INPUT, size=spec.size, channels=3),
-        preprocess=spec.preprocess,
-        outputs=Outputs(logits=LOGITS, features=FEATURES),
+        name=spec.name, version=spec.version, modality=spec.modality, file=onnx_path.name,  # type: ignore[arg-type]
+        sha256=sha256_of(onnx_path), input=InputSpec(name=INPUT, size=spec.size, channels=3),
+        preprocess=spec.preprocess, outputs=Outputs(logits=LOGITS, features=FEATURES),
         gradcam=GradCamSpec(weights=HEAD_WEIGHT, bias=HEAD_BIAS),
-        labels=spec.labels,
-        decision=Decision(positive_labels=spec.positive_labels, threshold=threshold, temperature=temperature),
-        card=f"{spec.name}.md",
-        metrics=f"{spec.name}.metrics.json",
-    )
+        labels=(Label(name=spec.labels[0], cancer=False, snomed=SnomedCode(code="260413007", display="None")),
+                Label(name=spec.labels[1], cancer=True, snomed=SnomedCode(code=finding.code, display=finding.meaning))),
+        decision=Decision(positive_labels=(spec.labels[1],), threshold=threshold,
+                          calibration=Calibration(slope=calibration[0], intercept=calibration[1])),
+        accepts=spec.accepts, slices=spec.slices, finding=spec.finding, display=spec.display,
+        card=f"{spec.name}.md", metrics=f"{spec.name}.metrics.json")
 
 
-def release(spec: ModelSpec, records: list[Record], dedup: DedupReport,
-            splits: dict[str, tuple[np.ndarray, np.ndarray]], run_dir: Path, out_dir: Path) -> Manifest:
-    """Export, calibrate on validation, score test once, check real DICOM, write all files."""
-    model = load_trained(spec, run_dir)
+def external_check(spec: ModelSpec, models: Path, dicom: Path, out_dir: Path) -> list[ExternalResult]:
+    """The node's own analysis of each external study, with the released model and no routing rules."""
+    registry = load_registry(models)
+    results = []
+    for case in spec.external:
+        files = list(files_under([dicom / case.folder]))
+        if not files:
+            log.warning("external study %s not found under %s", case.folder, dicom)
+            continue
+        result = analyze_study(files, registry, [])
+        results.append(_external(case, files, result, registry, out_dir, spec))
+    return results
+
+
+def _external(case: ExternalCase, files: list[Path], result: AnalysisResult, registry: Any, out_dir: Path,
+              spec: ModelSpec) -> ExternalResult:
+    if result.outcome is not Outcome.ANALYSED:
+        return ExternalResult(case.folder, case.description, result.reason, None, None, (), (), (), None)
+    stems = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): f.stem for f in files}
+    key_files = tuple(stems.get(k.sop_instance_uid, "?") for k in result.key_slices)
+    boxes = dict(case.boxes)
+    peaks: list[bool | None] = []
+    for key, stem in zip(result.key_slices, key_files):
+        box = boxes.get(stem)
+        if box is None:
+            peaks.append(None)
+            continue
+        y, x = np.unravel_index(int(np.argmax(key.heat_map)), key.heat_map.shape)
+        spacing = float(pydicom.dcmread(next(f for f in files if f.stem == stem), stop_before_pixels=True)
+                        .PixelSpacing[0])
+        margin = 10.0 / spacing
+        peaks.append(box[0] - margin <= x <= box[2] + margin and box[1] - margin <= y <= box[3] + margin)
+    picture = None
+    if result.key_slices:
+        conclusion = conclude(result, registry[result.model].manifest)
+        from onconode.reporting.sc import caption_lines
+
+        key = result.key_slices[0]
+        score = next(s for s in conclusion.slices if s.index == key.index)
+        rgb = overlay.render(key.image, key.heat_map, caption_lines(conclusion, score), key.body)
+        name = f"{spec.name}.external-{case.folder}.png"
+        cv2.imwrite(str(out_dir / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        picture = name
+    return ExternalResult(case.folder, case.description, result.outcome.value, result.positive,
+                          result.positive_probability, key_files,
+                          tuple(stem in case.lesion_slices for stem in key_files), tuple(peaks), picture)
+
+
+def _failure_pictures(spec: ModelSpec, series: list[SeriesExamples], slices: list[SliceRecord],
+                      records: list[SeriesRecord], threshold: float, calibration: tuple[float, float],
+                      out_dir: Path) -> list[dict[str, Any]]:
+    """The worst out-of-fold errors, as pictures: lesion-free series scored highest, lesion series
+    scored lowest, each shown on its most suspicious slice (or its lesion slice the model scored lowest)."""
+    by_key = {s.meta.key: s for s in series}
+    probs = calibrated(np.array([r.score for r in records]), *calibration)
+    false_pos = sorted((p, r) for p, r in zip(probs, records) if not r.lesion and p >= threshold)[::-1][:3]
+    false_neg = sorted((p, r) for p, r in zip(probs, records) if r.lesion and p < threshold)[:3]
+    out = []
+    for kind, chosen in (("false positive", false_pos), ("false negative", false_neg)):
+        for probability, record in chosen:
+            examples = by_key[record.series]
+            rows = [r for r in slices if r.series == record.series]
+            if kind == "false negative":
+                lesion_rows = [r for r in rows if r.label == 1] or rows
+                row = min(lesion_rows, key=lambda r: r.probability)
+            else:
+                row = max(rows, key=lambda r: r.probability)
+            i = int(np.flatnonzero(examples.index == row.index)[0])
+            image = examples.planes[i, 0].astype(np.float32) / 255.0
+            picture = np.repeat((image * 255).astype(np.uint8)[:, :, None], 3, axis=2)
+            contours, _ = cv2.findContours(examples.masks[i].astype(np.uint8), cv2.RETR_EXTERNAL,
+                                           cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(picture, contours, -1, (0, 255, 0), 1)
+            name = f"{spec.name}.failure-{len(out) + 1}.png"
+            cv2.imwrite(str(out_dir / name), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+            out.append({"kind": kind, "series": record.series, "sequence": record.sequence,
+                        "study_probability": float(probability), "slice": row.index + 1,
+                        "slice_probability": row.probability, "picture": name})
+    return out
+
+
+def release(spec: ModelSpec, series: list[SeriesExamples], out_dir: Path, dicom: Path,
+            epochs: int | None = None, max_steps: int | None = None, pretrained: bool = True,
+            runs: Path = Path("runs")) -> Manifest:
+    """Cross-validate, train the shipped model, export, check externally, write every file; the
+    out-of-fold predictions and the weights go to ``runs/<name>/``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    slices, fold_epochs = crossval.run(spec, series, epochs=epochs, max_steps=max_steps, pretrained=pretrained)
+    lesion_of = {s.meta.key: s.meta.lesion for s in series}
+    records = series_records(slices, lesion_of, spec.slices.key)
+    cv = summary(slices, records)
+    scores = np.array([r.score for r in records])
+    positive = np.array([r.lesion for r in records])
+    if positive.all() or not positive.any():
+        calibration, threshold = (1.0, 0.0), 0.5
+        log.warning("model=%s: series of one class only; no calibration, threshold 0.5", spec.name)
+    else:
+        calibration = platt(scores, positive)
+        threshold = round(youden_threshold(calibrated(scores, *calibration), positive), 4)
+    calibration = (round(calibration[0], 4), round(calibration[1], 4))
+    final_epochs = epochs or max(1, int(statistics.median(fold_epochs)))
+    final = fit(spec, series, [], spec.seed, epochs=final_epochs, max_steps=max_steps, pretrained=pretrained)
+    model = load(spec, final.state)
     onnx_path = out_dir / f"{spec.name}.onnx"
     export(model, spec.size, onnx_path)
-    sess = session(onnx_path)
-    (val_x, val_y), (test_x, test_y) = splits["valid"], splits["test"]
-    val_logits, _ = onnx_outputs(sess, val_x)
-    positive = [spec.class_names.index(n) for n in spec.positive_labels]
-
-    # Rounded before use so that the manifest holds exactly the values the card's numbers come from.
-    temperature = round(fit_temperature(val_logits, val_y), 4)
-    val_scores = positive_score(softmax(val_logits, temperature), positive)
-    threshold = round(youden_threshold(val_scores, np.isin(val_y, positive)), 4)
-    log.info("model=%s temperature=%.3f threshold=%.4f (validation)", spec.name, temperature, threshold)
-
-    test_logits, _ = onnx_outputs(sess, test_x)   # the only time the test split is scored
-    result = evaluate(test_logits, test_y, temperature, threshold, positive)
-    diff = float(np.abs(predict_logits(model, test_x[:64]) - test_logits[:64]).max())
-
-    manifest = build_manifest(spec, onnx_path, temperature, threshold)
-    manifest_path = out_dir / f"{spec.name}.yaml"
-    manifest_path.write_text(yaml.safe_dump(manifest.model_dump(mode="json", exclude_none=True),
-                                             sort_keys=False))
-
-    test_probs = softmax(test_logits, temperature)
-    reliability_plot({"test, T = 1": (softmax(test_logits), test_y),
-                      f"test, T = {temperature:.2f}": (test_probs, test_y)},
-                     out_dir / f"{spec.name}.reliability.png", f"{spec.name}: reliability (test)")
-    is_positive = np.isin(test_y, positive)
-    score = positive_score(test_probs, positive)
-    curves = {"tumour/cancer vs rest" if len(positive) > 1 else spec.positive_labels[0]: (score, is_positive)}
-    curves |= {f"{name} vs rest": (test_probs[:, k], test_y == k) for k, name in enumerate(spec.class_names)}
-    roc_plot(curves, out_dir / f"{spec.name}.roc.png", f"{spec.name}: ROC (test)",
-             (1 - result.specificity.value, result.sensitivity.value))
-
-    dicom = data_root() / "dicom"
-    sanity = {s.folder: classify_series(dicom / s.folder, manifest, sess) for s in spec.sanity}
-    history = json.loads((run_dir / "history.json").read_text())
-    best_epoch = min(history, key=lambda row: row["val_loss"])["epoch"]
+    sample = np.concatenate([s.planes[:16] for s in series[:4]])
+    onnx_logits, _ = onnx_outputs(session(onnx_path), normalise(sample, spec).contiguous().numpy())
+    diff = float(np.abs(logits_of(model, sample, spec) - onnx_logits).max())
+    manifest = build_manifest(spec, onnx_path, calibration, threshold)
+    (out_dir / f"{spec.name}.yaml").write_text(yaml.safe_dump(manifest.model_dump(mode="json", exclude_none=True),
+                                                              sort_keys=False))
+    with tempfile.TemporaryDirectory() as folder:
+        staged = Path(folder)
+        for suffix in (".onnx", ".yaml"):
+            shutil.copy(out_dir / f"{spec.name}{suffix}", staged)
+        external = external_check(spec, staged, dicom, out_dir)
+    probs = calibrated(scores, *calibration)
+    roc_plot({"series (out of fold)": (scores, positive),
+              "slices (out of fold)": (np.array([r.probability for r in slices if r.label >= 0]),
+                                       np.array([r.label == 1 for r in slices if r.label >= 0])),
+              "metadata-only baseline, series": (np.array([r.baseline for r in records]), positive)},
+             out_dir / f"{spec.name}.roc.png", f"{spec.name}: ROC, patient-grouped cross-validation")
+    reliability_plot({"series, calibrated (pooled fit)": (np.stack([1 - probs, probs], 1), positive.astype(int))},
+                     out_dir / f"{spec.name}.reliability.png", f"{spec.name}: reliability, out of fold")
     report = Release(
-        dedup=dedup, sizes=split_sizes(records, spec.class_names), history=history, best_epoch=best_epoch,
-        temperature=temperature, threshold=threshold,
-        val_ece_before=ece(softmax(val_logits), val_y), val_ece_after=ece(softmax(val_logits, temperature), val_y),
-        test=result, onnx_max_abs_diff=diff, onnx_bytes=onnx_path.stat().st_size,
-        latency=measure(onnx_path, model, spec.size), sanity=sanity)
+        spec_name=spec.name, data=data_facts(series), cv=cv, epochs=fold_epochs, final_epochs=final_epochs,
+        calibration=calibration, threshold=threshold, external=external,
+        latency=measure(onnx_path, model, spec.size), onnx_bytes=onnx_path.stat().st_size, onnx_max_abs_diff=diff,
+        failures=_failure_pictures(spec, series, slices, records, threshold, calibration, out_dir))
     (out_dir / f"{spec.name}.md").write_text(render_card(spec, manifest, report))
-    (out_dir / f"{spec.name}.metrics.json").write_text(json.dumps(_jsonable(report), indent=1))
+    (out_dir / f"{spec.name}.metrics.json").write_text(json.dumps(asdict(report), indent=1, default=str))
+    run_dir = runs / spec.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "oof-series.json").write_text(json.dumps([asdict(r) for r in records], indent=0))
+    (run_dir / "oof-slices.json").write_text(json.dumps([asdict(r) for r in slices], indent=0))
+    torch.save(final.state, run_dir / "model.pt")
     return manifest
-
-
-def _jsonable(report: Release) -> dict[str, object]:
-    data = asdict(report)
-    data["test"]["confusion"] = report.test.confusion.tolist()
-    data["latency"]["ratio"] = report.latency.ratio
-    return data

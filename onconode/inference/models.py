@@ -71,20 +71,43 @@ class CropBody(_Strict):
     margin: float = Field(0.02, ge=0, le=0.5)
 
 
+class Crop(_Strict):
+    """Crop to the patient before resizing, from the raw values (HU on CT): ``body`` is the body's
+    outline, ``lungs`` the lung-density tissue inside it (the body where a slice shows no lung);
+    ``margin`` is a fraction of the box size added on each side."""
+
+    region: Literal["body", "lungs"]
+    margin: float = Field(0.05, ge=0, le=0.5)
+
+
 class Preprocess(_Strict):
-    kind: Literal["ct_window", "mr_percentile"]
+    """How a slice becomes the model's input; training and the node run the same code on it.
+
+    Kinds: ``ct_window`` (one window, repeated over the channels), ``ct_windows`` (one window per
+    channel, e.g. lung, mediastinum, bone), ``mr_percentile`` (each slice's own percentiles) and
+    ``mr_volume`` (the series' percentiles, so a slice keeps its brightness relative to the rest of
+    the volume, as a reader sees it).
+    """
+
+    kind: Literal["ct_window", "ct_windows", "mr_percentile", "mr_volume"]
     window: Window | None = None
+    windows: tuple[Window, ...] = ()
     percentiles: Percentiles | None = None
     resize: Resize = Resize()
     crop_body: CropBody | None = None
+    crop: Crop | None = None
     normalize: Normalize
 
     @model_validator(mode="after")
     def _parameters_for_kind(self) -> Preprocess:
         if self.kind == "ct_window" and self.window is None:
             raise ValueError("preprocess.kind ct_window needs preprocess.window")
-        if self.kind == "mr_percentile" and self.percentiles is None:
-            raise ValueError("preprocess.kind mr_percentile needs preprocess.percentiles")
+        if self.kind == "ct_windows" and not self.windows:
+            raise ValueError("preprocess.kind ct_windows needs preprocess.windows")
+        if self.kind in ("mr_percentile", "mr_volume") and self.percentiles is None:
+            raise ValueError(f"preprocess.kind {self.kind} needs preprocess.percentiles")
+        if self.crop is not None and self.crop_body is not None:
+            raise ValueError("preprocess: crop and crop_body exclude each other")
         return self
 
 
@@ -132,10 +155,19 @@ class DisplaySpec(_Strict):
     percentiles: Percentiles | None = None
 
 
+class Calibration(_Strict):
+    """Platt scaling of the study probability: sigmoid(slope · logit(p) + intercept), fitted on
+    cross-validated series scores, so that "0.8" means about 8 in 10 such studies have the finding."""
+
+    slope: float = Field(gt=0)
+    intercept: float
+
+
 class Decision(_Strict):
     positive_labels: tuple[str, ...]
     threshold: float = Field(0.5, gt=0, lt=1)
     temperature: float = Field(1.0, gt=0)
+    calibration: Calibration | None = None
 
 
 Plane = Literal["axial", "coronal", "sagittal", "oblique"]
@@ -213,6 +245,10 @@ class Manifest(_Strict):
             raise ValueError(f"decision.positive_labels: not among the labels: {sorted(unknown)}")
         if self.modality == "CT" and self.accepts.sequences:
             raise ValueError("accepts.sequences: only an MR model names sequences")
+        if self.preprocess.kind == "ct_windows" and len(self.preprocess.windows) != self.input.channels:
+            raise ValueError(f"preprocess.windows: need one window per input channel ({self.input.channels})")
+        if self.preprocess.kind.startswith("ct_") != (self.modality == "CT"):
+            raise ValueError(f"preprocess.kind {self.preprocess.kind} does not fit modality {self.modality}")
         norm = self.preprocess.normalize
         if len(norm.mean) != self.input.channels or len(norm.std) != self.input.channels:
             raise ValueError(f"preprocess.normalize: need {self.input.channels} mean and std values")

@@ -24,7 +24,15 @@ import numpy as np
 from onconode.config import RoutingRule
 from onconode.inference import gradcam, series, slices, volume
 from onconode.inference.models import RegisteredModel
-from onconode.inference.preprocess import Placement, display_scale, scale_intensities, to_model_input
+from onconode.inference.preprocess import (
+    Placement,
+    Scaling,
+    display_scale,
+    prepare_slice,
+    sample_indices,
+    scale_intensities,
+    series_scaling,
+)
 from onconode.inference.runner import RunnerPool
 from onconode.selection import match, probe
 from onconode.selection.region import body_outline
@@ -167,11 +175,19 @@ def _run_model(study_uid: str, decisions: tuple[series.SeriesDecision, ...], rul
     with clock.stage("scan"):
         vol = volume.build_volume(chosen)
     hounsfield = vol.modality == "CT"
+    spec = manifest.preprocess
+    scaling: Scaling | None = None
+    if spec.kind == "mr_volume":
+        with clock.stage("decode"):
+            sample = [volume.read_slice(vol.slices[i]) for i in sample_indices(len(vol.slices))]
+        with clock.stage("preprocess"):
+            scaling = series_scaling(sample, spec)
+        del sample
     prepared: dict[int, tuple[np.ndarray, Placement]] = {}
     fractions: list[float] = []
 
-    def prepare(scaled: np.ndarray) -> tuple[np.ndarray, Placement]:
-        return to_model_input(scaled, manifest.preprocess, manifest.input.size, manifest.input.channels)
+    def prepare(values: np.ndarray) -> tuple[np.ndarray, Placement]:
+        return prepare_slice(values, spec, manifest.input.size, manifest.input.channels, vol.modality, scaling)
 
     slice_iter = volume.iter_slices(vol)
     while True:
@@ -183,21 +199,20 @@ def _run_model(study_uid: str, decisions: tuple[series.SeriesDecision, ...], rul
             break
         index, _, values = item
         with clock.stage("preprocess"):
-            # MR masks need the scaled slice; CT masks read HU, so CT scales only the slices it keeps.
-            scaled = None if hounsfield else scale_intensities(values, manifest.preprocess)
-            fraction = slices.tissue_fraction(values if scaled is None else scaled, target, hounsfield)
+            # CT masks read HU; MR masks read the scaled slice.
+            seen = values if hounsfield else scale_intensities(values, spec, scaling)
+            fraction = slices.tissue_fraction(seen, target, hounsfield)
             fractions.append(fraction)
             if slices.is_eligible(fraction, target):
-                prepared[index] = prepare(scaled if scaled is not None else
-                                          scale_intensities(values, manifest.preprocess))
-        del values, scaled
+                prepared[index] = prepare(values)
+        del values, seen
     chosen_idx = slices.choose(fractions, target, cap)
     for index in chosen_idx:
         if index not in prepared:  # no slice showed the organ: ``choose`` spread over all of them
             with clock.stage("decode"):
                 values = volume.read_slice(vol.slices[index])
             with clock.stage("preprocess"):
-                prepared[index] = prepare(scale_intensities(values, manifest.preprocess))
+                prepared[index] = prepare(values)
     with clock.stage("preprocess"):
         batch = np.stack([prepared[i][0] for i in chosen_idx])
         placements = {i: prepared[i][1] for i in chosen_idx}
@@ -216,7 +231,7 @@ def _run_model(study_uid: str, decisions: tuple[series.SeriesDecision, ...], rul
             heat = gradcam.heat_map(features[row], model.head_weights, score.predicted, placements[index])
         with clock.stage("decode"):  # key slices only: the image under the overlay
             values = volume.read_slice(ref)
-            image = display_scale(values, manifest.display, manifest.preprocess)
+            image = display_scale(values, manifest.display, spec, scaling)
             body = body_outline(values, vol.modality)
         probs = score.slice_probabilities[row]
         positive = float(sum(probs[labels.index(n)] for n in manifest.decision.positive_labels))

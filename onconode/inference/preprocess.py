@@ -1,13 +1,15 @@
-"""Pixels to model input: window (CT) or percentile scaling (MR), body crop, resize, normalise.
+"""Pixels to model input: windows (CT) or percentile scaling (MR), crop to the patient, resize,
+normalise.
 
-Input: one slice as float32 (H, W) — Hounsfield units for CT, stored intensities for MR.
-Output: float32 (C, h, w) ready for the model, plus the ``Placement`` that maps model space back
-to the slice (Grad-CAM overlays need it).
+Input: one slice as float32 (H, W) in modality units (Hounsfield units for CT, stored intensities
+for MR) and, for series-level MR scaling, the series' ``Scaling``. Output: float32 (C, h, w) ready
+for the model, plus the ``Placement`` that maps model space back to the slice (Grad-CAM overlays
+need it).
 
-Training calls ``to_model_input`` on Kaggle images scaled to [0, 1] and the node calls it on
-windowed DICOM slices, so both sides share every step after the intensity scaling; that is how
-"preprocessing at training time equals inference time" is kept true by construction. Pure
-functions: no files, no clock.
+Training and the node both call ``prepare_slice`` on the slice as decoded from DICOM (training on
+the same values, read by the same volume code), so every step from the scanner's values to the
+model's input is one piece of code: "preprocessing at training time equals inference time" holds
+by construction. Pure functions: no files, no clock.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from onconode.inference.models import CropBody, DisplaySpec, Percentiles, Preprocess, Window
+from onconode.inference.models import Crop, CropBody, DisplaySpec, Percentiles, Preprocess, Window
 
 
 def window(hu: np.ndarray, spec: Window) -> np.ndarray:
@@ -42,23 +44,83 @@ def percentile_scale(image: np.ndarray, spec: Percentiles) -> np.ndarray:
     return np.clip((values - low) / np.float32(high - low), 0.0, 1.0)
 
 
-def scale_intensities(image: np.ndarray, spec: Preprocess) -> np.ndarray:
-    """The manifest's intensity step: CT window or MR percentiles. Returns float32 in [0, 1]."""
+@dataclass(frozen=True)
+class Scaling:
+    """A series' own intensity reference for ``mr_volume``: the values its low/high percentiles fall on."""
+
+    low: float
+    high: float
+
+
+# A series is sampled on at most this many slices to find its percentiles: enough for stable
+# percentiles of a 3D volume, and a fixed cost however many slices the series has.
+SCALING_SLICES = 32
+
+
+def series_scaling(slices: list[np.ndarray], spec: Preprocess) -> Scaling | None:
+    """The percentiles of ``mr_volume`` over sampled slices of a series (None for other kinds).
+
+    Voxels at or below the lowest value (air, a skull-stripped background) are left out, so the
+    reference does not depend on how much empty field of view a series has.
+    """
+    if spec.kind != "mr_volume" or not slices:
+        return None
+    assert spec.percentiles is not None
+    values = np.concatenate([s.ravel().astype(np.float32) for s in slices])
+    floor = float(values.min())
+    tissue = values[values > floor]
+    if tissue.size == 0:
+        return Scaling(floor, floor)
+    low, high = np.percentile(tissue, [spec.percentiles.low, spec.percentiles.high])
+    return Scaling(float(low), float(high))
+
+
+def sample_indices(count: int) -> list[int]:
+    """Up to ``SCALING_SLICES`` indices spread evenly over ``count`` slices."""
+    if count <= SCALING_SLICES:
+        return list(range(count))
+    return sorted({int(i) for i in np.linspace(0, count - 1, SCALING_SLICES).round()})
+
+
+def scale_intensities(image: np.ndarray, spec: Preprocess, scaling: Scaling | None = None) -> np.ndarray:
+    """The first channel of the manifest's intensity step, float32 (H, W) in [0, 1]."""
+    return intensity_channels(image, spec, scaling)[0]
+
+
+def intensity_channels(image: np.ndarray, spec: Preprocess, scaling: Scaling | None = None) -> np.ndarray:
+    """The manifest's intensity step: float32 (C', H, W) in [0, 1], one plane per CT window (C' = 1
+    for one window or MR; ``to_model_input`` repeats a single plane over the model's channels).
+
+    Raises
+    ------
+    ValueError
+        For ``mr_volume`` without the series' ``Scaling``.
+    """
     if spec.kind == "ct_window":
         assert spec.window is not None  # guaranteed by the manifest validator
-        return window(image, spec.window)
+        return window(image, spec.window)[None]
+    if spec.kind == "ct_windows":
+        return np.stack([window(image, w) for w in spec.windows])
+    if spec.kind == "mr_volume":
+        if scaling is None:
+            raise ValueError("mr_volume scaling needs the series' percentiles (series_scaling)")
+        if scaling.high <= scaling.low:
+            return np.zeros((1, *image.shape), np.float32)
+        unit = (image.astype(np.float32) - np.float32(scaling.low)) / np.float32(scaling.high - scaling.low)
+        return np.clip(unit, 0.0, 1.0)[None]
     assert spec.percentiles is not None
-    return percentile_scale(image, spec.percentiles)
+    return percentile_scale(image, spec.percentiles)[None]
 
 
-def display_scale(image: np.ndarray, display: DisplaySpec, spec: Preprocess) -> np.ndarray:
+def display_scale(image: np.ndarray, display: DisplaySpec, spec: Preprocess, scaling: Scaling | None = None
+                  ) -> np.ndarray:
     """The slice as a person should see it: the manifest's display window (lung, brain), else the
     model's own intensity scaling. Returns float32 in [0, 1]."""
     if display.window is not None:
         return window(image, display.window)
     if display.percentiles is not None:
         return percentile_scale(image, display.percentiles)
-    return scale_intensities(image, spec)
+    return scale_intensities(image, spec, scaling)
 
 
 @dataclass(frozen=True)
@@ -118,19 +180,61 @@ def resize_into(image01: np.ndarray, size: tuple[int, int], keep_aspect: bool, p
     return canvas, scale_y, scale_x, top, left
 
 
-def to_model_input(image01: np.ndarray, spec: Preprocess, size: tuple[int, int], channels: int
-                   ) -> tuple[np.ndarray, Placement]:
-    """Crop (optional), resize and normalise one [0, 1] slice (H, W) into float32 (C, h, w)."""
-    slice_shape = (int(image01.shape[0]), int(image01.shape[1]))
-    crop = body_box(image01, spec.crop_body) if spec.crop_body else (0, slice_shape[0], 0, slice_shape[1])
+def crop_box(values: np.ndarray, crop: Crop, modality: str) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the patient on a slice of raw values (see ``Crop``); the whole
+    slice when no patient is found."""
+    from onconode.selection.region import LUNG_HU, body_outline
+
+    height, width = values.shape
+    body = body_outline(values, modality)
+    region = body
+    if crop.region == "lungs" and modality == "CT":
+        lungs = body & (values > LUNG_HU[0]) & (values < LUNG_HU[1])
+        if np.count_nonzero(lungs) >= 0.01 * max(1, int(np.count_nonzero(body))):
+            region = lungs
+    rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+    if rows.size == 0:
+        return (0, height, 0, width)
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    my, mx = round((bottom - top) * crop.margin), round((right - left) * crop.margin)
+    return (max(0, top - my), min(height, bottom + my), max(0, left - mx), min(width, right + mx))
+
+
+def to_model_input(image01: np.ndarray, spec: Preprocess, size: tuple[int, int], channels: int,
+                   box: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, Placement]:
+    """Crop, resize and normalise a [0, 1] slice (H, W) or planes (C', H, W) into float32 (C, h, w).
+
+    The crop is ``box`` when given, else ``spec.crop_body`` on the first plane, else none; a
+    single plane is repeated over the model's ``channels``.
+    """
+    planes = image01[None] if image01.ndim == 2 else image01
+    slice_shape = (int(planes.shape[1]), int(planes.shape[2]))
+    if box is not None:
+        crop = box
+    elif spec.crop_body:
+        crop = body_box(planes[0], spec.crop_body)
+    else:
+        crop = (0, slice_shape[0], 0, slice_shape[1])
     top, bottom, left, right = crop
-    canvas, scale_y, scale_x, top_pad, left_pad = resize_into(
-        image01[top:bottom, left:right], size, spec.resize.keep_aspect, spec.resize.pad_value)
+    resized = []
+    for plane in planes:
+        canvas, scale_y, scale_x, top_pad, left_pad = resize_into(
+            plane[top:bottom, left:right], size, spec.resize.keep_aspect, spec.resize.pad_value)
+        resized.append(canvas)
+    stacked = np.broadcast_to(resized[0], (channels, *size)) if len(resized) == 1 else np.stack(resized)
+    if stacked.shape[0] != channels:
+        raise ValueError(f"{stacked.shape[0]} intensity planes for a model of {channels} channels")
     mean = np.asarray(spec.normalize.mean, dtype=np.float32)[:, None, None]
     std = np.asarray(spec.normalize.std, dtype=np.float32)[:, None, None]
-    stacked = np.broadcast_to(canvas, (channels, *canvas.shape))
     placement = Placement(slice_shape, crop, scale_y, scale_x, top_pad, left_pad, size)
     return ((stacked - mean) / std).astype(np.float32), placement
+
+
+def prepare_slice(values: np.ndarray, spec: Preprocess, size: tuple[int, int], channels: int, modality: str,
+                  scaling: Scaling | None = None) -> tuple[np.ndarray, Placement]:
+    """One decoded slice (modality units) to the model's input: the one path training and the node share."""
+    box = crop_box(values, spec.crop, modality) if spec.crop is not None else None
+    return to_model_input(intensity_channels(values, spec, scaling), spec, size, channels, box)
 
 
 def to_slice_geometry(model_map: np.ndarray, placement: Placement) -> np.ndarray:

@@ -18,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 
-from onconode.inference.models import Decision
+from onconode.inference.models import Calibration, Decision
 
 Target = Literal["lung", "brain", "body"]
 
@@ -90,7 +90,8 @@ class StudyScore:
 
 
 def aggregate(logits: np.ndarray, labels: Sequence[str], decision: Decision, key_count: int) -> StudyScore:
-    """Study probabilities = mean of the ``key_count`` slices with the highest positive probability.
+    """Study probabilities = mean of the ``key_count`` slices with the highest positive probability,
+    then the manifest's calibration of that study probability.
 
     A tumour shows on a few slices; the mean over every slice would dilute it by the normal ones,
     while the single maximum follows one noisy slice. Averaging the top k is the compromise; the
@@ -108,6 +109,24 @@ def aggregate(logits: np.ndarray, labels: Sequence[str], decision: Decision, key
     positive = probs[:, positive_cols].sum(axis=1)
     order = np.argsort(-positive, kind="stable")[:max(1, key_count)]
     study = probs[order].mean(axis=0)
-    positive_probability = float(study[positive_cols].sum())
+    positive_probability = calibrate(float(study[positive_cols].sum()), decision.calibration)
+    if decision.calibration is not None and len(positive_cols) < len(labels):
+        # The label probabilities follow the calibrated decision: positive mass first, the rest scaled.
+        raw_positive = float(study[positive_cols].sum())
+        rest = [i for i in range(len(labels)) if i not in positive_cols]
+        scale_pos = positive_probability / raw_positive if raw_positive > 0 else 0.0
+        scale_neg = (1 - positive_probability) / (1 - raw_positive) if raw_positive < 1 else 0.0
+        study = study.copy()
+        study[positive_cols] *= scale_pos
+        study[rest] *= scale_neg
     return StudyScore(tuple(float(p) for p in study), int(np.argmax(study)), positive_probability,
                       positive_probability >= decision.threshold, probs, tuple(int(i) for i in order))
+
+
+def calibrate(probability: float, calibration: Calibration | None) -> float:
+    """The manifest's Platt scaling of a study probability (identity without one)."""
+    if calibration is None:
+        return probability
+    p = min(max(probability, 1e-6), 1 - 1e-6)
+    z = calibration.slope * float(np.log(p / (1 - p))) + calibration.intercept
+    return float(1.0 / (1.0 + np.exp(-z)))

@@ -48,7 +48,7 @@ from onconode.reporting.identity import sanitized
 from onconode.reporting.kos import build_kos
 from onconode.reporting.sc import build_sc, caption_lines
 from onconode.reporting.seg import build_seg, saliency_mask
-from onconode.reporting.sr import build_sr
+from onconode.reporting.sr import build_sr, outline
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,10 @@ def build_outputs(conclusion: Conclusion, result: AnalysisResult, study_paths: S
     checks.check_derived(kos, conclusion.study_uid, checks.KOS_SOP_CLASS, data)
     files.append(Output("kos.dcm", KIND_DICOM, str(kos.SOPInstanceUID), data))
 
+    regions = {k.sop_instance_uid: region for k, m in zip(result.key_slices, masks)
+               if (region := outline(m)) is not None}
     sr = build_sr(conclusion, list(headers.values()), generate_uid(), generate_uid(), SR_SERIES_NUMBER, created,
-                  node_id, predecessor)
+                  node_id, predecessor, regions)
     sr_bytes = encode(sr)
     checks.check_sr(sr, conclusion.study_uid, predecessor, sr_bytes)
     files.append(Output("sr.dcm", KIND_DICOM, str(sr.SOPInstanceUID), sr_bytes))

@@ -8,10 +8,13 @@ Content (PS3.16), saying one thing:
 - TID 1500, a device observer (TID 1004: the model's device UID, OncoNode as manufacturer), the
   procedure from CID 100, and the image library (TID 1600) listing every analysed slice;
 - one measurement group (TID 1501) for the study: the finding the model looks for as the finding
-  type and its study probability (UCUM "1"), with the threshold and the aggregation named in the
-  algorithm's parameters (TID 4019);
+  type and its study probability (UCUM "1", derivation "Mean", inferred from the key slices'
+  outlined regions), with the threshold and the aggregation named in the algorithm's parameters
+  (TID 4019). The inferred-from regions also let a viewer that shows only spatial measurements
+  (OHIF) draw the study's value on the most suspicious slice;
 - one group per slice for the key slices and every slice at or over the threshold, named "per
-  slice", each referencing its image;
+  slice": on a key slice a planar ROI (TID 1410) outlining where the model looked, so a viewer
+  draws the value on the image; on the others a group citing its image;
 - TID 1500's Qualitative Evaluations container with the decision, one coded item "<finding> =
   Present" or "Absent", and a comment with the headline that reads "research use only, not for
   diagnosis", where every SR viewer shows the report's text.
@@ -23,10 +26,12 @@ the groups keep their tracking UIDs across revisions of the same study by the sa
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
+import cv2
 import highdicom as hd
+import numpy as np
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
@@ -41,6 +46,7 @@ OBSERVER_DEVICE = codes.DCM.Device
 ALGORITHM_FAMILY = codes.DCM.ArtificialIntelligence
 PROBABILITY = codes.DCM.Probability
 PRESENT, ABSENT = codes.SCT.Present, codes.SCT.Absent
+MEAN = codes.SCT.Mean
 COMMENT = codes.DCM.Comment
 QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 UNITY = hd.sr.CodedConcept("1", "UCUM", "no units")
@@ -65,10 +71,24 @@ def slices_for_groups(conclusion: Conclusion) -> list[SliceScore]:
     return sorted(chosen, key=lambda s: s.index)
 
 
+def outline(mask: np.ndarray) -> np.ndarray | None:
+    """The largest region of a bool (H, W) mask as a closed polyline of (column, row) image points,
+    simplified to within a pixel; None for an empty mask."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return None
+    largest = max(contours, key=cv2.contourArea)
+    points = cv2.approxPolyDP(largest, 1.0, True).reshape(-1, 2).astype(float)
+    if len(points) < 3:
+        return None
+    return np.vstack([points, points[:1]])
+
+
 def build_sr(conclusion: Conclusion, sources: Sequence[Dataset], series_uid: str, sop_instance_uid: str,
-             series_number: int, created: datetime, node_id: str, predecessor: Dataset | None = None
-             ) -> hd.sr.Comprehensive3DSR:
-    """Build the SR; ``sources`` are the headers of the analysed slices (any order).
+             series_number: int, created: datetime, node_id: str, predecessor: Dataset | None = None,
+             regions: Mapping[str, np.ndarray] | None = None) -> hd.sr.Comprehensive3DSR:
+    """Build the SR; ``sources`` are the headers of the analysed slices (any order); ``regions`` maps
+    a key slice's SOP Instance UID to the outline (``outline``) of where the model looked on it.
 
     Raises
     ------
@@ -98,16 +118,17 @@ def build_sr(conclusion: Conclusion, sources: Sequence[Dataset], series_uid: str
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=_tracking_uid(conclusion, "study"), identifier=f"AI study result: {conclusion.finding.display}"[:64]),
         finding_type=finding, algorithm_id=algorithm_id,
-        measurements=[hd.sr.Measurement(PROBABILITY, round(conclusion.probability, 6), UNITY,
-                                        algorithm_id=algorithm_id)],
+        measurements=[hd.sr.Measurement(
+            PROBABILITY, round(conclusion.probability, 6), UNITY, algorithm_id=algorithm_id, derivation=MEAN,
+            referenced_coordinates=[
+                hd.sr.CoordinatesForMeasurement(
+                    hd.sr.GraphicTypeValues.POLYLINE, (regions or {})[k.sop_instance_uid],
+                    hd.sr.SourceImageForRegion.from_source_image(by_uid[k.sop_instance_uid]))
+                for k in conclusion.key if k.sop_instance_uid in (regions or {}) and k.frame is None] or None)],
         source_images=refs(conclusion.key))
-    slice_groups = [hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=_tracking_uid(conclusion, f"slice/{s.sop_instance_uid}/{s.frame}"),
-            identifier=f"AI per slice: slice {s.index + 1} of {conclusion.slices_total}"[:64]),
-        finding_type=finding, algorithm_id=algorithm_id,
-        measurements=[hd.sr.Measurement(PROBABILITY, round(s.probability, 6), UNITY, algorithm_id=algorithm_id)],
-        source_images=refs([s])) for s in slices_for_groups(conclusion)]
+    slice_groups = [_slice_group(conclusion, s, finding, algorithm_id, by_uid[s.sop_instance_uid],
+                                 (regions or {}).get(s.sop_instance_uid), refs([s]))
+                    for s in slices_for_groups(conclusion)]
     observer = hd.sr.ObserverContext(
         observer_type=OBSERVER_DEVICE,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -116,7 +137,9 @@ def build_sr(conclusion: Conclusion, sources: Sequence[Dataset], series_uid: str
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=PROCEDURE_BY_MODALITY[conclusion.modality],
-        imaging_measurements=[study_group, *slice_groups], referenced_images=analysed)
+        # The key slices' outlined groups first: a viewer opens an SR on its first measurement, and
+        # only those have a place on an image to show it.
+        imaging_measurements=[*slice_groups, study_group], referenced_images=analysed)
     _tid1604_row_order(report[0])
     report[0].ContentSequence.append(_qualitative_evaluations(conclusion, finding))
     sr = hd.sr.Comprehensive3DSR(
@@ -128,6 +151,27 @@ def build_sr(conclusion: Conclusion, sources: Sequence[Dataset], series_uid: str
     stamp(sr, algorithm, node_id, created)
     sr.SeriesDescription = SERIES_DESCRIPTION
     return sr
+
+
+def _slice_group(conclusion: Conclusion, score: SliceScore, finding: hd.sr.CodedConcept,
+                 algorithm_id: hd.sr.AlgorithmIdentification, source: Dataset, region: np.ndarray | None,
+                 refs: list[hd.sr.SourceImageForMeasurementGroup]
+                 ) -> hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """One slice's probability: a planar ROI (TID 1410) around where the model looked when there is
+    an outline (viewers draw it with the value on the slice), else a group citing the image (TID 1501)."""
+    tracking = hd.sr.TrackingIdentifier(
+        uid=_tracking_uid(conclusion, f"slice/{score.sop_instance_uid}/{score.frame}"),
+        identifier=f"AI per slice: slice {score.index + 1} of {conclusion.slices_total}"[:64])
+    measurements = [hd.sr.Measurement(PROBABILITY, round(score.probability, 6), UNITY, algorithm_id=algorithm_id)]
+    if region is not None and score.frame is None:
+        image_region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=region,
+                                         source_image=hd.sr.SourceImageForRegion.from_source_image(source))
+        return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking, referenced_region=image_region, finding_type=finding,
+            algorithm_id=algorithm_id, measurements=measurements)
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking, finding_type=finding, algorithm_id=algorithm_id, measurements=measurements,
+        source_images=refs)
 
 
 SPACING_BETWEEN_SLICES, SLICE_THICKNESS = "112226", "112225"

@@ -87,3 +87,38 @@ def test_slice_geometry_undoes_crop_scale_and_padding(hu: np.ndarray) -> None:
 
 def test_body_box_of_an_empty_slice_is_the_whole_slice() -> None:
     assert body_box(np.zeros((30, 40), np.float32), CropBody()) == (0, 30, 0, 40)
+
+
+def test_ct_windows_give_one_plane_per_window_and_crop_to_the_lungs(dicom_dir: Path) -> None:
+    from onconode.inference.models import Crop, Normalize, Preprocess, Window
+    from onconode.inference.preprocess import intensity_channels, prepare_slice
+
+    spec = Preprocess(kind="ct_windows", windows=(Window(center=-600, width=1500), Window(center=40, width=400),
+                                                   Window(center=0, width=2000)),
+                      crop=Crop(region="lungs", margin=0.05), normalize=Normalize(mean=(0.5,) * 3, std=(0.5,) * 3))
+    info = series.scan([dicom_dir / "lidc-idri-0001" / "IM-0070.dcm"]).series[0]
+    hu = volume.read_slice(volume.build_volume(info).slices[0])
+    planes = intensity_channels(hu, spec)
+    assert planes.shape == (3, 512, 512) and not np.array_equal(planes[0], planes[1])
+    image, placement = prepare_slice(hu, spec, (96, 96), 3, "CT")
+    assert image.shape == (3, 96, 96)
+    top, bottom, left, right = placement.crop
+    assert 0 < top and bottom < 512 and 0 < left and right < 512  # the lungs, not the whole field of view
+    body = prepare_slice(hu, spec.model_copy(update={"crop": Crop(region="body", margin=0.05)}), (96, 96), 3, "CT")[1]
+    assert body.crop[0] <= top and body.crop[1] >= bottom  # the body's box holds the lungs' box
+
+
+def test_mr_volume_scaling_uses_the_series_percentiles_not_the_slice() -> None:
+    from onconode.inference.models import Normalize, Percentiles, Preprocess
+    from onconode.inference.preprocess import intensity_channels, series_scaling
+
+    spec = Preprocess(kind="mr_volume", percentiles=Percentiles(low=1, high=99),
+                      normalize=Normalize(mean=(0.5,) * 3, std=(0.5,) * 3))
+    dim = np.zeros((32, 32), np.float32)
+    dim[8:24, 8:24] = np.linspace(50, 150, 256).reshape(16, 16)   # tissue on an air background
+    bright = dim * 10
+    scaling = series_scaling([dim, bright], spec)
+    assert scaling is not None
+    assert intensity_channels(dim, spec, scaling).max() < intensity_channels(bright, spec, scaling).max()
+    with pytest.raises(ValueError, match="series"):
+        intensity_channels(dim, spec)

@@ -57,3 +57,13 @@ def test_threshold_decides() -> None:
 def test_aggregate_refuses_logits_of_the_wrong_shape() -> None:
     with pytest.raises(ValueError, match="logits"):
         slices.aggregate(np.zeros((2, 4)), LABELS, Decision(positive_labels=("malignant",)), 1)
+
+
+def test_calibration_maps_the_study_probability_and_keeps_the_order() -> None:
+    from onconode.inference.models import Calibration
+    from onconode.inference.slices import calibrate
+
+    assert calibrate(0.3, None) == 0.3
+    c = Calibration(slope=2.0, intercept=-1.0)
+    values = [calibrate(p, c) for p in (0.1, 0.3, 0.5, 0.9)]
+    assert values == sorted(values) and abs(values[2] - 1 / (1 + np.exp(1.0))) < 1e-9

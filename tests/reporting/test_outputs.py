@@ -52,14 +52,15 @@ def test_sr_says_one_decision_with_the_analysed_slices_as_evidence(ct_files, ct_
     assert SOFTWARE in ds.SoftwareVersions and "test-ct 0.0.1-test" in ds.SoftwareVersions
     assert ds.DeviceSerialNumber == db.node_id() and ds.SeriesDate and ds.SeriesTime
     report = hd.sr.srread(prepared.folder / "sr.dcm")
-    groups = report.content.get_image_measurement_groups()
-    study, *per_slice = groups
-    assert study.tracking_identifier.startswith("AI study result")
+    (study,) = [g for g in report.content.get_image_measurement_groups()
+                if g.tracking_identifier.startswith("AI study result")]
     (probability,) = study.get_measurements(name=sr.PROBABILITY)
     assert abs(float(probability.value) - ct_conclusion.probability) < 1e-6
-    assert per_slice and all(g.tracking_identifier.startswith("AI per slice") for g in per_slice)
-    assert {k.sop_instance_uid for k in ct_conclusion.key} <= {
-        g.source_images[0].referenced_sop_instance_uid for g in per_slice}
+    # The key slices' values are planar ROIs: an outline of where the model looked, on the key image.
+    planar = report.content.get_planar_roi_measurement_groups()
+    assert planar and all(g.tracking_identifier.startswith("AI per slice") for g in planar)
+    assert {g.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID for g in planar} == {
+        k.sop_instance_uid for k in ct_conclusion.key}
     # Exactly one decision, in the Qualitative Evaluations container: Present or Absent.
     decisions = [item for item in ds.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
     (container,) = decisions

@@ -1,19 +1,8 @@
-"""Fixtures for the training tests: real data from $ONCONODE_DATA and torch, or a clear skip."""
+"""Fixtures for the training tests: torch (the [train] extra) or a clear skip."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
-
-
-@pytest.fixture(scope="session")
-def data_root() -> Path:
-    root = Path(os.environ.get("ONCONODE_DATA", "../shared/data"))
-    if not (root / "images").is_dir():
-        pytest.skip(f"training data not found at {root} (set ONCONODE_DATA)")
-    return root
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,130 @@
+"""The training pipeline end to end on synthetic prepared series, small on purpose (64 px, a few
+steps, 2 threads): the node's preprocessing makes the examples, folds keep patients apart, the
+cross-validation gives out-of-fold records, the release writes a manifest the node loads, and the
+exported graph is what the manifest promises (CAM from ONNX equals autograd Grad-CAM). Full
+training is ``make train-chest|train-brain``."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.training import synthetic
+
+SIZE = (64, 64)
+
+
+@pytest.fixture(scope="module")
+def spec():  # type: ignore[no-untyped-def]
+    from onconode.inference.models import SliceSpec
+    from training.specs import CHEST_CT
+
+    return dataclasses.replace(CHEST_CT, size=SIZE, epochs=2, samples_per_epoch=16, batch_size=8, folds=3,
+                               slices=SliceSpec(target="lung", max_analysed=400, key=2), external=())
+
+
+@pytest.fixture(scope="module")
+def series(torch_available: None, spec, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    import os
+
+    from training.examples import load_all
+
+    root = tmp_path_factory.mktemp("prepared")
+    sources = tmp_path_factory.mktemp("sources")
+    synthetic.write(root, sources)
+    os.environ["ONCONODE_TRAINING_SOURCES"] = str(sources)
+    try:
+        yield load_all(spec, root, cache=tmp_path_factory.mktemp("cache"))
+    finally:
+        del os.environ["ONCONODE_TRAINING_SOURCES"]
+
+
+def test_examples_are_the_slices_the_node_would_analyse(series, spec) -> None:  # type: ignore[no-untyped-def]
+    assert len(series) == 6 and {s.meta.patient for s in series} == {f"SYN-{p:02d}" for p in range(6)}
+    first = series[0]
+    assert first.planes.dtype == np.uint8 and first.planes.shape[1:] == (3, *SIZE)
+    assert len(first.labels) == 16  # every synthetic slice shows lung
+    lesion = first.labels == 1
+    assert lesion.sum() == 4 and first.masks[lesion].any(axis=(1, 2)).all() and not first.masks[~lesion].any()
+    # The three windows differ: lung, mediastinum and wide give three different planes.
+    assert len({first.planes[0, c].tobytes() for c in range(3)}) == 3
+    assert np.all(np.isfinite(first.mm_per_px)) and first.features.shape == (16, 8)
+
+
+def test_folds_never_split_a_patient() -> None:
+    from training.folds import inner_validation, split
+
+    names = {f"P{i}": i < 7 for i in range(10)}
+    folds = split(names, 5, seed=1)
+    assert sorted(p for f in folds for p in f) == sorted(names) and len(folds) == 5
+    assert all(any(names[p] for p in f) for f in folds)  # each fold has a lesion patient
+    inner = inner_validation(names, 0.2, seed=1)
+    assert any(names[p] for p in inner) and any(not names[p] for p in inner)
+
+
+def test_cross_validation_gives_out_of_fold_records_and_a_summary(series, spec) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    from training import crossval
+    from training.evaluate import series_records, summary
+
+    torch.set_num_threads(2)
+    records, best = crossval.run(spec, series, max_steps=2, pretrained=False)
+    assert len(records) == sum(len(s.labels) for s in series) and len(best) == 3
+    by_patient: dict[str, set[int]] = {}
+    for r in records:
+        by_patient.setdefault(r.patient, set()).add(r.fold)
+    assert all(len(folds) == 1 for folds in by_patient.values())  # one fold per patient
+    assert all(0 <= r.probability <= 1 and 0 <= r.baseline <= 1 for r in records)
+    lesion_rows = [r for r in records if r.label == 1]
+    assert lesion_rows and all(np.isnan(r.heat_share) or 0 <= r.heat_share <= 1 for r in lesion_rows)
+    out = summary(records, series_records(records, {s.meta.key: s.meta.lesion for s in series}, spec.slices.key))
+    assert out["series"]["count"] == 6 and out["series"]["lesion"] == 4  # type: ignore[index]
+    assert set(out["slices"]) >= {"auc", "baseline_auc"}  # type: ignore[arg-type]
+
+
+def test_release_writes_files_the_node_loads_and_cam_equals_gradcam(series, spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    from onconode.inference.models import load_registry
+    from training.export import head_initializers, session
+    from training.fit import load, normalise
+    from training.gradcam import cam_from_features, reference_gradcam
+    from training.release import release
+
+    manifest = release(spec, series, tmp_path / "models", tmp_path / "no-dicom", max_steps=2, pretrained=False,
+                       runs=tmp_path / "runs")
+    registry = load_registry(tmp_path / "models")
+    assert set(registry) == {spec.name} and registry[spec.name].manifest.decision.calibration is not None
+    card = (tmp_path / "models" / f"{spec.name}.md").read_text()
+    assert "Research use only" in card and "Withdrawn" in card and "patient-grouped" in card.lower()
+    onnx_path = tmp_path / "models" / manifest.file
+    images = normalise(series[0].planes[:2], spec).contiguous().numpy()
+    features = session(onnx_path).run(["features"], {"image": images[:1]})[0][0]
+    weights, _ = head_initializers(onnx_path)
+    model = load(spec, torch.load(tmp_path / "runs" / spec.name / "model.pt", weights_only=True))
+    for class_index in range(2):
+        cam = cam_from_features(features, weights, class_index)
+        reference = reference_gradcam(model, torch.from_numpy(images[:1]), class_index)
+        scale = features.shape[1] * features.shape[2]
+        assert np.allclose(cam, reference * scale, atol=1e-4 * max(1.0, float(cam.max())))
+
+
+def test_localisation_is_peak_within_a_centimetre_and_heat_share() -> None:
+    from training.crossval import localisation
+
+    mask = np.zeros((64, 64), bool)
+    mask[30:34, 30:34] = True
+    cam = np.zeros((64, 64), np.float32)
+    cam[31, 31] = 1.0
+    assert localisation(cam, mask, mm_per_px=1.0) == (1.0, 1.0)
+    cam[31, 31], cam[31, 40] = 0.5, 1.0        # the peak 7 px from the lesion: 7 mm at 1 mm/px, inside 1 cm
+    hit, share = localisation(cam, mask, mm_per_px=1.0)
+    assert hit == 1.0 and share == pytest.approx(1 / 3)
+    assert localisation(cam, mask, mm_per_px=2.0)[0] == 0.0   # 14 mm away at 2 mm/px
+    cam[31, 40], cam[5, 5] = 0.0, 1.0         # far away
+    assert localisation(cam, mask, mm_per_px=1.0)[0] == 0.0
+    assert np.isnan(localisation(np.zeros((64, 64), np.float32), mask, 1.0)[0])
