@@ -11,7 +11,6 @@ the rest a model reads is ``onconode/selection``'s decision. Headers only are re
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+
+from onconode.selection.text import has_phrase, has_word, words
 
 Vector = tuple[float, float, float]
 
@@ -35,7 +36,11 @@ SECONDARY_CAPTURE_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.1", "1.2.840.10008.5.1.4.1.1.7.2",
     "1.2.840.10008.5.1.4.1.1.7.3", "1.2.840.10008.5.1.4.1.1.7.4",
 }
-_SCOUT_WORDS = re.compile(r"(?i)\b(scout|topogram|localizer|localiser|surview|scanogram|survey)\b")
+# Localizer names seen on real scanners: "Scout", "Topogram", "3-Plane Localizer", "Survey_MST",
+# "AAHead_Scout", "loc_MPR_cor", "FAST LOCALIZER", "Tri-Pilot". Matched as words (underscores split).
+_SCOUT_WORDS = frozenset({"scout", "topogram", "localizer", "localiser", "surview", "scanogram", "survey", "loc",
+                          "tripilot", "pilot", "3plane", "aascout"})
+_SCOUT_PHRASES = ("3 plane", "tri pilot", "three plane", "plane loc")
 
 
 @dataclass(frozen=True)
@@ -170,7 +175,11 @@ def read_header(path: Path) -> InstanceHeader:
     InvalidDicomError, OSError
         If the file cannot be read as DICOM.
     """
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return header_of(pydicom.dcmread(path, stop_before_pixels=True), path)
+
+
+def header_of(ds: Dataset, path: Path) -> InstanceHeader:
+    """The header facts of a data set already read (``path`` is where it came from)."""
     orientation, positions = _frame_geometry(ds)
     return InstanceHeader(
         path=path,
@@ -311,6 +320,11 @@ def scan(paths: Sequence[Path]) -> StudyScan:
     return StudyScan(studies[0], series, tuple(unreadable))
 
 
+def _plane_key(orientation: tuple[float, ...]) -> int:
+    """The patient axis the slice normal is closest to (0 sagittal, 1 coronal, 2 axial)."""
+    return int(np.argmax(np.abs(slice_normal(orientation))))
+
+
 def slice_normal(orientation: Sequence[float]) -> np.ndarray:
     """Unit normal of the slice plane: row direction × column direction (PS3.3 C.7.6.2.1.1)."""
     row, col = np.asarray(orientation[:3], float), np.asarray(orientation[3:6], float)
@@ -328,6 +342,10 @@ def exclusion(series: SeriesInfo) -> str | None:
         return f"non-image object (SOP class {head.sop_class_uid}, modality {head.modality or '-'})"
     if head.sop_class_uid in SECONDARY_CAPTURE_CLASSES:
         return "secondary capture: a picture, not a cross-sectional image with geometry"
-    if "LOCALIZER" in head.image_type or _SCOUT_WORDS.search(head.series_description):
+    names = f"{head.series_description} {head.protocol_name}"
+    if "LOCALIZER" in head.image_type or has_word(words(names), _SCOUT_WORDS) or has_phrase(names, _SCOUT_PHRASES):
         return "localizer (scout): a projection image for planning, not a slice"
+    planes = {_plane_key(i.orientation) for i in series.instances if i.orientation is not None}
+    if len(planes) > 1:
+        return "slices in several planes (a multi-plane localizer), not one volume"
     return None

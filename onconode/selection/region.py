@@ -29,7 +29,8 @@ _SPINE_PHRASES = ("cervical spine", "thoracic spine", "lumbar spine", "c spine",
                   "thoracolumbar spine", "whole spine", "colonne vertebrale", "columna vertebral",
                   "colonna vertebrale", "thorakale wirbelsaule")
 _WHOLE_BODY_PHRASES = ("whole body", "chest abdomen pelvis", "thorax abdomen pelvis", "chest abd pelvis",
-                       "neck chest abdomen", "torax abdomen pelvis")
+                       "neck chest abdomen", "torax abdomen pelvis", "chest to pelvis", "thorax to pelvis",
+                       "chest abd pel", "chest abd pelvis")
 _WORDS: dict[Region, frozenset[str]] = {
     "chest": frozenset({"chest", "thorax", "thoracic", "thorakal", "thx", "lung", "lungs", "lunge", "lungen",
                         "pulmonary", "pulmonar", "pulmon", "pulmones", "poumon", "poumons", "polmone", "polmoni",
@@ -96,7 +97,7 @@ def regions_in(text: str) -> tuple[frozenset[Region], str | None]:
         rest = " ".join(w for w in words(text) if w not in spine.split())
     whole = has_phrase(rest, _WHOLE_BODY_PHRASES)
     if whole:
-        found |= WHOLE_BODY
+        found |= WHOLE_BODY if whole == "whole body" else frozenset({"chest", "abdomen", "pelvis"})
         hit = hit or whole
     tokens = words(rest)
     for token in tokens:
