@@ -5,7 +5,9 @@ Output: rows marked sent or dead, and study states REPORTED → DELIVERING → D
 with a reason, once no delivery of the study is pending.
 
 Attempts and next-try times are rows, not memory: a restarted node picks up exactly the pending
-objects, and an object recorded as sent is never sent again.
+objects, and an object recorded as sent is never sent again. Delivery is at least once: a node that
+dies between the peer's answer and the "sent" row sends that object again, under the same SOP
+Instance UID (a PACS keeps one copy) or the same FHIR conditional-create identifiers.
 """
 
 from __future__ import annotations
@@ -98,14 +100,14 @@ class Dispatcher(PollingLoop):
             log_event(log, Event.DELIVERY_DEAD, logging.WARNING, study=delivery.study_uid,
                       sop=delivery.object_uid, destination=delivery.destination, attempts=attempts,
                       reason=without_peer_text(error))
-            self._tell(delivery, "dead", error)
+            self._tell(delivery, "dead", without_peer_text(error))
             return
         wait = backoff(attempts, self.settings.backoff_seconds, self.settings.max_backoff_seconds)
         self.db.delivery_failed(delivery.id, error, time.time() + wait)
         log_event(log, Event.DELIVERY_FAILED, logging.WARNING, study=delivery.study_uid, sop=delivery.object_uid,
                   destination=delivery.destination, attempts=attempts, retry_in_s=round(wait, 1),
                   reason=without_peer_text(error))
-        self._tell(delivery, "retry", error)
+        self._tell(delivery, "retry", without_peer_text(error))
 
     def _settle(self) -> None:
         """DELIVERING studies with nothing pending end DELIVERED, or FAILED when any object is dead."""
@@ -117,7 +119,7 @@ class Dispatcher(PollingLoop):
             if dead:
                 last = dead[-1]
                 reason = (f"{len(dead)} object(s) in the dead letter; last: {last.destination}: "
-                          f"{last.last_error}")
+                          f"{without_peer_text(last.last_error or '')}")
                 self.db.transition(study.study_uid, StudyState.FAILED, reason, expect=[StudyState.DELIVERING])
             else:
                 sent = counts[DeliveryState.SENT]

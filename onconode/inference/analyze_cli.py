@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from onconode.conclusion import Conclusion, conclude
 from onconode.config import Settings
 from onconode.folders import files_under
 from onconode.inference.models import ModelError, RegisteredModel, installed_models
@@ -34,7 +35,8 @@ def _registry(folder: Path) -> tuple[dict[str, RegisteredModel], str | None]:
         raise AnalyzeError(str(err)) from err
 
 
-def _print_table(result: AnalysisResult, overlays: list[str], stream: TextIO) -> None:
+def _print_table(result: AnalysisResult, conclusion: Conclusion | None, overlays: list[str], stream: TextIO
+                 ) -> None:
     print(f"Study {result.study_uid}", file=stream)
     print(f"  outcome   {result.reason}", file=stream)
     for decision in result.series:
@@ -44,19 +46,16 @@ def _print_table(result: AnalysisResult, overlays: list[str], stream: TextIO) ->
               file=stream)
         for line in decision.evidence:
             print(f"            · {line}", file=stream)
-    if result.outcome is Outcome.ANALYSED:
+    if conclusion is not None:
         rule = f" (rule {result.rule})" if result.rule else ""
         print(f"  model     {result.model} {result.model_version}{rule}; "
               f"{len(result.slices_analysed)} of {result.slices_total} slices analysed", file=stream)
-        for label, p in zip(result.labels, result.probabilities):
-            print(f"    {label:<28} {p:6.3f}", file=stream)
-        verdict = "POSITIVE" if result.positive else "negative"
-        print(f"  decision  {verdict} (P(positive) {result.positive_probability:.3f}, threshold "
-              f"{result.threshold}); most probable: {result.predicted_label}", file=stream)
-        for rank, key in enumerate(result.key_slices, start=1):
+        print(f"  result    {conclusion.headline()}", file=stream)
+        print(f"            {conclusion.method}", file=stream)
+        for rank, key in enumerate(conclusion.key, start=1):
             frame = f" frame {key.frame}" if key.frame is not None else ""
-            print(f"  key {rank}     slice {key.index:>4}  P(positive) {key.positive_probability:.3f}  "
-                  f"SOP {key.sop_instance_uid}{frame}", file=stream)
+            print(f"  key {rank}     slice {key.index + 1:>4} of {conclusion.slices_total}: probability "
+                  f"{key.probability:.3f} (per slice)  SOP {key.sop_instance_uid}{frame}", file=stream)
     for note in result.volume_notes:
         print(f"  note      {note}", file=stream)
     for path in overlays:
@@ -95,10 +94,13 @@ def run_analyze(path: Path, settings: Settings, models: Path | None = None, out:
                 print(f"Study {study_uid}\n  outcome   failed: {err}", file=stream)
             continue
         overlays = [str(p) for p in write_overlays(result, out / result.study_uid)] if out is not None else []
+        conclusion = conclude(result, registry[result.model].manifest) \
+            if result.outcome is Outcome.ANALYSED and result.model else None
         if as_json:
-            reports.append(result.summary() | {"overlays": overlays})
+            reports.append(result.summary() | {"overlays": overlays,
+                                               "conclusion": conclusion.to_dict() if conclusion else None})
         else:
-            _print_table(result, overlays, stream)
+            _print_table(result, conclusion, overlays, stream)
             print(file=stream)
     if as_json:
         json.dump(reports, stream, indent=2)

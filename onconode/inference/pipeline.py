@@ -242,9 +242,7 @@ def _run_model(study_uid: str, decisions: tuple[series.SeriesDecision, ...], rul
                               float(score.slice_probabilities[row, positive_columns].sum()))
                    for row, i in enumerate(chosen_idx))
     predicted = labels[score.predicted]
-    verdict = "positive" if score.positive else "negative"
-    reason = (f"{verdict}: P(positive)={score.positive_probability:.3f} vs threshold "
-              f"{manifest.decision.threshold}; most probable label {predicted}")
+    reason = f"analysed {len(chosen_idx)} of {len(vol.slices)} slices with {manifest.name} {manifest.version}"
     log.info("event=study_analysed study=%s series=%s model=%s slices=%d ms=%.0f", study_uid,
              chosen.series_uid, manifest.name, len(chosen_idx), sum(clock.ms.values()))
     return AnalysisResult(

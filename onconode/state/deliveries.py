@@ -17,8 +17,11 @@ _DELIVERY_COLUMNS = ("id, report_id, study_uid, destination, kind, seq, path, ob
 class DeliveryQueries(Database):
     """Reports and deliveries (mixed into ``StateDB``).
 
-    A delivery row is created in the same transaction as its report, before any send; a send's
-    success is one row update, so a restart neither loses nor repeats a delivered object.
+    A delivery row is created in the same transaction as its report, before any send, and a send's
+    success is one row update after the peer's answer: an object is delivered at least once. A node
+    that dies between the peer's answer and that update sends the object again after restart; the
+    same SOP Instance UID (which a PACS stores once) or the same conditional-create identifiers (which
+    a FHIR server resolves to the stored resources) make the repeat harmless.
     """
 
     def delivery_totals(self) -> dict[DeliveryState, int]:

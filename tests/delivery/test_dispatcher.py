@@ -175,3 +175,34 @@ def test_no_destination_at_all_ends_delivered_with_the_reason(ct_files, ct_resul
     run_until(dispatcher(db), lambda: state(db, ct_result.study_uid) == StudyState.DELIVERED)
     study = db.study(ct_result.study_uid)
     assert study is not None and study.reason == "no destination configured"
+
+
+class QuotingFhir(FlakyFhir):
+    """Refuses every bundle with an OperationOutcome that quotes the patient, as some servers do."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self._answer(422, {"resourceType": "OperationOutcome", "issue": [
+            {"severity": "error", "code": "processing", "diagnostics": "Patient DOE^JANE (MRN 4711) is merged"}]})
+
+
+def test_a_peer_quoting_the_patient_stays_in_the_delivery_row_only(ct_files, ct_result, prepare) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), QuotingFhir)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/fhir"
+    system = "urn:oid:2.16.840.1.113883.3.9999"
+    told: list[str | None] = []
+    try:
+        db, _ = prepare(ct_files, ct_result, {"fhir": {"base_url": base, "patient_system": system}})
+        d = dispatcher(db, DeliverySettings(max_attempts=1, poll_seconds=0.05),
+                       FhirDestination(base_url=base, patient_system=system))  # type: ignore[arg-type]
+        d.add_outcome_listener(lambda delivery, outcome, error: told.append(error))
+        run_until(d, lambda: state(db, ct_result.study_uid) == StudyState.FAILED)
+    finally:
+        server.shutdown()
+    (dead,) = db.deliveries(ct_result.study_uid, DeliveryState.DEAD)
+    assert "DOE^JANE" in (dead.last_error or "")  # the operator sees what the peer said, in the row
+    study = db.study(ct_result.study_uid)
+    assert study is not None and "DOE" not in (study.reason or "") and "4711" not in (study.reason or "")
+    assert told and all("DOE" not in (e or "") for e in told)  # what the audit trail and metrics get
+    assert all("DOE" not in (t.reason or "") for t in db.transitions(ct_result.study_uid))
