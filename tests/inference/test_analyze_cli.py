@@ -50,7 +50,8 @@ def test_table_output_names_model_decision_and_key_slices(dicom_dir: Path, model
                    "--models", str(models_dir)])
     text = capsys.readouterr().out
     assert status == 0
-    assert "test-mr 0.0.1-test" in text and "decision" in text and "key 1" in text and "TAKEN" in text
+    assert "test-mr 0.0.1-test" in text and "result    test finding:" in text and "(per slice)" in text
+    assert "key 1" in text and "TAKEN" in text
 
 
 def test_without_models_every_study_ends_with_a_clear_reason(dicom_dir: Path, config: Path, tmp_path: Path,
