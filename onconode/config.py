@@ -244,6 +244,9 @@ class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)  # 0: any free port (tests)
     token: SecretStr | None = None
+    # Host names (as in the Host header; "*.example.org" for subdomains) the API answers to besides
+    # loopback and ``host``; any other is refused (DNS rebinding). Needed when host is 0.0.0.0.
+    allowed_hosts: list[str] = []
 
 
 class AuditSettings(_Section):

@@ -6,9 +6,11 @@ settings, from which the lifespan opens the same resources. Output: JSON describ
 at ``/status/``.
 
 Every error is JSON with a ``detail`` and never a traceback: HTTP errors keep their status,
-request validation answers 422, a database failure 503 and anything else 500 (the traceback goes
-to the log once). With ``api.token`` set, every route but ``/health`` and ``/ready`` (probes carry
-no credentials) needs ``Authorization: Bearer <token>``.
+request validation answers 422 (a date or offset out of range included), a database failure 503
+and anything else 500 (the traceback goes to the log once). With ``api.token`` set, every route
+but ``/health`` and ``/ready`` (probes carry no credentials) needs ``Authorization: Bearer
+<token>``. Every response carries the security headers, a foreign Host header is refused, and a
+write needs JSON or a custom header (``security.py``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
-from onconode.api import schemas
+from onconode.api import schemas, security
 from onconode.api.metrics import CONTENT_TYPE, NodeMetrics
 from onconode.config import Settings
 from onconode.inference.models import ModelError, RegisteredModel, load_registry
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 UID_PATTERN = r"^[0-2](\.(0|[1-9][0-9]*))*$"  # PS3.5 9.1, at most 64 characters
 OVERLAY_PATTERN = r"^[A-Za-z0-9._-]+\.png$"
+MAX_OFFSET = 2**31 - 1  # far past any page; SQLite's OFFSET overflows at 2**63
 StudyUID = Annotated[str, PathParam(pattern=UID_PATTERN, max_length=64, description="StudyInstanceUID")]
 
 
@@ -146,8 +149,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                   description="AI cancer classification as a DICOM node. Research use only, not for diagnosis.")
     app.state.settings = settings
     _add_error_handlers(app)
+    security.install(app, settings.api)
     app.include_router(_probes())
-    app.include_router(_routes(), dependencies=[Depends(require_token)], responses=_ERRORS)
+    app.include_router(_routes(), dependencies=[Depends(require_token), Depends(security.refuse_cross_site_writes)],
+                       responses=_ERRORS)
     app.mount("/status", StaticFiles(directory=STATIC, html=True), name="status")
 
     @app.get("/", include_in_schema=False)
@@ -196,7 +201,7 @@ def _probes() -> Any:
         checks = [
             schemas.Check(name="models", ok=bool(runtime.models),
                           detail=", ".join(sorted(runtime.models)) or runtime.models_note or "no model"),
-            _storage_check(settings.storage.root),
+            _storage_check(settings.storage.root, settings.storage.min_free_mb),
             schemas.Check(name="dicom_listener", ok=runtime.scp_listening(),
                           detail=f"{settings.node.ae_title} on port {settings.node.port}"),
         ]
@@ -206,7 +211,9 @@ def _probes() -> Any:
     return router
 
 
-def _storage_check(root: Path) -> schemas.Check:
+def _storage_check(root: Path, min_free_mb: int) -> schemas.Check:
+    """Writable, and above ``storage.min_free_mb``: below it every C-STORE is refused (0xA700), so a
+    node that cannot take instances is not ready."""
     try:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=root, prefix=".ready-", suffix=".tmp"):
@@ -214,6 +221,9 @@ def _storage_check(root: Path) -> schemas.Check:
     except OSError as err:
         return schemas.Check(name="storage", ok=False, detail=f"{root} not writable: {err.strerror}")
     free_mb = _free_mb(root)
+    if free_mb < min_free_mb:
+        return schemas.Check(name="storage", ok=False,
+                             detail=f"{root}: {free_mb} MB free, below storage.min_free_mb ({min_free_mb})")
     return schemas.Check(name="storage", ok=True, detail=f"{root} writable, {free_mb} MB free")
 
 
@@ -232,10 +242,9 @@ def _routes() -> Any:
                      since: Annotated[datetime | None, Query(description="last instance at or after")] = None,
                      until: Annotated[datetime | None, Query(description="last instance before")] = None,
                      limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                     offset: Annotated[int, Query(ge=0)] = 0) -> schemas.StudyPage:
+                     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> schemas.StudyPage:
         """Studies, newest first; filter by state (repeatable) and by the time of the last instance."""
-        rows, total = db.list_studies(state, since.timestamp() if since else None,
-                                      until.timestamp() if until else None, limit, offset)
+        rows, total = db.list_studies(state, _epoch("since", since), _epoch("until", until), limit, offset)
         results = db.latest_results(s.study_uid for s in rows)
         items = [_summary(s, results.get(s.study_uid)) for s in rows]
         return schemas.StudyPage(total=total, limit=limit, offset=offset, items=items)
@@ -284,7 +293,7 @@ def _routes() -> Any:
 
     @router.get("/deadletter", response_model=list[schemas.DeliveryOut], tags=["delivery"])
     def dead_letter(db: DB, limit: Annotated[int, Query(ge=1, le=500)] = 100,
-                    offset: Annotated[int, Query(ge=0)] = 0) -> list[schemas.DeliveryOut]:
+                    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> list[schemas.DeliveryOut]:
         """Deliveries that exhausted their attempts, oldest first."""
         return [_delivery(d) for d in db.deliveries(state=DeliveryState.DEAD)[offset:offset + limit]]
 
@@ -318,6 +327,25 @@ def _routes() -> Any:
         return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE)
 
     return router
+
+
+def _epoch(name: str, moment: datetime | None) -> float | None:
+    """Seconds since the epoch of a query date (naive: local time).
+
+    Raises
+    ------
+    HTTPException
+        422 for a date before 1970 or after 9999, which no instance can have been received at (and
+        which the platform's time conversion cannot take).
+    """
+    if moment is None:
+        return None
+    try:
+        if not 1970 <= moment.year <= 9998:
+            raise ValueError(moment.year)
+        return moment.timestamp()
+    except (ValueError, OverflowError, OSError) as err:
+        raise HTTPException(422, f"{name}: a date between 1970-01-01 and 9998-12-31") from err
 
 
 def _study_or_404(db: StateDB, study_uid: str) -> Study:

@@ -113,7 +113,7 @@ def test_no_model_study_says_why(processed: Processed) -> None:
 @pytest.mark.parametrize("uid", ["not-a-uid", "1.2.03", "1..2", "9.1", "1." + "2" * 70])
 def test_a_malformed_uid_answers_422_json(processed: Processed, uid: str) -> None:
     with processed.client() as api:
-        for response in (api.get(f"/studies/{uid}"), api.post(f"/studies/{uid}/reprocess")):
+        for response in (api.get(f"/studies/{uid}"), api.post(f"/studies/{uid}/reprocess", json={})):
             assert response.status_code == 422, response.text
             assert response.headers["content-type"] == "application/json"
             assert "study_uid" in response.json()["detail"]
@@ -121,10 +121,10 @@ def test_a_malformed_uid_answers_422_json(processed: Processed, uid: str) -> Non
 
 def test_an_unknown_uid_answers_404_json(processed: Processed) -> None:
     with processed.client() as api:
-        for response in (api.get("/studies/1.2.3.4.5"), api.post("/studies/1.2.3.4.5/reprocess"),
+        for response in (api.get("/studies/1.2.3.4.5"), api.post("/studies/1.2.3.4.5/reprocess", json={}),
                          api.get("/studies/1.2.3.4.5/overlays/key1.png"),
                          api.get(f"/studies/{processed.mr_study}/overlays/nothing.png"),
-                         api.post("/deadletter/987654/replay")):
+                         api.post("/deadletter/987654/replay", json={})):
             assert response.status_code == 404, response.text
             assert response.json()["detail"]
             assert "Traceback" not in response.text
@@ -140,7 +140,7 @@ def test_overlay_names_cannot_leave_the_results_folder(processed: Processed) -> 
 def test_reprocess_queues_the_study_again_and_it_is_analysed_again(processed: Processed) -> None:
     uid = processed.multiframe_study
     with processed.client() as api:
-        response = api.post(f"/studies/{uid}/reprocess")
+        response = api.post(f"/studies/{uid}/reprocess", json={})
         assert response.status_code == 202, response.text
         assert response.json()["state"] in ("queued", "analysing", "no_model")
     assert wait_until_done(processed.node, uid) == StudyState.NO_MODEL
@@ -152,8 +152,8 @@ def test_reprocess_queues_the_study_again_and_it_is_analysed_again(processed: Pr
 def test_dead_letter_lists_and_replay_needs_an_existing_id(processed: Processed) -> None:
     with processed.client() as api:
         assert api.get("/deadletter").json() == []
-        assert api.post("/deadletter/not-a-number/replay").status_code == 422
-        assert api.post("/deadletter/0/replay").status_code == 422
+        assert api.post("/deadletter/not-a-number/replay", json={}).status_code == 422
+        assert api.post("/deadletter/0/replay", json={}).status_code == 422
 
 
 def test_models_lists_the_verified_models(processed: Processed) -> None:

@@ -23,7 +23,7 @@ def _client(processed: Processed, token: str | None) -> TestClient:
     config = processed.node.config
     settings = Settings(state=config["state"], storage=config["storage"], analysis=config["analysis"],
                         node=config["node"], api={"token": token})
-    return TestClient(create_app(settings), raise_server_exceptions=False)
+    return TestClient(create_app(settings), base_url="http://127.0.0.1:8080", raise_server_exceptions=False)
 
 
 @pytest.fixture

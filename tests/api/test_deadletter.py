@@ -55,7 +55,7 @@ def test_replay_makes_a_dead_delivery_pending_and_is_404_afterwards(failed: tupl
     node, uid = failed
     with httpx.Client(base_url=node.api_url) as api:
         first = api.get("/deadletter").json()[0]
-        replayed = api.post(f"/deadletter/{first['id']}/replay")
+        replayed = api.post(f"/deadletter/{first['id']}/replay", json={})
         assert replayed.status_code == 202, replayed.text
         assert replayed.json()["id"] == first["id"] and replayed.json()["attempts"] == 0
         assert replayed.json()["state"] in ("pending", "dead")  # the dispatcher may have tried again already
