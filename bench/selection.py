@@ -23,10 +23,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from onconode.inference import series  # noqa: E402
-from onconode.inference.models import load_registry  # noqa: E402
-from onconode.selection import match  # noqa: E402
-from tests.inference.tiny_model import write_model  # noqa: E402
+from onconode.inference.models import load_registry
+from onconode.selection import (
+    match,
+    series,
+)
+from tests.inference.tiny_model import write_model
 
 
 def study(count: int) -> list[series.SeriesInfo]:

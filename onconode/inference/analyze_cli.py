@@ -19,9 +19,9 @@ from onconode.folders import files_under
 from onconode.inference.models import ModelError, RegisteredModel, installed_models
 from onconode.inference.pipeline import AnalysisResult, Outcome, analyze_study
 from onconode.inference.runner import RunnerPool
-from onconode.inference.series import group_by_study
 from onconode.inference.volume import PixelDecodeError
 from onconode.reporting.png import write_overlays
+from onconode.selection.series import group_by_study
 
 
 class AnalyzeError(Exception):

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from onconode.config import RoutingRule
-from onconode.inference import gradcam, series, slices, volume
+from onconode.inference import gradcam, slices, volume
 from onconode.inference.models import RegisteredModel
 from onconode.inference.preprocess import (
     Placement,
@@ -34,7 +34,7 @@ from onconode.inference.preprocess import (
     series_scaling,
 )
 from onconode.inference.runner import RunnerPool
-from onconode.selection import match, probe
+from onconode.selection import match, probe, series
 from onconode.selection.region import body_outline
 
 log = logging.getLogger(__name__)

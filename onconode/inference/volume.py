@@ -24,7 +24,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 
-from onconode.inference.series import SeriesInfo, Vector, slice_normal
+from onconode.selection.series import SeriesInfo, Vector, slice_normal
 
 log = logging.getLogger(__name__)
 

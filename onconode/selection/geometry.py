@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onconode.inference.series import slice_normal
+from onconode.selection.series import slice_normal
 
 # The normal within 45° of an axis names the plane; a gantry tilt (≤ 30°) stays axial.
 PLANE_MIN_COS = float(np.cos(np.deg2rad(45)))

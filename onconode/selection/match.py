@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from onconode.config import RoutingRule
 from onconode.inference.models import Accepts, Manifest, RegisteredModel
-from onconode.inference.series import SeriesDecision, SeriesInfo, decide
 from onconode.selection import routing
 from onconode.selection.profile import Probe, SeriesProfile, classify, with_pixels
+from onconode.selection.series import SeriesDecision, SeriesInfo, decide
 
 
 def unmet(manifest: Manifest, profile: SeriesProfile) -> list[str]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 from onconode.inference import volume
-from onconode.inference.series import SeriesInfo
 from onconode.selection.profile import PixelLook
 from onconode.selection.region import lung_share, outline_mm
+from onconode.selection.series import SeriesInfo
 
 SAMPLES = 9
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from onconode.inference.series import SeriesInfo
 from onconode.selection import region as regions
 from onconode.selection.geometry import Geometry, read_geometry
 from onconode.selection.sequence import MRFacts, SequenceReading, read_sequence
+from onconode.selection.series import SeriesInfo
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from onconode.config import RoutingRule
-from onconode.inference.series import SeriesInfo
+from onconode.selection.series import SeriesInfo
 
 
 def mismatch(rule: RoutingRule, series: SeriesInfo) -> str | None:

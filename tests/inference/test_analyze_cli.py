@@ -9,7 +9,7 @@ import pytest
 
 from onconode.cli import main
 from onconode.folders import files_under
-from onconode.inference import series
+from onconode.selection import series
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onconode.inference import series, volume
+from onconode.inference import volume
 from onconode.inference.models import CropBody, Normalize, Percentiles, Preprocess, Resize, Window
 from onconode.inference.preprocess import (
     body_box,
@@ -18,6 +18,7 @@ from onconode.inference.preprocess import (
     to_slice_geometry,
     window,
 )
+from onconode.selection import series
 
 CT = Preprocess(kind="ct_window", window=Window(center=-600, width=1500),
                 normalize=Normalize(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))

@@ -10,7 +10,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from onconode.inference import series, volume
+from onconode.inference import volume
+from onconode.selection import series
 
 
 def _volume(files: list[Path]) -> volume.Volume:

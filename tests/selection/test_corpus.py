@@ -15,8 +15,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from onconode.inference.series import SeriesInfo, exclusion, header_of
 from onconode.selection.profile import classify
+from onconode.selection.series import SeriesInfo, exclusion, header_of
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "series"
 CASES = sorted(CORPUS.glob("*.json"))

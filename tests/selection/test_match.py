@@ -10,8 +10,7 @@ import pytest
 
 from onconode.config import RoutingRule
 from onconode.folders import files_under
-from onconode.inference import series
-from onconode.selection import match, probe
+from onconode.selection import match, probe, series
 
 STUDY = "1.2.826.0.1.3680043.8.498.777"
 

@@ -8,8 +8,8 @@ import pydicom
 import pytest
 
 from onconode.inference import volume
-from onconode.inference.series import scan
 from onconode.selection.region import from_header, lung_share, outline_mm, pixel_regions, regions_in
+from onconode.selection.series import scan
 
 
 @pytest.mark.parametrize(("text", "regions"), [

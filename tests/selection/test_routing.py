@@ -8,8 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from onconode.config import RoutingRule, load_settings
-from onconode.inference import series
-from onconode.selection import routing
+from onconode.selection import routing, series
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import pydicom
 import pytest
 
 from onconode.folders import files_under
-from onconode.inference import pipeline, series
+from onconode.inference import pipeline
+from onconode.selection import series
 
 STUDY = "1.2.826.0.1.3680043.8.498.424242"
 
