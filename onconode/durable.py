@@ -11,6 +11,7 @@ create files ahead of need, off the path a C-STORE sender waits on.
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import threading
@@ -34,11 +35,18 @@ class DurableFile:
         self.temp = folder / f".{uuid.uuid4().hex}{TEMP_SUFFIX}"
         self._fd: int | None = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
 
-    def commit(self, data: bytes, path: Path, root: Path, sync_folder: bool = True) -> None:
+    def commit(self, data: bytes, path: Path, root: Path, sync_folder: bool = True, replace: bool = True) -> None:
         """Write ``data`` and make it durable under ``path``, creating missing folders below ``root``.
 
         With ``sync_folder=False`` the caller fsyncs the folder itself (``fsync_folder``), e.g. once
-        after writing several files into it.
+        after writing several files into it. With ``replace=False`` a file already at ``path`` stays
+        and ``FileExistsError`` is raised: the new name is made with ``link``, which fails rather than
+        replaces, so two writers of one path cannot overwrite each other.
+
+        Raises
+        ------
+        FileExistsError
+            With ``replace=False``, when ``path`` exists; nothing was changed and the temporary is gone.
         """
         assert self._fd is not None, "committed twice or after discard"
         try:
@@ -50,7 +58,10 @@ class DurableFile:
             os.close(self._fd)
             self._fd = None
             make_dirs(path.parent, stop=root)
-            os.replace(self.temp, path)
+            if replace:
+                os.replace(self.temp, path)
+            else:
+                _link_new(self.temp, path)
         except BaseException:
             self.discard()
             raise
@@ -63,6 +74,26 @@ class DurableFile:
             os.close(self._fd)
             self._fd = None
         self.temp.unlink(missing_ok=True)
+
+
+def _link_new(temp: Path, path: Path) -> None:
+    """Give ``temp`` the name ``path`` unless that exists (then ``FileExistsError``), atomically.
+
+    ``rename`` replaces whatever is there; ``link`` does not. A file system without hard links gets
+    a check before the rename instead, which two simultaneous writers of one path could both pass.
+    """
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        raise
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+            raise
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "exists", str(path)) from err
+        os.replace(temp, path)
+        return
+    os.unlink(temp)
 
 
 def _drop_cached_pages(fd: int) -> None:
