@@ -48,10 +48,24 @@ class NodeSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(11112, ge=1, le=65535)
     max_associations: int = Field(8, ge=1)
-    # Largest P-DATA PDU we accept. Large PDUs cut the per-fragment overhead of a pure-Python
-    # receiver; 0 would mean "unlimited", which some SCUs treat as their own small default.
+    # Largest P-DATA PDU we accept (the Maximum Length we advertise, PS3.8 D.1); a PDU announcing
+    # more is aborted before anything is allocated for it. Large PDUs cut the per-fragment overhead of
+    # a pure-Python receiver; 0 would mean "unlimited", which some SCUs treat as their own small default.
     max_pdu_bytes: int = Field(4 * 1024 * 1024, ge=4096)
+    # Largest data set one C-STORE may carry (and a deflated one may inflate to). The largest objects
+    # a CT/MR node expects are enhanced multi-frame series, ~1,000 frames of 512x512x16 bit = 500 MiB;
+    # a receiver holds up to three copies of a data set while it frames and writes it, so 512 MiB keeps
+    # eight associations within 12 GiB. A message announcing more is aborted before it is buffered.
+    max_dataset_bytes: int = Field(512 * 1024 * 1024, ge=1024 * 1024)
+    # An association that sends nothing for this long is aborted, and every PDU must arrive whole
+    # within it once its first byte has: a peer that stalls mid-PDU, or trickles bytes, is dropped.
     network_timeout_seconds: float = Field(60, gt=0)
+    # A new connection must finish its TLS handshake and send its A-ASSOCIATE-RQ within this; until
+    # then it holds no association slot, and a silent one is closed after it.
+    handshake_timeout_seconds: float = Field(10, gt=0)
+    # The event-driven acceptor (dicom_node/acceptor/fast.py), about twice pynetdicom's rate per core;
+    # false serves associations with stock pynetdicom, under the same limits and checks.
+    fast_ingest: bool = True
     # Processes that serve associations (dicom_node/receivers.py). One Python process receives at
     # about one core; with several, concurrent associations are spread over them.
     receiver_processes: int = Field(1, ge=1, le=64)

@@ -16,9 +16,11 @@ from onconode.audit import AuditLog
 from onconode.config import Settings
 from onconode.delivery import dispatcher
 from onconode.dicom_node.assembler import Assembler
+from onconode.dicom_node.associations import AssociationSummary
+from onconode.dicom_node.listener import Listener
 from onconode.dicom_node.receivers import ReceiverPool
 from onconode.dicom_node.recovery import recover
-from onconode.dicom_node.scp import AssociationSummary, StorageSCP
+from onconode.dicom_node.scp import StorageSCP
 from onconode.dicom_node.storage import InstanceStorage
 from onconode.dicom_node.tls import listener_context
 from onconode.events import Event, log_event
@@ -40,7 +42,7 @@ class Node:
         # Built here in either case, so that a bad certificate stops the start before anything listens;
         # receiver processes build their own from the same settings.
         ssl_context = listener_context(settings.tls)
-        self.scp: StorageSCP | ReceiverPool = (
+        self.scp: Listener = (
             StorageSCP(settings.node, settings.callers, self.storage, self.db, ssl_context)
             if settings.node.receiver_processes == 1 else ReceiverPool(settings, self.db.notify))
         self._wire_operations()
@@ -92,7 +94,7 @@ class Node:
 
     def start(self) -> None:
         """Start every part; if one fails (e.g. the API port is taken), stop those started and raise."""
-        recover(self.storage, self.db)
+        recover(self.storage, self.db, self.settings.node.max_dataset_bytes)
         if self.models_note:
             log_event(log, Event.MODELS, level=logging.WARNING, note=self.models_note)
         try:

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from onconode.dicom_node.scp import AssociationSummary
+from onconode.dicom_node.associations import AssociationSummary
 from onconode.state import Delivery, StateDB
 
 # Stage latency buckets in seconds: a slice decode is milliseconds, a whole CT analysis tens of seconds.

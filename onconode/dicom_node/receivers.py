@@ -3,15 +3,16 @@
 Why: a C-STORE is served by Python code that holds the interpreter lock for most of the time it
 runs, so one process receives at about one core however many associations are open. With
 ``node.receiver_processes`` above 1 the node accepts each connection on its port and passes it
-(SCM_RIGHTS) to the receiver process serving the fewest associations. Each receiver runs the node's
-own ``StorageSCP`` on it (association policy, C-STORE, the durable write, its own connection to the
-WAL database) and sends back what the node's listeners need: a summary when a connection ends
-(metrics, audit) and every study transition it committed (audit trail).
+(SCM_RIGHTS) to the receiver process serving the fewest connections. Each receiver runs the node's
+own ``StorageSCP`` on it (the guard, association policy, C-STORE, the durable write, its own
+connection to the WAL database) and sends back what the node's listeners need: a summary when a
+connection ends (metrics, audit) and every study transition it committed (audit trail).
 
-The node counts the associations it has handed out, so ``max_associations`` holds across the
-receivers. A receiver that dies is started again: the connections it served are dropped, and what it
-acknowledged is durable and indexed, as after a crash of the whole node. A receiver whose node has
-gone (its control socket closed) aborts its associations and exits.
+``max_associations`` holds across the receivers: each counts its associations in its own entry of
+one shared array (``policy.AssociationSlots``) and reads the others'. A receiver that dies is
+started again, its entry zeroed first: the connections it served are dropped (their slots with
+them), and what it acknowledged is durable and indexed, as after a crash of the whole node. A
+receiver whose node has gone (its control socket closed) aborts its associations and exits.
 """
 
 from __future__ import annotations
@@ -27,10 +28,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
+from multiprocessing.sharedctypes import RawArray
 from typing import Any
 
 from onconode.config import Settings
-from onconode.dicom_node.scp import AssociationListener, AssociationSummary, StorageSCP, tell_listeners
+from onconode.dicom_node.associations import AssociationListener, AssociationSummary, tell_listeners
+from onconode.dicom_node.policy import AssociationSlots, SlotCounts
+from onconode.dicom_node.scp import StorageSCP
 from onconode.dicom_node.storage import InstanceStorage
 from onconode.dicom_node.tls import listener_context
 from onconode.events import Event, configure_logging, log_event
@@ -56,14 +60,16 @@ class _Receiver:
     process: BaseProcess
     control: socket.socket  # SOCK_SEQPACKET: one message per send, connections passed with it
     ready: threading.Event = dataclasses.field(default_factory=threading.Event)
-    active: int = 0  # connections handed over whose summary has not come back
+    active: int = 0  # connections handed over whose summary has not come back (to balance the load)
 
 
 class ReceiverPool:
-    """The node's listener when ``node.receiver_processes`` > 1: the same interface as ``StorageSCP``."""
+    """The node's ``Listener`` when ``node.receiver_processes`` > 1."""
 
     def __init__(self, settings: Settings, on_transitions: TransitionsListener) -> None:
         self._settings = settings
+        # One association count per receiver, shared with them all (policy.AssociationSlots).
+        self._slots: SlotCounts = RawArray("i", settings.node.receiver_processes)
         self._on_transitions = on_transitions
         self._listeners: list[AssociationListener] = []
         self._receivers: list[_Receiver] = []
@@ -128,10 +134,11 @@ class ReceiverPool:
 
     def _start_receiver(self, index: int) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._slots[index] = 0  # what a receiver that died in this place held is free again
         process = multiprocessing.get_context("spawn").Process(
             # The settings travel as plain values: the class load_settings() makes cannot be pickled.
-            target=serve_receiver, args=(self._settings.model_dump(), theirs), name=f"onconode-receiver-{index}",
-            daemon=True)
+            target=serve_receiver, args=(self._settings.model_dump(), theirs, self._slots, index),
+            name=f"onconode-receiver-{index}", daemon=True)
         process.start()
         theirs.close()
         receiver = _Receiver(index, process, ours)
@@ -155,9 +162,8 @@ class ReceiverPool:
             candidates = sorted((r for r in self._receivers if r.ready.is_set()), key=lambda r: r.active)
             for receiver in candidates:
                 receiver.active += 1
-                active = sum(r.active for r in self._receivers)
                 try:
-                    socket.send_fds(receiver.control, [json.dumps({"active": active}).encode()], [connection.fileno()])
+                    socket.send_fds(receiver.control, [b"connection"], [connection.fileno()])
                     return
                 except OSError:  # it has just died: its reports thread starts another
                     receiver.active -= 1
@@ -200,8 +206,9 @@ class ReceiverPool:
 
 # --- the receiver side ------------------------------------------------------------------------
 
-def serve_receiver(values: dict[str, Any], control: socket.socket) -> None:
-    """A receiver process: serve the connections the node passes until the node closes ``control``."""
+def serve_receiver(values: dict[str, Any], control: socket.socket, slots: SlotCounts, index: int) -> None:
+    """A receiver process: serve the connections the node passes until the node closes ``control``;
+    ``slots[index]`` counts its associations."""
     settings = Settings(**values)
     configure_logging(settings.log.level)
     # Ctrl-C, or a service manager's SIGTERM, may reach the whole process group: the node stops its
@@ -210,7 +217,8 @@ def serve_receiver(values: dict[str, Any], control: socket.socket) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     db = StateDB(settings.state.database)
     storage = InstanceStorage.from_settings(settings.storage)
-    scp = StorageSCP(settings.node, settings.callers, storage, db, listener_context(settings.tls))
+    scp = StorageSCP(settings.node, settings.callers, storage, db, listener_context(settings.tls),
+                     AssociationSlots(settings.node.max_associations, slots, index))
 
     def report(**message: Any) -> None:
         try:
@@ -224,10 +232,10 @@ def serve_receiver(values: dict[str, Any], control: socket.socket) -> None:
     report(ready=True)
     try:
         while True:
-            message, fds, _, _ = socket.recv_fds(control, _MESSAGE_BYTES, 1)
+            _, fds, _, _ = socket.recv_fds(control, _MESSAGE_BYTES, 1)
             if not fds:  # end-of-file: the node is stopping, or gone
                 return
-            scp.adopt(socket.socket(fileno=fds[0]), int(json.loads(message)["active"]))
+            scp.adopt(socket.socket(fileno=fds[0]))
     finally:
         scp.stop()
         db.close()

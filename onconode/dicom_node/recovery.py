@@ -12,10 +12,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_file_meta_info
-
-from onconode.dicom_node.identify import InvalidInstance, identify
+from onconode.dicom_node.identify import InvalidInstance, identify_file
 from onconode.dicom_node.storage import InstanceStorage
 from onconode.events import Event, log_event
 from onconode.state import RESUME, ReceivedInstance, StateDB
@@ -33,7 +30,9 @@ class RecoveryReport:
     resumed: int
 
 
-def recover(storage: InstanceStorage, db: StateDB) -> RecoveryReport:
+def recover(storage: InstanceStorage, db: StateDB, max_dataset_bytes: int) -> RecoveryReport:
+    """Index what is on disk and not indexed, remove temporaries, resume interrupted studies; files are
+    read as C-STOREs are (``identify_file``), a deflated one inflating to ``max_dataset_bytes`` at most."""
     removed = storage.remove_stale_temporaries()
     known = db.instance_uids()
     reindexed = unreadable = 0
@@ -42,17 +41,16 @@ def recover(storage: InstanceStorage, db: StateDB) -> RecoveryReport:
             continue
         data = path.read_bytes()
         try:
-            meta = read_file_meta_info(path)
-            identity = identify(data, str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID))
-        except (InvalidInstance, InvalidDicomError, OSError, ValueError, AttributeError) as err:
+            identity, transfer_syntax = identify_file(data, max_dataset_bytes)
+        except InvalidInstance as err:
             unreadable += 1
-            log_event(log, Event.RECOVERY, level=logging.ERROR, file=path.name, problem=str(err))
+            log_event(log, Event.RECOVERY, level=logging.ERROR, file=path.name, problem=err.reason)
             continue
         if storage.path_for(identity) != path:
             unreadable += 1
             log_event(log, Event.RECOVERY, level=logging.ERROR, file=path.name, problem="file is not where its UIDs say")
             continue
-        db.record_instance(ReceivedInstance(identity, str(meta.TransferSyntaxUID), len(data),
+        db.record_instance(ReceivedInstance(identity, transfer_syntax, len(data),
                                             hashlib.sha256(data).hexdigest(), path.stat().st_mtime,
                                             RECOVERED_CALLER))
         reindexed += 1

@@ -4,9 +4,9 @@ Input: an ``InstanceIdentity`` (UIDs already validated) and the Part 10 bytes to
 Output: the final path, once the bytes survive a crash.
 
 The one write path is ``durable.DurableFile``: a temporary file in ``<root>/.incoming`` → fsync →
-rename into the series folder → fsync of that folder. Only after all four may C-STORE answer
-Success: a power cut after that keeps the instance; before it, the sender gets no Success and
-resends. The temporary files are created ahead of need (``durable.ReadyFiles``, while the listener
+a new name in the series folder (``link``, which never replaces a stored instance) → fsync of that
+folder. Only after all four may C-STORE answer Success: a power cut after that keeps the instance;
+before it, the sender gets no Success and resends. The temporary files are created ahead of need (``durable.ReadyFiles``, while the listener
 runs), which is why they live in one folder of their own rather than in a series folder. A
 temporary file is removed on failure, and any that a killed process left behind is removed at the
 next start (``remove_stale_temporaries``).
@@ -31,6 +31,10 @@ _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 class LowDiskSpace(OSError):
     """Writing would leave less free space than ``storage.min_free_mb``; nothing was written."""
+
+
+class AlreadyStored(OSError):
+    """The instance's path holds a file already; it was kept, and nothing was written."""
 
 
 class StorageFull(OSError):
@@ -66,10 +70,12 @@ class InstanceStorage:
             self._ready = None
 
     def write(self, identity: InstanceIdentity, data: bytes) -> Path:
-        """Write ``data`` durably to the instance's path, replacing any previous file atomically.
+        """Write ``data`` durably to the instance's path; a file already there is never replaced.
 
         Raises
         ------
+        AlreadyStored
+            When the instance's path holds a file already (kept as it is; nothing was written).
         LowDiskSpace
             When writing would leave less than the minimum free space (0 disables the guard).
         StorageFull
@@ -82,7 +88,9 @@ class InstanceStorage:
         final = self.path_for(identity)
         try:
             file = self._ready.take() if self._ready is not None else DurableFile(self.incoming)
-            file.commit(data, final, self.root)
+            file.commit(data, final, self.root, replace=False)
+        except FileExistsError as err:
+            raise AlreadyStored(errno.EEXIST, "a file is stored under this SOP Instance UID") from err
         except OSError as err:
             if err.errno in _NO_SPACE:
                 raise StorageFull(err.errno, "disk full while writing") from err

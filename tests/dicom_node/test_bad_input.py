@@ -27,8 +27,8 @@ LONG_UID = "1.2." + ".".join(["123456789"] * 7)  # grammatical, 73 characters
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    process = NodeProcess(tmp_path_factory.mktemp("bad-input"))
+def node(tmp_path_factory: pytest.TempPathFactory, fast_ingest: bool) -> Iterator[NodeProcess]:
+    process = NodeProcess(tmp_path_factory.mktemp("bad-input"), node={"fast_ingest": fast_ingest})
     process.start()
     yield process
     process.stop()

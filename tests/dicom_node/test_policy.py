@@ -20,10 +20,11 @@ CALLERS = [{"ae_title": "PACS", "host": "127.0.0.1"}, {"ae_title": "REMOTE", "ho
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-receivers"])
-def guarded(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> NodeProcess:
-    # With receiver processes the limit holds across them: the node counts what it hands out.
+def guarded(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, fast_ingest: bool
+            ) -> NodeProcess:
+    # With receiver processes the limit holds across them: each counts its own in one shared array.
     process = NodeProcess(tmp_path_factory.mktemp("policy"), callers=CALLERS,
-                          node={"max_associations": 2, "receiver_processes": request.param})
+                          node={"max_associations": 2, "receiver_processes": request.param, "fast_ingest": fast_ingest})
     process.start()
     yield process
     process.stop()
@@ -82,8 +83,9 @@ def test_associations_beyond_the_limit_are_rejected_transiently(guarded: NodePro
     assert echo_status(guarded.port, calling_ae="PACS") == 0
 
 
-def test_disk_below_minimum_answers_out_of_resources_and_writes_nothing(tmp_path: Path, data: Path) -> None:
-    node = NodeProcess(tmp_path, storage={"min_free_mb": 1024 ** 3})  # more than any disk has free
+def test_disk_below_minimum_answers_out_of_resources_and_writes_nothing(tmp_path: Path, data: Path,
+                                                                        fast_ingest: bool) -> None:
+    node = NodeProcess(tmp_path, storage={"min_free_mb": 1024 ** 3}, node={"fast_ingest": fast_ingest})  # more than any disk has free
     node.start()
     try:
         files = sorted((data / "dicom" / "lidc-idri-0001").glob("*.dcm"))[:3]
@@ -96,7 +98,7 @@ def test_disk_below_minimum_answers_out_of_resources_and_writes_nothing(tmp_path
 
 
 def test_disk_filling_during_a_write_answers_out_of_resources_and_leaves_nothing_half_written(
-        tmp_path: Path, data: Path) -> None:
+        tmp_path: Path, data: Path, fast_ingest: bool) -> None:
     """A real full file system: a 1.5 MiB tmpfs holds two 520 KiB CT slices, not three."""
     store = tmp_path / "small"
     store.mkdir()
@@ -104,7 +106,8 @@ def test_disk_filling_during_a_write_answers_out_of_resources_and_leaves_nothing
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); the guard test above still runs")
     try:
-        node = NodeProcess(tmp_path, storage={"root": str(store / "store"), "min_free_mb": 0})
+        node = NodeProcess(tmp_path, storage={"root": str(store / "store"), "min_free_mb": 0},
+                           node={"fast_ingest": fast_ingest})
         node.start()
         try:
             files = sorted((data / "dicom" / "lidc-idri-0001").glob("*.dcm"))[:4]
@@ -121,8 +124,8 @@ def test_disk_filling_during_a_write_answers_out_of_resources_and_leaves_nothing
         subprocess.run(["umount", str(store)], check=False)
 
 
-def test_a_silent_association_is_aborted_after_the_network_timeout(tmp_path: Path) -> None:
-    process = NodeProcess(tmp_path, node={"network_timeout_seconds": 1})
+def test_a_silent_association_is_aborted_after_the_network_timeout(tmp_path: Path, fast_ingest: bool) -> None:
+    process = NodeProcess(tmp_path, node={"network_timeout_seconds": 1, "fast_ingest": fast_ingest})
     process.start()
     try:
         assoc = associate(process.port, "ANYONE")

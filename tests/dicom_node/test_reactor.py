@@ -1,4 +1,5 @@
-"""The event-driven acceptor codes C-STORE requests and responses exactly as pynetdicom does."""
+"""The event-driven acceptor (``acceptor/fast.py``) codes C-STORE requests and responses exactly as
+pynetdicom does, and serves C-STOREs on the thread that reads the association."""
 
 from __future__ import annotations
 
@@ -19,17 +20,12 @@ from pynetdicom.events import Event
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
+from onconode.dicom_node.acceptor import ConnectionRules, Limits, Refusal, make_server
+from onconode.dicom_node.acceptor.codec import c_store_rq_command, c_store_rsp_command, p_data_tf
+from onconode.dicom_node.acceptor.fast import EventDrivenAssociation, EventDrivenDUL
 from onconode.dicom_node.allocator import retain_freed_buffers
-from onconode.dicom_node.reactor import (
-    EventDrivenAssociation,
-    EventDrivenDUL,
-    c_store_rq_command,
-    c_store_rsp_command,
-    p_data_tf,
-)
-from onconode.dicom_node.scp import CallerPolicy, _request_handler
+from onconode.dicom_node.policy import Rejection
 
 
 @pytest.mark.parametrize(("instance", "message_id", "status"), [
@@ -103,9 +99,27 @@ def test_p_data_tf_matches_pynetdicom() -> None:
     assert p_data_tf(5, pdv) == P_DATA_TF(primitive).encode()
 
 
+class _AdmitAll:
+    """Connection hooks that admit every caller (``acceptor.ConnectionHooks``)."""
+
+    def admission(self, host: str, port: int) -> Any:
+        def admit(called_ae: str, calling_ae: str) -> Rejection | None:
+            return None
+        return admit
+
+    def refused(self, host: str, port: int, refusal: Refusal) -> None:
+        pass
+
+    def ended_early(self, host: str, port: int, refusal: Refusal) -> None:
+        pass
+
+    def closed(self, host: str, port: int) -> None:
+        pass
+
+
 class _Acceptor:
-    """An in-process acceptor built as the node builds its own (``scp._request_handler``), with a test
-    C-STORE handler in place of the node's."""
+    """An in-process fast acceptor made as the node makes its own (``acceptor.make_server``), with a
+    test C-STORE handler in place of the node's."""
 
     def __init__(self, on_store: Any) -> None:
         self.threads: list[threading.Thread] = []
@@ -113,12 +127,9 @@ class _Acceptor:
         ae = AE(ae_title="ONCONODE")
         ae.add_supported_context(Verification)
         ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
-        self.server = ae.make_server(
-            ("127.0.0.1", 0), server_class=ThreadedAssociationServer,
-            evt_handlers=[(evt.EVT_C_STORE, self._handle)],
-            request_handler=_request_handler(CallerPolicy("ONCONODE", (), 4), lambda assoc: 1, lambda *_: None))
+        rules = ConnectionRules(Limits(1 << 20, 1 << 24), handshake_seconds=10, pdu_seconds=10)
+        self.server = make_server(ae, rules, _AdmitAll(), [(evt.EVT_C_STORE, self._handle)], ("127.0.0.1", 0))
         self.port = int(self.server.server_address[1])
-        ae._servers.append(self.server)  # as scp.py does, so that shutdown() finds it
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def _handle(self, event: Event) -> int:

@@ -24,8 +24,8 @@ from tests.support import NodeProcess, dataset_bytes, echo_status, free_port, wa
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> NodeProcess:
-    process = NodeProcess(tmp_path, node={"receiver_processes": 2})
+def node(tmp_path: Path, fast_ingest: bool) -> NodeProcess:
+    process = NodeProcess(tmp_path, node={"receiver_processes": 2, "fast_ingest": fast_ingest})
     process.start()
     yield process
     process.stop()

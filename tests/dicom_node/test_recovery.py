@@ -6,12 +6,12 @@ import shutil
 import time
 from pathlib import Path
 
-import pydicom
-
-from onconode.dicom_node.identify import identify
+from onconode.dicom_node.identify import identify_file
 from onconode.dicom_node.recovery import recover
 from onconode.dicom_node.storage import InstanceStorage
 from onconode.state import StateDB, StudyState
+
+LIMIT = 1 << 30
 
 
 def test_recovery_reindexes_files_removes_temporaries_and_resumes(tmp_path: Path, data: Path) -> None:
@@ -19,8 +19,7 @@ def test_recovery_reindexes_files_removes_temporaries_and_resumes(tmp_path: Path
     db = StateDB(tmp_path / "state.db")
     sources = sorted((data / "dicom" / "brain-tumor-progression-pgbm-001-t1post").glob("*.dcm"))[:3]
     for source in sources:  # as if the process died after rename, before commit
-        ds = pydicom.dcmread(source, stop_before_pixels=True)
-        identity = identify(source.read_bytes(), ds.SOPClassUID, ds.SOPInstanceUID)
+        identity, _ = identify_file(source.read_bytes(), LIMIT)
         storage.write(identity, source.read_bytes())
     folder = storage.path_for(identity).parent
     (folder / ".half-written.tmp").write_bytes(b"partial")  # left by versions that wrote temporaries here
@@ -28,7 +27,7 @@ def test_recovery_reindexes_files_removes_temporaries_and_resumes(tmp_path: Path
     (storage.incoming / "1.2.3.dcm").write_bytes(b"")  # .incoming is no study folder
     (folder / "9.9.9.dcm").write_bytes(b"not dicom")  # damaged: reported, never deleted
 
-    report = recover(storage, db)
+    report = recover(storage, db, LIMIT)
 
     assert (report.temporaries_removed, report.reindexed, report.unreadable) == (2, 3, 1)
     assert not (folder / ".half-written.tmp").exists() and (folder / "9.9.9.dcm").exists()
@@ -37,7 +36,7 @@ def test_recovery_reindexes_files_removes_temporaries_and_resumes(tmp_path: Path
     assert len(db.instances(study_uid)) == 3
 
     db.transition(study_uid, StudyState.ANALYSING, "test")
-    assert recover(storage, db).resumed == 1
+    assert recover(storage, db, LIMIT).resumed == 1
     assert db.study(study_uid).state == StudyState.QUEUED  # type: ignore[union-attr]
     shutil.rmtree(tmp_path / "store")
 
@@ -52,8 +51,7 @@ def test_files_made_ahead_are_used_once_and_removed_when_not(tmp_path: Path, dat
     assert len(ready) == 2 and all(p.stat().st_size == 0 for p in ready)
 
     source = data / "dicom" / "brain-tumor-progression-pgbm-001-t1post" / "IM-0001.dcm"
-    ds = pydicom.dcmread(source, stop_before_pixels=True)
-    path = storage.write(identify(source.read_bytes(), ds.SOPClassUID, ds.SOPInstanceUID), source.read_bytes())
+    path = storage.write(identify_file(source.read_bytes(), LIMIT)[0], source.read_bytes())
 
     assert path.read_bytes() == source.read_bytes()
     assert not ready <= set(storage.incoming.iterdir())  # one of them became the instance

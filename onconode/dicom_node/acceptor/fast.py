@@ -21,7 +21,11 @@ anything else: other commands and PDUs, and any event a handler is bound to, tak
 Together they halve the CPU a C-STORE costs (``bench/ingest.py`` prints it).
 
 Both waits wake at least every ``_TICK`` seconds so that the ARTIM and idle timers, release, abort
-and kill are still noticed, as the polling loops notice them.
+and kill are still noticed, as the polling loops notice them. The socket underneath is the
+guarded one (``guarded_socket.py``): PDU limits and deadlines are checked there, for this path and
+stock pynetdicom alike. The private pynetdicom names used here are listed, with what breaks if
+they change, in the package docstring (``acceptor/__init__.py``), whose ``make_server`` checks the
+pynetdicom version before this module is imported.
 """
 
 from __future__ import annotations
@@ -33,11 +37,15 @@ import socket
 import ssl
 import struct
 import threading
+import time
+from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import cast
+from typing import Any, cast
 
 from pynetdicom import _config, evt
+from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom._handlers import (
     standard_dimse_recv_handler,
     standard_dimse_sent_handler,
@@ -52,9 +60,16 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT, A_RELEASE, P_DATA
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
-from pynetdicom.transport import AssociationSocket
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from onconode.dicom_node.part10 import uid_value
+from onconode.dicom_node.acceptor.codec import (
+    c_store_rq_command,
+    c_store_rsp_command,
+    p_data_tf,
+    ui_value,
+    us_value,
+)
+from onconode.dicom_node.acceptor.guarded_socket import GuardedIO
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +77,10 @@ _TICK = 0.01  # seconds: the longest a wait lasts before timers, release and kil
 
 
 class WholeReadSocket(AssociationSocket):
-    """Reads ``nr_bytes`` into one buffer with as few system calls as the kernel allows."""
+    """Reads ``nr_bytes`` into one buffer with as few system calls as the kernel allows.
+
+    The buffer is allocated before the bytes arrive: the guard underneath has checked the PDU's
+    announced length (at most ``node.max_pdu_bytes``) when its header was read."""
 
     def recv(self, nr_bytes: int) -> bytearray:
         assert self.socket is not None
@@ -145,8 +163,8 @@ class EventDrivenDUL(DULServiceProvider):
     def _wait(self) -> None:
         """Block until the peer sends data, a primitive is queued, or a tick passes."""
         sock = self.socket.socket if self.socket is not None and self.socket._is_connected else None
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
-            return
+        if sock is not None and (isinstance(sock, (ssl.SSLSocket, GuardedIO)) and sock.pending()):
+            return  # bytes already read (TLS records, the guard's look at the A-ASSOCIATE-RQ)
         waiting_on = [self._wake_reader] if sock is None else [self._wake_reader, sock]
         try:
             ready, _, _ = select.select(waiting_on, [], [], _TICK)
@@ -160,7 +178,9 @@ class EventDrivenDUL(DULServiceProvider):
                 pass
 
     def _abort_now(self) -> None:
-        """Bypass the state machine and send an A-ABORT, as pynetdicom's own reactor does on error."""
+        """Bypass the state machine and send an A-ABORT, as pynetdicom's own reactor does on error; and
+        close the connection and say so (EVT_CONN_CLOSE), which that shortcut of pynetdicom's omits:
+        the listener gives the association's slot back then."""
         pdu = A_ABORT_RQ()
         pdu.source, pdu.reason_diagnostic = 0x02, 0x00
         if self.socket is not None:
@@ -169,6 +189,10 @@ class EventDrivenDUL(DULServiceProvider):
         self.assoc.is_established = False
         self.assoc._kill = True
         self._kill_thread = True
+        if self.socket is not None:
+            self.socket.close()
+        requestor = self.assoc.requestor
+        evt.trigger(self.assoc, evt.EVT_CONN_CLOSE, {"address": (requestor.address, requestor.port)})
 
 
 class _PDataView:
@@ -179,6 +203,8 @@ class _PDataView:
         self._values: list[tuple[int, memoryview]] = []
         pos = 6
         while pos < len(pdu):  # PDV items (PS3.8 9.3.5.1): length, context ID, control header + fragment
+            if pos + 6 > len(pdu):
+                raise ValueError("PDV item header runs past the P-DATA-TF PDU")
             length, context_id = struct.unpack_from(">IB", pdu, pos)
             if length < 2 or pos + 4 + length > len(pdu):
                 raise ValueError("PDV item length runs past the P-DATA-TF PDU")
@@ -301,78 +327,17 @@ class _StoreRequest:
         """The C_STORE request pynetdicom's ``message_to_primitive`` would give; its setters validate."""
         command = self.command
         request = C_STORE()
-        request.MessageID = _us(command[0x0110])
-        request.AffectedSOPClassUID = _ui(command[0x0002])
-        request.AffectedSOPInstanceUID = _ui(command[0x1000])
-        request.Priority = _us(command[0x0700])
+        request.MessageID = us_value(command[0x0110])
+        request.AffectedSOPClassUID = ui_value(command[0x0002])
+        request.AffectedSOPInstanceUID = ui_value(command[0x1000])
+        request.Priority = us_value(command[0x0700])
         if 0x1030 in command:
             request.MoveOriginatorApplicationEntityTitle = bytes(command[0x1030]).decode("ascii").strip()
         if 0x1031 in command:
-            request.MoveOriginatorMessageID = _us(command[0x1031])
+            request.MoveOriginatorMessageID = us_value(command[0x1031])
         request.DataSet = BytesIO(b"".join(self.fragments))
         request._context_id = self.context_id
         return request
-
-
-_C_STORE_RQ_ELEMENTS = {0x0000, 0x0002, 0x0100, 0x0110, 0x0700, 0x0800, 0x1000, 0x1030, 0x1031}
-_C_STORE_RQ_REQUIRED = {0x0002, 0x0100, 0x0110, 0x0700, 0x0800, 0x1000}
-
-
-def c_store_rq_command(pdv: memoryview | bytes) -> dict[int, bytes] | None:
-    """The command elements (by element number) of a C-STORE-RQ with a data set, from a last command
-    fragment (control header byte 0x03), or None when it is anything else."""
-    data = bytes(pdv[1:])
-    command: dict[int, bytes] = {}
-    pos = 0
-    while pos < len(data):
-        if pos + 8 > len(data):
-            return None
-        group, element, length = struct.unpack_from("<HHI", data, pos)
-        pos += 8
-        if group != 0 or element not in _C_STORE_RQ_ELEMENTS or pos + length > len(data):
-            return None
-        command[element] = data[pos:pos + length]
-        pos += length
-    try:
-        if not _C_STORE_RQ_REQUIRED <= command.keys() or _us(command[0x0100]) != 0x0001:
-            return None
-        if _us(command[0x0800]) == 0x0101:  # no data set: not a valid C-STORE-RQ; pynetdicom reports it
-            return None
-    except ValueError:
-        return None
-    return command
-
-
-def _us(value: bytes) -> int:
-    if len(value) != 2:
-        raise ValueError("US value of the wrong length")
-    return int.from_bytes(value, "little")
-
-
-def _ui(value: bytes) -> str:
-    return value.decode("ascii").rstrip("\0 ")
-
-
-def c_store_rsp_command(sop_class_uid: str, sop_instance_uid: str, message_id: int, status: int) -> bytes:
-    """The command set of a C-STORE-RSP (PS3.7 9.3.1.2) in implicit VR little endian, no data set."""
-    elements = b"".join((
-        _implicit(0x0002, uid_value(sop_class_uid)),
-        _implicit(0x0100, struct.pack("<H", 0x8001)),          # Command Field: C-STORE-RSP
-        _implicit(0x0120, struct.pack("<H", message_id)),      # Message ID Being Responded To
-        _implicit(0x0800, struct.pack("<H", 0x0101)),          # Command Data Set Type: none
-        _implicit(0x0900, struct.pack("<H", status)),
-        _implicit(0x1000, uid_value(sop_instance_uid)),
-    ))
-    return _implicit(0x0000, struct.pack("<I", len(elements))) + elements
-
-
-def p_data_tf(context_id: int, pdv: bytes) -> bytes:
-    """A P-DATA-TF PDU (PS3.8 9.3.5) carrying one PDV (control header and fragment)."""
-    return struct.pack(">BBIIB", 0x04, 0x00, 5 + len(pdv), 1 + len(pdv), context_id) + pdv
-
-
-def _implicit(element: int, value: bytes) -> bytes:
-    return struct.pack("<HHI", 0x0000, element, len(value)) + value
 
 
 class EventDrivenAssociation(Association):
@@ -401,3 +366,30 @@ class EventDrivenAssociation(Association):
 
 _STANDARD_LOG_HANDLERS = {standard_dimse_recv_handler, standard_dimse_sent_handler, standard_pdu_recv_handler,
                           standard_pdu_sent_handler}
+
+
+class EventDrivenRequestHandler(RequestHandler):
+    """pynetdicom's request handler, building event-driven associations on the guarded socket."""
+
+    def _create_association(self) -> Association:
+        # What pynetdicom 3.0.4's RequestHandler._create_association does, with our Association and
+        # AssociationSocket classes; the connection's checks are the socket's (guarded_socket.py).
+        server = cast(ThreadedAssociationServer, self.server)
+        assoc = EventDrivenAssociation(self.ae, MODE_ACCEPTOR)
+        assoc._server = server
+        assoc.name = f"AcceptorThread@{time.strftime('%Y%m%d%H%M%S')}"
+        assoc.set_socket(WholeReadSocket(assoc, client_socket=self.request))
+        assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
+        assoc.acceptor.ae_title = server.ae_title
+        assoc.acceptor.address_info = self.local
+        assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
+        assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
+        assoc.acceptor.supported_contexts = deepcopy(server.contexts)
+        assoc.requestor.address_info = self.remote
+        for event, handlers in server._handlers.items():
+            if event.is_intervention and handlers:
+                assoc.bind(event, *handlers)
+            elif isinstance(event, evt.NotificationEvent):
+                for handler, args in cast(list[tuple[Callable[..., Any], Any]], handlers):
+                    assoc.bind(event, handler, args)
+        return assoc
