@@ -6,7 +6,7 @@ NODE    := $(VENV)/.node-$(HASH)
 FULL    := $(VENV)/.full-$(HASH)
 PYTEST_ARGS ?=
 
-.PHONY: run test bench bench-analyze bench-e2e bench-models peers lint clean train-chest train-brain
+.PHONY: run test bench bench-analyze bench-e2e bench-models peers lint clean train-chest train-brain fuzz
 
 # The node alone: what `make run` needs (no PyTorch).
 $(NODE): pyproject.toml
@@ -69,3 +69,11 @@ lint: $(FULL)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
+
+# Fuzz what a peer's bytes reach first (tests/fuzz/fuzz_ingest.py) for FUZZ_SECONDS; what it finds is
+# kept in var/fuzz-corpus, a crash input in var/ (tests run it for 30 s from tests/fuzz/corpus).
+FUZZ_SECONDS ?= 600
+fuzz: $(FULL)
+	mkdir -p var/fuzz-corpus
+	$(VENV)/bin/python tests/fuzz/fuzz_ingest.py -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 \
+		-artifact_prefix=var/ var/fuzz-corpus tests/fuzz/corpus
