@@ -36,11 +36,11 @@ import numpy as np
 import pydicom
 
 from onconode.config import RoutingRule
-from onconode.inference import pipeline, volume
-from onconode.inference.models import load_registry
+from onconode.inference import pipeline
 from onconode.inference.preprocess import scale_intensities, to_model_input
 from onconode.inference.runner import RunnerPool
-from onconode.selection import series
+from onconode.models import load_registry
+from onconode.selection import series, volume
 
 DATA = Path(os.environ.get("ONCONODE_DATA", REPO.parent / "shared" / "data")) / "dicom"
 STUDY = DATA / "lidc-idri-0001"

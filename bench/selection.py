@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from onconode.inference.models import load_registry
+from onconode.models import load_registry
 from onconode.selection import (
     match,
     series,

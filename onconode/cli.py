@@ -35,7 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from onconode.api.server import ApiServerError
     from onconode.dicom_node.receivers import ReceiverError
     from onconode.dicom_node.tls import TLSError
-    from onconode.inference.models import ModelError
+    from onconode.models import ModelError
     from onconode.node import serve_forever
 
     settings = _settings(args)
@@ -48,7 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from onconode.inference.models import ModelError, load_manifest
+    from onconode.models import ModelError, load_manifest
 
     folder = args.models or _settings(args).analysis.models
     manifests = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
@@ -72,7 +72,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_verify(args: argparse.Namespace) -> int:
-    from onconode.inference.models import ModelError, load_manifest, verify
+    from onconode.models import ModelError, load_manifest, verify
 
     folder = args.models or _settings(args).analysis.models
     manifests = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
@@ -130,7 +130,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from onconode.inference.analyze_cli import AnalyzeError, run_analyze
+    from onconode.analyze import AnalyzeError, run_analyze
 
     settings = _settings(args)
     configure_logging(settings.log.level if args.verbose else "WARNING")

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from onconode.algorithm import Algorithm
-from onconode.inference.models import Manifest
 from onconode.inference.pipeline import AnalysisResult, SliceScore
+from onconode.models import Manifest
 
 NOT_FOR_DIAGNOSIS = "Research use only - NOT FOR DIAGNOSIS. Unverified AI result."
 

@@ -58,7 +58,7 @@ def examine(settings: Settings, reach_destinations: bool = True) -> list[Finding
 
 
 def _models(settings: Settings) -> Iterator[Finding]:
-    from onconode.inference.models import ModelError, installed_models
+    from onconode.models import ModelError, installed_models
 
     folder = settings.analysis.models
     try:

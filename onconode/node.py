@@ -24,7 +24,7 @@ from onconode.dicom_node.scp import StorageSCP
 from onconode.dicom_node.storage import InstanceStorage
 from onconode.dicom_node.tls import listener_context
 from onconode.events import Event, log_event
-from onconode.inference.models import installed_models
+from onconode.models import installed_models
 from onconode.inference.runner import RunnerPool
 from onconode.reporting.outbox import Outbox
 from onconode.reporting.outputs import destination_for, warm_up

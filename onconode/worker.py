@@ -23,14 +23,14 @@ from onconode.config import RoutingRule
 from onconode.dicom_node.storage import InstanceStorage
 from onconode.events import Event, log_event
 from onconode.fhir.report import Destination
-from onconode.inference.models import RegisteredModel
 from onconode.inference.pipeline import AnalysisResult, Outcome, analyze_study
 from onconode.inference.runner import RunnerPool
-from onconode.inference.volume import PixelDecodeError
+from onconode.models import RegisteredModel
 from onconode.reporting.checks import OutputCheckError
 from onconode.reporting.outbox import Outbox
 from onconode.reporting.outputs import build_outputs, fingerprint, read_header
 from onconode.reporting.png import write_overlays
+from onconode.selection.volume import PixelDecodeError
 from onconode.state import StateDB, StateError, StudyState
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ import pytest
 from onconode.conclusion import Conclusion, conclude
 from onconode.config import Caller, DestinationSettings
 from onconode.dicom_node.identify import InstanceIdentity
-from onconode.inference.models import RegisteredModel
 from onconode.inference.pipeline import AnalysisResult, analyze_study
+from onconode.models import RegisteredModel
 from onconode.reporting.outbox import Outbox, Prepared
 from onconode.reporting.outputs import build_outputs, destination_for, read_header
 from onconode.state import ReceivedInstance, StateDB, StudyState

@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from onconode.inference.models import Preprocess
+from onconode.models import Preprocess
 
 
 class Augmenter:

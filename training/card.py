@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from onconode.inference.models import Manifest
+from onconode.models import Manifest
 from training.examples import sources_dir
 from training.specs import ModelSpec
 

@@ -256,8 +256,8 @@ def read_dicom_series(folder: Path) -> tuple[np.ndarray, tuple[float, float, flo
     node's slice order (increasing distance along the normal), its spacing and identifying UIDs."""
     import pydicom
 
-    from onconode.inference.volume import build_volume, read_slice
     from onconode.selection.series import scan
+    from onconode.selection.volume import build_volume, read_slice
 
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     study = scan(files)

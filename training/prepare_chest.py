@@ -71,8 +71,8 @@ import numpy as np
 import pydicom
 from matplotlib.path import Path as PolyPath
 
-from onconode.inference import series as series_mod
-from onconode.inference import volume as volume_mod
+from onconode.selection import series as series_mod
+from onconode.selection import volume as volume_mod
 from training.gather import load_sources, training_root
 
 log = logging.getLogger(__name__)

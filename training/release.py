@@ -26,7 +26,8 @@ import yaml
 
 from onconode.conclusion import conclude
 from onconode.folders import files_under
-from onconode.inference.models import (
+from onconode.inference.pipeline import AnalysisResult, Outcome, analyze_study
+from onconode.models import (
     Calibration,
     Decision,
     GradCamSpec,
@@ -38,7 +39,6 @@ from onconode.inference.models import (
     load_registry,
     sha256_of,
 )
-from onconode.inference.pipeline import AnalysisResult, Outcome, analyze_study
 from onconode.reporting import overlay
 from training import crossval
 from training.card import render_card

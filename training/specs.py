@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from onconode.inference.models import (
+from onconode.models import (
     Accepts,
     Crop,
     DisplaySpec,

@@ -38,7 +38,7 @@ from pydantic import ValidationError
 from onconode.api import schemas, security
 from onconode.api.metrics import CONTENT_TYPE, NodeMetrics
 from onconode.config import Settings
-from onconode.inference.models import ModelError, RegisteredModel, load_registry
+from onconode.models import ModelError, RegisteredModel, load_registry
 from onconode.state import Delivery, DeliveryState, StateDB, StateError, Study, StudyState
 
 log = logging.getLogger(__name__)

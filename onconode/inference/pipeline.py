@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 
 from onconode.config import RoutingRule
-from onconode.inference import gradcam, slices, volume
-from onconode.inference.models import RegisteredModel
+from onconode.inference import gradcam, slices
 from onconode.inference.preprocess import (
     Placement,
     Scaling,
@@ -34,7 +33,8 @@ from onconode.inference.preprocess import (
     series_scaling,
 )
 from onconode.inference.runner import RunnerPool
-from onconode.selection import match, probe, series
+from onconode.models import RegisteredModel
+from onconode.selection import match, probe, series, volume
 from onconode.selection.region import body_outline
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from onconode.inference.models import Crop, CropBody, DisplaySpec, Percentiles, Preprocess, Window
+from onconode.models import Crop, CropBody, DisplaySpec, Percentiles, Preprocess, Window
 
 
 def window(hu: np.ndarray, spec: Window) -> np.ndarray:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
-from onconode.inference.models import RegisteredModel
+from onconode.models import RegisteredModel
 
 log = logging.getLogger(__name__)
 

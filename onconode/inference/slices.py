@@ -18,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 
-from onconode.inference.models import Calibration, Decision
+from onconode.models import Calibration, Decision
 
 Target = Literal["lung", "brain", "body"]
 

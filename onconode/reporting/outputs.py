@@ -41,8 +41,8 @@ from onconode.fhir.report import (
     build_bundle,
     fhir_datetime,
 )
-from onconode.inference.models import Manifest
 from onconode.inference.pipeline import AnalysisResult
+from onconode.models import Manifest
 from onconode.reporting import checks, overlay
 from onconode.reporting.identity import sanitized
 from onconode.reporting.kos import build_kos

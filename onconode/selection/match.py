@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from onconode.config import RoutingRule
-from onconode.inference.models import Accepts, Manifest, RegisteredModel
+from onconode.models import Accepts, Manifest, RegisteredModel
 from onconode.selection import routing
 from onconode.selection.profile import Probe, SeriesProfile, classify, with_pixels
 from onconode.selection.series import SeriesDecision, SeriesInfo, decide

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onconode.inference import volume
+from onconode.selection import volume
 from onconode.selection.profile import PixelLook
 from onconode.selection.region import lung_share, outline_mm
 from onconode.selection.series import SeriesInfo

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from onconode.config import RoutingRule
-from onconode.inference.models import RegisteredModel, load_registry
+from onconode.models import RegisteredModel, load_registry
 from tests.inference.tiny_model import write_model
 
 REPO = Path(__file__).resolve().parents[2]

@@ -19,10 +19,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onconode.inference import gradcam, volume
+from onconode.inference import gradcam
 from onconode.inference.preprocess import Placement, scale_intensities, to_model_input
 from onconode.inference.runner import OnnxRunner
-from onconode.selection import series
+from onconode.selection import series, volume
 
 EPS = 1e-3
 

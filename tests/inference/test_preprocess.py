@@ -7,8 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onconode.inference import volume
-from onconode.inference.models import CropBody, Normalize, Percentiles, Preprocess, Resize, Window
 from onconode.inference.preprocess import (
     body_box,
     percentile_scale,
@@ -18,7 +16,8 @@ from onconode.inference.preprocess import (
     to_slice_geometry,
     window,
 )
-from onconode.selection import series
+from onconode.models import CropBody, Normalize, Percentiles, Preprocess, Resize, Window
+from onconode.selection import series, volume
 
 CT = Preprocess(kind="ct_window", window=Window(center=-600, width=1500),
                 normalize=Normalize(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
@@ -91,8 +90,8 @@ def test_body_box_of_an_empty_slice_is_the_whole_slice() -> None:
 
 
 def test_ct_windows_give_one_plane_per_window_and_crop_to_the_lungs(dicom_dir: Path) -> None:
-    from onconode.inference.models import Crop, Normalize, Preprocess, Window
     from onconode.inference.preprocess import intensity_channels, prepare_slice
+    from onconode.models import Crop, Normalize, Preprocess, Window
 
     spec = Preprocess(kind="ct_windows", windows=(Window(center=-600, width=1500), Window(center=40, width=400),
                                                    Window(center=0, width=2000)),
@@ -110,8 +109,8 @@ def test_ct_windows_give_one_plane_per_window_and_crop_to_the_lungs(dicom_dir: P
 
 
 def test_mr_volume_scaling_uses_the_series_percentiles_not_the_slice() -> None:
-    from onconode.inference.models import Normalize, Percentiles, Preprocess
     from onconode.inference.preprocess import intensity_channels, series_scaling
+    from onconode.models import Normalize, Percentiles, Preprocess
 
     spec = Preprocess(kind="mr_volume", percentiles=Percentiles(low=1, high=99),
                       normalize=Normalize(mean=(0.5,) * 3, std=(0.5,) * 3))

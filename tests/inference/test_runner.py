@@ -10,8 +10,8 @@ import onnx
 import pytest
 import yaml
 
-from onconode.inference.models import load_registry
 from onconode.inference.runner import OnnxRunner, RunnerPool
+from onconode.models import load_registry
 from tests.inference.tiny_model import write_model
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from onconode.inference import slices
-from onconode.inference.models import Decision
+from onconode.models import Decision
 
 LABELS = ["malignant", "benign", "normal"]
 
@@ -60,8 +60,8 @@ def test_aggregate_refuses_logits_of_the_wrong_shape() -> None:
 
 
 def test_calibration_maps_the_study_probability_and_keeps_the_order() -> None:
-    from onconode.inference.models import Calibration
     from onconode.inference.slices import calibrate
+    from onconode.models import Calibration
 
     assert calibrate(0.3, None) == 0.3
     c = Calibration(slope=2.0, intercept=-1.0)

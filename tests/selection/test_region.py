@@ -7,7 +7,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from onconode.inference import volume
+from onconode.selection import volume
 from onconode.selection.region import from_header, lung_share, outline_mm, pixel_regions, regions_in
 from onconode.selection.series import scan
 

@@ -19,7 +19,7 @@ SIZE = (64, 64)
 
 @pytest.fixture(scope="module")
 def spec():  # type: ignore[no-untyped-def]
-    from onconode.inference.models import SliceSpec
+    from onconode.models import SliceSpec
     from training.specs import CHEST_CT
 
     return dataclasses.replace(CHEST_CT, size=SIZE, epochs=2, samples_per_epoch=16, batch_size=8, folds=3,
@@ -89,7 +89,7 @@ def test_cross_validation_gives_out_of_fold_records_and_a_summary(series, spec) 
 def test_release_writes_files_the_node_loads_and_cam_equals_gradcam(series, spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import torch
 
-    from onconode.inference.models import load_registry
+    from onconode.models import load_registry
     from training.export import head_initializers, session
     from training.fit import load, normalise
     from training.gradcam import cam_from_features, reference_gradcam

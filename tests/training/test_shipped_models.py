@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onconode.inference.models import load_registry
+from onconode.models import load_registry
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 

@@ -330,11 +330,11 @@ def _check_head(manifest: Manifest, onnx_path: Path, features_shape: list[object
                 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The Grad-CAM head must be (classes, K) [+ (classes,)], K = channels of the feature output.
 
-    Read with ``initializers.read_initializers`` (a protobuf reader) because ``onnx`` is not a
+    Read with ``onnx_graph.read_initializers`` (a protobuf reader) because ``onnx`` is not a
     runtime dependency. A head that does not fit would give heat maps for the wrong label or
     channel, so it fails start-up like a wrong hash.
     """
-    from onconode.inference.initializers import InitializerError, read_initializers
+    from onconode.onnx_graph import InitializerError, read_initializers
 
     spec = manifest.gradcam
     wanted = {spec.weights} | ({spec.bias} if spec.bias else set())

@@ -16,12 +16,12 @@ from typing import TextIO
 from onconode.conclusion import Conclusion, conclude
 from onconode.config import Settings
 from onconode.folders import files_under
-from onconode.inference.models import ModelError, RegisteredModel, installed_models
 from onconode.inference.pipeline import AnalysisResult, Outcome, analyze_study
 from onconode.inference.runner import RunnerPool
-from onconode.inference.volume import PixelDecodeError
+from onconode.models import ModelError, RegisteredModel, installed_models
 from onconode.reporting.png import write_overlays
 from onconode.selection.series import group_by_study
+from onconode.selection.volume import PixelDecodeError
 
 
 class AnalyzeError(Exception):

@@ -10,8 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from onconode.inference import volume
-from onconode.selection import series
+from onconode.selection import series, volume
 
 
 def _volume(files: list[Path]) -> volume.Volume:

@@ -13,8 +13,8 @@ import yaml
 from onnx import TensorProto, helper, numpy_helper
 from pydantic import ValidationError
 
-from onconode.inference.initializers import InitializerError, read_initializers
-from onconode.inference.models import Manifest, ModelError, load_manifest, load_registry
+from onconode.models import Manifest, ModelError, load_manifest, load_registry
+from onconode.onnx_graph import InitializerError, read_initializers
 from tests.inference.tiny_model import build_onnx, manifest_dict, write_model
 
 
