@@ -317,7 +317,9 @@ def _routes() -> Any:
             out.append(schemas.ModelOut(name=m.name, version=m.version, modality=m.modality, file=m.file,
                                         sha256=m.sha256, labels=[label.name for label in m.labels],
                                         positive_labels=list(m.decision.positive_labels),
-                                        threshold=m.decision.threshold))
+                                        threshold=m.decision.threshold,
+                                        finding=schemas.FindingOut(**m.finding.model_dump()),
+                                        accepts=m.accepts.summary(m.modality)))
         return schemas.Models(models=out, note=runtime.models_note)
 
     @router.get("/metrics", tags=["metrics"], response_class=Response,
@@ -357,12 +359,14 @@ def _study_or_404(db: StateDB, study_uid: str) -> Study:
 
 def _summary(study: Study, result: dict[str, Any] | None) -> schemas.StudySummary:
     result = result or {}
+    conclusion = result.get("conclusion") or {}
     return schemas.StudySummary(
         study_uid=study.study_uid, state=study.state, reason=study.reason, instances=study.instances,
         first_received_at=study.first_received_at, last_received_at=study.last_received_at,
         state_changed_at=study.state_changed_at, calling_ae=study.calling_ae, model=result.get("model"),
-        predicted_label=result.get("predicted_label"), positive=result.get("positive"),
-        positive_probability=result.get("positive_probability"))
+        headline=conclusion.get("headline"), finding=(conclusion.get("finding") or {}).get("display"),
+        positive=conclusion.get("positive"), positive_probability=conclusion.get("probability"),
+        threshold=conclusion.get("threshold"))
 
 
 def _add_result(detail: schemas.StudyDetail, study_uid: str, result: dict[str, Any]) -> None:
@@ -374,6 +378,14 @@ def _add_result(detail: schemas.StudyDetail, study_uid: str, result: dict[str, A
                 for k in result.get("key_slices", [])]
         fields = {k: result[k] for k in schemas.ResultOut.model_fields if k in result and k != "key_slices"}
         detail.result = schemas.ResultOut(**fields, key_slices=keys)
+        c = result.get("conclusion")
+        if c:
+            detail.conclusion = schemas.ConclusionOut(
+                headline=c["headline"], verdict=c["verdict"], finding=schemas.FindingOut(**c["finding"]),
+                probability=c["probability"], threshold=c["threshold"], positive=c["positive"], method=c["method"],
+                model=c["algorithm"]["name"], model_version=c["algorithm"]["version"],
+                device_uid=c["algorithm"]["device_uid"], slices_total=c["slices_total"],
+                slices_analysed=len(c["slices"]), not_for_diagnosis=c["not_for_diagnosis"])
     except (ValidationError, KeyError, TypeError) as err:
         # An older or newer summary shape must not make the whole study unreadable.
         log.warning("event=api_result_unreadable study=%s reason=%r", study_uid, str(err)[:200])

@@ -45,9 +45,11 @@ class StudySummary(_Out):
     state_changed_at: float
     calling_ae: str | None
     model: str | None = None
-    predicted_label: str | None = None
+    headline: str | None = Field(default=None, description="the conclusion in one sentence, as every output says it")
+    finding: str | None = Field(default=None, description="what the model looks for")
     positive: bool | None = None
-    positive_probability: float | None = None
+    positive_probability: float | None = Field(default=None, description="the study probability (calibrated)")
+    threshold: float | None = None
 
 
 class StudyPage(_Out):
@@ -88,7 +90,32 @@ class KeySliceOut(_Out):
     sop_instance_uid: str
     frame: int | None
     index: int
-    positive_probability: float
+    positive_probability: float = Field(description="this slice's own probability (per slice), not the study's")
+
+
+class FindingOut(_Out):
+    code: str
+    scheme: str
+    meaning: str
+    display: str
+
+
+class ConclusionOut(_Out):
+    """What the node concluded about the study; the SR, the FHIR report and the captions say the same."""
+
+    headline: str
+    verdict: str = Field(description="positive or negative")
+    finding: FindingOut
+    probability: float = Field(description="study probability that the finding is present (calibrated)")
+    threshold: float
+    positive: bool
+    method: str = Field(description="how the study probability comes from the per-slice probabilities")
+    model: str
+    model_version: str
+    device_uid: str
+    slices_total: int
+    slices_analysed: int
+    not_for_diagnosis: str
 
 
 class ResultOut(_Out):
@@ -128,6 +155,7 @@ class StudyDetail(StudySummary):
     transitions: list[TransitionOut]
     series: list[SeriesOut]
     series_decisions: list[SeriesDecisionOut] = []
+    conclusion: ConclusionOut | None = None
     result: ResultOut | None = None
     timings_ms: dict[str, float] = Field(default={}, description="per analysis stage, milliseconds")
     overlays: list[str] = Field(default=[], description="URLs of the overlay PNGs, relative to the API root")
@@ -143,6 +171,8 @@ class ModelOut(_Out):
     labels: list[str]
     positive_labels: list[str]
     threshold: float
+    finding: FindingOut | None = None
+    accepts: str | None = Field(default=None, description="the series it reads")
 
 
 class Models(_Out):

@@ -57,8 +57,10 @@ def test_studies_lists_both_studies_with_the_finding(processed: Processed) -> No
     mr = rows[processed.mr_study]
     assert mr["state"] in ANALYSED_END
     assert mr["model"] == "test-mr"
-    assert mr["predicted_label"] in ("malignant", "benign", "normal")
+    assert mr["finding"] == "test finding" and mr["headline"].startswith("test finding: ")
     assert 0.0 <= mr["positive_probability"] <= 1.0
+    assert mr["positive"] == (mr["positive_probability"] >= mr["threshold"])
+    assert f"study probability {mr['positive_probability']:.2f}" in mr["headline"]
     assert mr["instances"] == 24
     assert rows[processed.multiframe_study]["state"] == StudyState.NO_MODEL.value
 
@@ -96,6 +98,13 @@ def test_study_detail_has_history_series_choice_result_timings_and_overlays(proc
     assert detail["result"]["outcome"] == "analysed"
     assert set(detail["result"]["probabilities"]) == {"malignant", "benign", "normal"}
     assert detail["result"]["key_slices"]
+    conclusion = detail["conclusion"]
+    assert conclusion["headline"] == detail["headline"] and conclusion["verdict"] in ("positive", "negative")
+    assert conclusion["probability"] == detail["positive_probability"] == detail["result"]["positive_probability"]
+    assert conclusion["model"] == "test-mr" and "per-slice probabilities" in conclusion["method"]
+    assert conclusion["slices_analysed"] == detail["result"]["slices_analysed"]
+    assert "NOT FOR DIAGNOSIS" in conclusion["not_for_diagnosis"]
+    assert taken[0]["evidence"] and taken[0]["evidence"][0].startswith("region brain")
     assert detail["timings_ms"]["inference"] >= 0 and "analysis_total" in detail["timings_ms"]
     assert all(d["study_uid"] == processed.mr_study for d in detail["deliveries"])
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"

@@ -31,8 +31,12 @@ def test_status_page_lists_the_study_and_shows_its_overlays(browser, processed: 
     row = page.locator(f'tr[data-study="{processed.mr_study}"]')
     row.wait_for(timeout=15000)
     assert row.locator(".state").inner_text() in ANALYSED_END
-    assert row.locator("td").nth(2).inner_text().split(" ")[0] in ("positive", "negative")
+    assert row.locator("td").nth(2).inner_text().split(": ")[1] in ("positive", "negative")
     assert float(row.locator(".probability").inner_text()) >= 0
+    # The detail leads with the conclusion's headline, and names key-slice values as per slice.
+    page.locator("#detail-result", has_text="study probability").wait_for(timeout=15000)
+    assert page.locator("#detail-result").inner_text().startswith("test finding: ")
+    assert "(per slice)" in page.locator("#detail-keys").inner_text()
     other = page.locator(f'tr[data-study="{processed.multiframe_study}"]')
     assert "no applicable model" in other.inner_text()
     image = page.locator("#overlays img.overlay").first

@@ -29,9 +29,11 @@ function text(tag, value, cls) {
 }
 
 function finding(s) {
-  if (s.predicted_label == null) return text("span", s.state === "no_model" ? "no applicable model" : "—");
+  if (s.positive == null) return text("span", s.state === "no_model" ? "no applicable model" : "—");
   const verdict = s.positive ? "positive" : "negative";
-  return text("span", verdict + " (" + s.predicted_label + ")", verdict);
+  const cell = text("span", s.finding + ": " + verdict, verdict);
+  cell.title = s.headline || "";
+  return cell;
 }
 
 function when(epoch) { return new Date(epoch * 1000).toLocaleString(); }
@@ -77,7 +79,14 @@ async function loadDetail() {
   const d = await api("studies/" + encodeURIComponent(selected));
   $("#detail").hidden = false;
   $("#detail-uid").textContent = d.study_uid;
-  $("#detail-result").textContent = d.result ? d.result.reason : (d.reason || d.state);
+  $("#detail-result").textContent = d.conclusion ? d.conclusion.headline :
+    (d.result ? d.result.reason : (d.reason || d.state));
+  $("#detail-method").textContent = d.conclusion ? d.conclusion.method + ". " + d.conclusion.not_for_diagnosis : "";
+  const keys = $("#detail-keys"); keys.replaceChildren();
+  for (const k of (d.result ? d.result.key_slices : [])) {
+    keys.append(text("li", "slice " + (k.index + 1) + ": probability " + k.positive_probability.toFixed(3) +
+      " (per slice)"));
+  }
   const series = $("#detail-series"); series.replaceChildren();
   const decisions = d.series_decisions.length ? d.series_decisions : d.series.map((s) =>
     ({ modality: s.modality, description: s.series_uid, slices: s.instances, taken: false, reason: "received" }));
