@@ -24,8 +24,8 @@ from onconode.dicom_node.scp import StorageSCP
 from onconode.dicom_node.storage import InstanceStorage
 from onconode.dicom_node.tls import listener_context
 from onconode.events import Event, log_event
-from onconode.models import installed_models
 from onconode.inference.runner import RunnerPool
+from onconode.models import installed_models
 from onconode.reporting.outbox import Outbox
 from onconode.reporting.outputs import destination_for, warm_up
 from onconode.state import Delivery, StateDB
@@ -60,7 +60,7 @@ class Node:
             self.dispatcher.add_outcome_listener(self._audit_delivery)
 
     def _wire_operations(self) -> None:
-        """Audit trail, metrics and the HTTP API (issue 6): listeners on the state and the listener."""
+        """Audit trail, metrics and the HTTP API: listeners on the state and the listener."""
         from onconode.api.metrics import NodeMetrics
 
         audit = self.settings.audit

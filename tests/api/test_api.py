@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
 from onconode.state import StudyState
 from tests.processed_node import ANALYSED_END, Processed, wait_until_done
+from tests.support import wait_for
 
 
 def _metric(text: str, name: str, labels: str = "") -> float:
@@ -179,8 +179,13 @@ def test_metrics_report_states_latencies_and_move_when_a_study_is_sent(processed
         before = api.get("/metrics")
         assert before.headers["content-type"].startswith("text/plain")
         processed.send(processed.data / "dicom" / "misc" / "ct-localizer-ap.dcm")
-        time.sleep(0.3)  # the association counter moves when the connection closes
-        after = api.get("/metrics").text
+        received = _metric(before.text, "onconode_instances_received_total")
+
+        def counted() -> str | None:  # the counters move when the association's summary arrives
+            text = api.get("/metrics").text
+            return text if _metric(text, "onconode_instances_received_total") > received else None
+
+        after = wait_for(counted, 10, "the instance counted")
     text = before.text
     assert _metric(text, "onconode_instances_received_total") >= 25
     assert _metric(text, "onconode_studies", f'{{state="{mr_state(processed)}"}}') >= 1

@@ -3,7 +3,6 @@ real node whose only destination is down: every object of the analysed study end
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from onconode.dicom_node.scu import PeerAddress, send_paths
 from onconode.state import StudyState
 from tests.inference.tiny_model import write_model
 from tests.processed_node import MR_SERIES, study_uid, wait_until_done
-from tests.support import NodeProcess, free_port
+from tests.support import NodeProcess, free_port, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +68,12 @@ def test_delivery_attempts_are_audited_and_counted(failed: tuple[NodeProcess, st
     assert deliveries and {r["study"] for r in deliveries} == {uid}
     assert {r["outcome"] for r in deliveries} >= {"dead"}
     assert all(r["destination"].startswith("PACS@") and r["error"] and r["object"] for r in deliveries)
-    time.sleep(0.1)
     with httpx.Client(base_url=node.api_url) as api:
-        metrics = api.get("/metrics").text
+
+        def counted() -> str | None:
+            text = api.get("/metrics").text
+            return text if 'onconode_delivery_attempts_total{outcome="dead"}' in text else None
+
+        metrics = wait_for(counted, 10, "the dead delivery counted")
     assert 'onconode_delivery_attempts_total{outcome="dead"}' in metrics
     assert 'onconode_deliveries{state="dead"}' in metrics

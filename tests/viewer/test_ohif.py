@@ -124,7 +124,7 @@ def test_opening_the_sr_shows_its_findings(page: Any, viewer: Viewer, study: Stu
         # array contains no SCOORD or SCOORD3D entry"), and the SR viewport stays black.
         request.applymarker(pytest.mark.xfail(strict=True, reason=(
             "OncoNode's SR has no image region (SCOORD/SCOORD3D) in its measurement groups, and OHIF "
-            "shows TID 1500 measurements only with one (issue 17, point 2)")))
+            "shows TID 1500 measurements only with one")))
     # OHIF says in the console when it drops an SR's measurements; for an SR without regions that
     # ends the wait (it will draw nothing), for one with regions only the labels do.
     skipped: list[str] = []
