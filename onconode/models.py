@@ -266,7 +266,7 @@ class RegisteredModel:
 
     manifest: Manifest
     onnx_path: Path
-    head_weights: np.ndarray | None = None
+    head_weights: np.ndarray
     head_bias: np.ndarray | None = None
 
 

@@ -33,7 +33,7 @@ from onconode.inference.preprocess import (
     series_scaling,
 )
 from onconode.inference.runner import RunnerPool
-from onconode.models import RegisteredModel
+from onconode.models import Manifest, Preprocess, RegisteredModel
 from onconode.selection import match, probe, series, volume
 from onconode.selection.region import body_outline
 
@@ -174,15 +174,54 @@ def _run_model(study_uid: str, decisions: tuple[series.SeriesDecision, ...], rul
     key_count = (rule.key_slices if rule else None) or manifest.slices.key
     with clock.stage("scan"):
         vol = volume.build_volume(chosen)
-    hounsfield = vol.modality == "CT"
+    scaling = _scaling(vol, manifest.preprocess, clock)
+    chosen_idx, batch, placements = _prepare(vol, manifest, target, cap, scaling, clock)
+    with clock.stage("inference"):
+        logits, features = runners.get(model).run(batch)
+        labels = [label.name for label in manifest.labels]
+        score = slices.aggregate(logits, labels, manifest.decision, key_count)
+    positive_columns = [labels.index(n) for n in manifest.decision.positive_labels]
+    # The heat map shows the evidence for the finding the model looks for, whatever the verdict.
+    explained = max(positive_columns, key=lambda c: score.probabilities[c])
+    keys = [_key_slice(vol, chosen_idx[row], score.slice_probabilities[row], positive_columns,
+                       _gradcam_map(features[row], model, explained, placements[chosen_idx[row]], clock),
+                       manifest, scaling, clock)
+            for row in score.key]
+    scores = tuple(SliceScore(i, vol.slices[i].sop_instance_uid, vol.slices[i].frame,
+                              float(score.slice_probabilities[row, positive_columns].sum()))
+                   for row, i in enumerate(chosen_idx))
+    reason = f"analysed {len(chosen_idx)} of {len(vol.slices)} slices with {manifest.name} {manifest.version}"
+    log.info("event=study_analysed study=%s series=%s model=%s slices=%d ms=%.0f", study_uid,
+             chosen.series_uid, manifest.name, len(chosen_idx), sum(clock.ms.values()))
+    return AnalysisResult(
+        study_uid, Outcome.ANALYSED, reason, decisions, rule=rule.name if rule else None, model=manifest.name,
+        model_version=manifest.version, series_uid=chosen.series_uid, labels=tuple(labels),
+        probabilities=score.probabilities, predicted_label=labels[score.predicted], positive=score.positive,
+        positive_probability=score.positive_probability, threshold=manifest.decision.threshold,
+        slices_total=len(vol.slices), slices_analysed=chosen_idx, key_slices=tuple(keys), slice_scores=scores,
+        slice_paths={vol.slices[i].sop_instance_uid: vol.slices[i].path for i in chosen_idx},
+        volume_notes=vol.notes, timings_ms=dict(clock.ms))
+
+
+def _scaling(vol: volume.Volume, spec: Preprocess, clock: _Clock) -> Scaling | None:
+    """The series' own intensity reference, for ``mr_volume`` (from a sample of its slices)."""
+    if spec.kind != "mr_volume":
+        return None
+    with clock.stage("decode"):
+        sample = [volume.read_slice(vol.slices[i]) for i in sample_indices(len(vol.slices))]
+    with clock.stage("preprocess"):
+        return series_scaling(sample, spec)
+
+
+def _prepare(vol: volume.Volume, manifest: Manifest, target: slices.Target, cap: int, scaling: Scaling | None,
+             clock: _Clock) -> tuple[tuple[int, ...], np.ndarray, dict[int, Placement]]:
+    """The slices to run (``slices.choose``) as one batch, and where each sat in its slice.
+
+    Decode and preprocess alternate slice by slice: one decoded slice is alive at a time, and only
+    the (C, h, w) inputs of slices that show the target organ are kept.
+    """
     spec = manifest.preprocess
-    scaling: Scaling | None = None
-    if spec.kind == "mr_volume":
-        with clock.stage("decode"):
-            sample = [volume.read_slice(vol.slices[i]) for i in sample_indices(len(vol.slices))]
-        with clock.stage("preprocess"):
-            scaling = series_scaling(sample, spec)
-        del sample
+    hounsfield = vol.modality == "CT"
     prepared: dict[int, tuple[np.ndarray, Placement]] = {}
     fractions: list[float] = []
 
@@ -191,16 +230,13 @@ def _run_model(study_uid: str, decisions: tuple[series.SeriesDecision, ...], rul
 
     slice_iter = volume.iter_slices(vol)
     while True:
-        # Decode and preprocess alternate slice by slice: one decoded slice is alive at a time, and
-        # only the (C, h, w) inputs of slices that show the target organ are kept.
         with clock.stage("decode"):
             item = next(slice_iter, None)
         if item is None:
             break
         index, _, values = item
         with clock.stage("preprocess"):
-            # CT masks read HU; MR masks read the scaled slice.
-            seen = values if hounsfield else scale_intensities(values, spec, scaling)
+            seen = values if hounsfield else scale_intensities(values, spec, scaling)  # CT masks read HU
             fraction = slices.tissue_fraction(seen, target, hounsfield)
             fractions.append(fraction)
             if slices.is_eligible(fraction, target):
@@ -216,40 +252,22 @@ def _run_model(study_uid: str, decisions: tuple[series.SeriesDecision, ...], rul
     with clock.stage("preprocess"):
         batch = np.stack([prepared[i][0] for i in chosen_idx])
         placements = {i: prepared[i][1] for i in chosen_idx}
-        prepared.clear()
-    with clock.stage("inference"):
-        runner = runners.get(model)
-        logits, features = runner.run(batch)
-        labels = [label.name for label in manifest.labels]
-        score = slices.aggregate(logits, labels, manifest.decision, key_count)
-    assert model.head_weights is not None  # set by models.verify
-    keys = []
-    for row in score.key:
-        index = chosen_idx[row]
-        ref = vol.slices[index]
-        with clock.stage("gradcam"):
-            heat = gradcam.heat_map(features[row], model.head_weights, score.predicted, placements[index])
-        with clock.stage("decode"):  # key slices only: the image under the overlay
-            values = volume.read_slice(ref)
-            image = display_scale(values, manifest.display, spec, scaling)
-            body = body_outline(values, vol.modality)
-        probs = score.slice_probabilities[row]
-        positive = float(sum(probs[labels.index(n)] for n in manifest.decision.positive_labels))
-        keys.append(KeySlice(ref.sop_instance_uid, ref.frame, index, ref.position,
-                             tuple(float(p) for p in probs), positive, heat, image, body))
-    positive_columns = [labels.index(n) for n in manifest.decision.positive_labels]
-    scores = tuple(SliceScore(i, vol.slices[i].sop_instance_uid, vol.slices[i].frame,
-                              float(score.slice_probabilities[row, positive_columns].sum()))
-                   for row, i in enumerate(chosen_idx))
-    predicted = labels[score.predicted]
-    reason = f"analysed {len(chosen_idx)} of {len(vol.slices)} slices with {manifest.name} {manifest.version}"
-    log.info("event=study_analysed study=%s series=%s model=%s slices=%d ms=%.0f", study_uid,
-             chosen.series_uid, manifest.name, len(chosen_idx), sum(clock.ms.values()))
-    return AnalysisResult(
-        study_uid, Outcome.ANALYSED, reason, decisions, rule=rule.name if rule else None, model=manifest.name,
-        model_version=manifest.version, series_uid=chosen.series_uid, labels=tuple(labels),
-        probabilities=score.probabilities, predicted_label=predicted, positive=score.positive,
-        positive_probability=score.positive_probability, threshold=manifest.decision.threshold,
-        slices_total=len(vol.slices), slices_analysed=chosen_idx, key_slices=tuple(keys), slice_scores=scores,
-        slice_paths={vol.slices[i].sop_instance_uid: vol.slices[i].path for i in chosen_idx},
-        volume_notes=vol.notes, timings_ms=dict(clock.ms))
+    return chosen_idx, batch, placements
+
+
+def _gradcam_map(features: np.ndarray, model: RegisteredModel, class_index: int, placement: Placement,
+                clock: _Clock) -> np.ndarray:
+    with clock.stage("gradcam"):
+        return gradcam.heat_map(features, model.head_weights, class_index, placement)
+
+
+def _key_slice(vol: volume.Volume, index: int, probabilities: np.ndarray, positive_columns: list[int],
+               heat: np.ndarray, manifest: Manifest, scaling: Scaling | None, clock: _Clock) -> KeySlice:
+    """A key slice with its picture: decoded again (only these few), in the display window."""
+    ref = vol.slices[index]
+    with clock.stage("decode"):
+        values = volume.read_slice(ref)
+        image = display_scale(values, manifest.display, manifest.preprocess, scaling)
+        body = body_outline(values, vol.modality)
+    return KeySlice(ref.sop_instance_uid, ref.frame, index, ref.position, tuple(float(p) for p in probabilities),
+                    float(probabilities[positive_columns].sum()), heat, image, body)
