@@ -95,7 +95,9 @@ CHEST_CT = ModelSpec(
                  "not for diagnosis, not a detector of every nodule, and no statement on malignancy.",
     external=(
         ExternalCase("lidc-idri-0001", "LIDC-IDRI-0001 (GE LightSpeed Plus, 2.5 mm): one nodule marked by "
-                     "all four readers (malignancy 5, 5, 5, 4)", tuple(f"IM-{i:04d}" for i in range(39, 48))),
+                     "all four readers (malignancy 5, 5, 5, 4)", tuple(f"IM-{i:04d}" for i in range(39, 48)),
+                     # The readers' outlines span about x 297-340, y 340-391 px (shared/data/README.md).
+                     boxes=tuple((f"IM-{i:04d}", (297, 340, 340, 391)) for i in range(39, 48))),
         ExternalCase("lung-pet-ct-dx-a0002-ct", "Lung-PET-CT-Dx A0002 (Siemens Sensation 10, 8 mm): "
                      "biopsy-proven adenocarcinoma, boxes from the collection", tuple(f"IM-{i:04d}" for i in range(9, 19)),
                      boxes=(("IM-0014", (139, 253, 234, 322)), ("IM-0017", (134, 274, 216, 338)))),

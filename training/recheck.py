@@ -1,0 +1,58 @@
+"""Re-run the external check of a released model with the node's current code, and re-render its card.
+
+``python -m training.recheck chest-ct|brain-mr [--out models]``: reads ``<out>/<name>.metrics.json``
+(what ``training.train`` measured), runs ``release.external_check`` with the files in ``<out>`` as
+they are, and writes the card and the metrics again. Nothing is retrained and no cross-validated
+number changes; only the node-side figures (the external studies, the pictures) are measured anew,
+e.g. after a change to the node's selection or heat maps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from onconode.models import load_manifest
+from training.card import render_card
+from training.latency import Latency
+from training.release import ExternalResult, Release, external_check
+from training.specs import SPECS
+
+
+def load_release(path: Path) -> Release:
+    data = json.loads(path.read_text())
+    data["external"] = [ExternalResult(**{k: tuple(v) if isinstance(v, list) else v for k, v in e.items()})
+                        for e in data["external"]]
+    data["latency"] = Latency(**data["latency"])
+    data["calibration"] = tuple(data["calibration"])
+    return Release(**data)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model", choices=sorted(SPECS))
+    parser.add_argument("--out", type=Path, default=Path("models"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    spec = SPECS[args.model]
+    metrics = args.out / f"{spec.name}.metrics.json"
+    report = load_release(metrics)
+    dicom = Path(os.environ.get("ONCONODE_DATA", "../shared/data")) / "dicom"
+    with tempfile.TemporaryDirectory() as folder:
+        for suffix in (".onnx", ".yaml"):
+            shutil.copy(args.out / f"{spec.name}{suffix}", Path(folder))
+        external = external_check(spec, Path(folder), dicom, args.out)
+    report = Release(**{**report.__dict__, "external": external})
+    manifest = load_manifest(args.out / f"{spec.name}.yaml")
+    (args.out / f"{spec.name}.md").write_text(render_card(spec, manifest, report))
+    metrics.write_text(json.dumps(asdict(report), indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
