@@ -80,15 +80,20 @@ class WholeReadSocket(AssociationSocket):
     """Reads ``nr_bytes`` into one buffer with as few system calls as the kernel allows.
 
     The buffer is allocated before the bytes arrive: the guard underneath has checked the PDU's
-    announced length (at most ``node.max_pdu_bytes``) when its header was read."""
+    announced length (at most ``node.max_pdu_bytes``) when its header was read. On plain TCP the
+    kernel gathers the whole of it (MSG_WAITALL), waking this thread once per PDU instead of once
+    per segment; the socket's receive timeout (the PDU's deadline) still ends the wait.
+    """
 
     def recv(self, nr_bytes: int) -> bytearray:
-        assert self.socket is not None
+        sock = self.socket
+        assert sock is not None
+        flags = 0 if isinstance(sock, ssl.SSLSocket) else socket.MSG_WAITALL
         buffer = bytearray(nr_bytes)
         view = memoryview(buffer)
         read = 0
         while read < nr_bytes:
-            count = self.socket.recv_into(view[read:], nr_bytes - read)
+            count = sock.recv_into(view[read:], nr_bytes - read, flags)
             if not count:  # connection closed: return what arrived, as pynetdicom does
                 del view
                 return buffer[:read]

@@ -21,9 +21,9 @@ next reads.
 
 from __future__ import annotations
 
-import select
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Callable
 from functools import partial
@@ -50,12 +50,15 @@ class GuardedIO:
     _deadline = 0.0
     _pdu_seconds = 0.0
     _ended = False
+    _kernel_timeouts: tuple[float, float] = (0.0, 0.0)  # SO_RCVTIMEO, SO_SNDTIMEO as last set; 0: none
+    _tls = False
     _on_refused: RefusalListener | None = None
 
     def arm(self, guard: PduStreamGuard, deadline: float, pdu_seconds: float,
             on_refused: RefusalListener) -> None:
         """Guard every later read; the first PDU must be whole by ``deadline`` (monotonic seconds)."""
         self._guard = guard
+        self._tls = isinstance(self, ssl.SSLSocket)
         self._deadline = deadline
         self._pdu_seconds = pdu_seconds
         self._on_refused = on_refused
@@ -118,31 +121,43 @@ class GuardedIO:
         if self._ended:
             return b""
         try:
-            data = self._waited(partial(self._os_recv, bufsize, flags), self._read_deadline(guard))
-        except TimeoutError:
+            if self._tls:
+                data = self._waited(partial(self._os_recv, bufsize, flags), self._read_deadline(guard))
+            else:
+                self._set_receive_timeout(guard)
+                data = socket.socket.recv(self, bufsize, flags)  # type: ignore[arg-type]
+        except (TimeoutError, BlockingIOError):  # BlockingIOError: SO_RCVTIMEO ran out
             self._end(_late())
             return b""
         return b"" if data and self._refused(guard, data) else data  # type: ignore[no-any-return]
 
     def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0, /) -> int:
+        """As ``socket.recv_into``; on plain TCP, the path a transfer's bytes take, kept to one system
+        call and a few attribute reads (the guard looks at no byte inside a data fragment)."""
         guard = self._guard
         if guard is None:
             return super().recv_into(buffer, nbytes or 0, flags)  # type: ignore[misc, no-any-return]
-        view = memoryview(buffer).cast("B")
-        wanted = nbytes or len(view)
         if self._pushback:
-            count = min(wanted, len(self._pushback))
+            view = memoryview(buffer).cast("B")
+            count = min(nbytes or len(view), len(self._pushback))
             view[:count] = self._pushback[:count]
             self._pushback = self._pushback[count:]
             return count
         if self._ended:
             return 0
         try:
-            count = self._waited(partial(self._os_recv_into, view, wanted, flags), self._read_deadline(guard))
-        except TimeoutError:
+            if self._tls:
+                count = self._waited(partial(self._os_recv_into, buffer, nbytes or 0, flags),
+                                     self._read_deadline(guard))
+            else:
+                self._set_receive_timeout(guard)
+                count = socket.socket.recv_into(self, buffer, nbytes or 0, flags)  # type: ignore[arg-type]
+        except (TimeoutError, BlockingIOError):  # BlockingIOError: SO_RCVTIMEO ran out
             self._end(_late())
             return 0
-        return 0 if count and self._refused(guard, view[:count]) else count  # type: ignore[no-any-return]
+        if not count or guard.skip(count):
+            return count  # type: ignore[no-any-return]
+        return 0 if self._refused(guard, memoryview(buffer).cast("B")[:count]) else count  # type: ignore[no-any-return]
 
     def pending(self) -> int:
         """Bytes readable without waiting on the socket: what ``await_association_request`` kept,
@@ -169,6 +184,29 @@ class GuardedIO:
             raise RuntimeError("arm() the socket first")
         return self._guard
 
+    def _set_receive_timeout(self, guard: PduStreamGuard) -> None:
+        """Let a blocking read of a plain connection wait no later than ``_read_deadline`` (the
+        kernel's SO_RCVTIMEO, set again only when the time left has moved by over ``_SLACK``).
+
+        Raises
+        ------
+        TimeoutError
+            When the deadline has passed already.
+        """
+        remaining = self._read_deadline(guard) - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("deadline passed")
+        current = self._kernel_timeouts[0]
+        if not current or abs(current - remaining) > _SLACK:  # 0: none set yet (wait for ever)
+            self._set_kernel_timeout(socket.SO_RCVTIMEO, remaining)
+
+    def _set_kernel_timeout(self, option: int, seconds: float) -> None:
+        whole = int(seconds)
+        self.setsockopt(socket.SOL_SOCKET, option,  # type: ignore[attr-defined]
+                        struct.pack("ll", whole, max(1, int((seconds - whole) * 1e6))))
+        receiving, sending = self._kernel_timeouts
+        self._kernel_timeouts = (receiving, seconds) if option == socket.SO_SNDTIMEO else (seconds, sending)
+
     def _read_deadline(self, guard: PduStreamGuard) -> float:
         """Until when the next read may wait: the current PDU's deadline; between PDUs, where
         pynetdicom reads only once data is there (it selects first), the network timeout."""
@@ -176,7 +214,7 @@ class GuardedIO:
             return self._deadline
         return time.monotonic() + self._pdu_seconds
 
-    # The socket class's own calls, ``flags`` last so that ``_waited`` can add MSG_DONTWAIT.
+    # The socket class's own calls, ``flags`` last so that ``_waited`` can call them with 0.
     def _os_recv(self, size: int, flags: int, more: int = 0) -> bytes:
         return super().recv(size, flags | more)  # type: ignore[misc, no-any-return]
 
@@ -187,36 +225,34 @@ class GuardedIO:
         return super().send(data, flags | more)  # type: ignore[misc, no-any-return]
 
     def _waited(self, operation: Callable[[int], _T], deadline: float, writing: bool = False) -> _T:
-        """``operation(flags)`` once the socket is ready for it, no later than ``deadline``.
+        """``operation(0)``, waiting no later than ``deadline`` for the socket to be ready for it.
 
-        A plain connection stays a blocking socket and is tried first without waiting
-        (MSG_DONTWAIT): during a transfer the bytes are mostly there already, and that costs one
-        system call where a socket timeout would add a poll to every read and write. TLS records
-        cannot be read with flags, so a TLS socket waits through its timeout instead.
+        A plain connection stays a blocking socket whose kernel timeout (SO_RCVTIMEO, SO_SNDTIMEO)
+        is the time left: the wait costs no system call of its own, where a Python socket timeout
+        adds a poll to every read and write, and it is set again only when the time left has moved
+        by more than ``_SLACK`` (in a PDU that takes that long). A TLS socket waits through its
+        Python timeout, since OpenSSL reads the socket itself.
 
         Raises
         ------
         TimeoutError
             When ``deadline`` passes first.
         """
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("deadline passed")
         if isinstance(self, ssl.SSLSocket):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("deadline passed")
             current = self.gettimeout()
             if current is None or abs(current - remaining) > _SLACK:
                 self.settimeout(remaining)
             return operation(0)
-        while True:
-            try:
-                return operation(socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                pass
-            remaining = deadline - time.monotonic()
-            poller = select.poll()
-            poller.register(self.fileno(), select.POLLOUT if writing else select.POLLIN)  # type: ignore[attr-defined]
-            if remaining <= 0 or not poller.poll(remaining * 1000):
-                raise TimeoutError("deadline passed")
+        current = self._kernel_timeouts[1 if writing else 0]
+        if not current or abs(current - remaining) > _SLACK:  # 0: none set yet (wait for ever)
+            self._set_kernel_timeout(socket.SO_SNDTIMEO if writing else socket.SO_RCVTIMEO, remaining)
+        try:
+            return operation(0)
+        except BlockingIOError as err:  # the kernel timeout ran out (EAGAIN)
+            raise TimeoutError("deadline passed") from err
 
     def _refused(self, guard: PduStreamGuard, data: bytes | memoryview) -> bool:
         started = guard.pdus_started

@@ -110,14 +110,21 @@ class PduStreamGuard:
         """Part of a PDU has arrived and the rest has not."""
         return bool(self._head) or self._pdu_left > 0
 
+    def skip(self, count: int) -> bool:
+        """Take ``count`` bytes without looking at them when they lie inside the current data
+        fragment, where there is nothing to check; ``False`` (nothing taken) otherwise: ``feed``
+        them."""
+        if self.refusal is None and count <= self._pdv_left:
+            self._pdv_left -= count
+            self._pdu_left -= count
+            return True
+        return False
+
     def feed(self, data: bytes | bytearray | memoryview) -> Refusal | None:
         """Take the next bytes of the stream; a ``Refusal`` once it must end (and from then on)."""
         if self.refusal is not None:
             return self.refusal
-        size = len(data)
-        if size <= self._pdv_left:  # the common case: the middle of a data set fragment
-            self._pdv_left -= size
-            self._pdu_left -= size
+        if self.skip(len(data)):  # the common case: the middle of a data set fragment
             return None
         view = memoryview(data).cast("B")
         pos, end = 0, len(view)
