@@ -11,10 +11,11 @@ import ssl
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
-from onconode.config import Settings, load_settings
+from onconode.config import Role, Settings, load_settings
 from onconode.events import configure_logging
 
 Command = Callable[[argparse.Namespace], int]
@@ -24,9 +25,9 @@ class UsageError(Exception):
     """A problem the user can fix; printed as one line, exit status 2."""
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     try:
-        return load_settings(args.config)
+        return load_settings(args.config, **overrides)
     except (FileNotFoundError, ValidationError) as err:
         raise UsageError(f"configuration: {err}") from err
 
@@ -37,14 +38,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from onconode.dicom_node.tls import TLSError
     from onconode.models import ModelError
     from onconode.node import serve_forever
+    from onconode.state import StateError
+    from onconode.state.shared_storage import StorageMismatch
 
-    settings = _settings(args)
+    settings = _settings(args, roles=args.roles) if args.roles else _settings(args)
     configure_logging(settings.log.level)
     try:
         serve_forever(settings)
-    except (ModelError, ApiServerError, ReceiverError, TLSError) as err:
+    except (ModelError, ApiServerError, ReceiverError, TLSError, StorageMismatch) as err:
         raise UsageError(str(err)) from err
+    except StateError as err:
+        raise UsageError(f"state: {str(err).splitlines()[0]}") from err
     return 0
+
+
+def _roles(text: str) -> list[Role]:
+    """``--role`` values: one role or several separated by commas."""
+    try:
+        return [Role(name.strip()) for name in text.split(",") if name.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: roles are {', '.join(r.value for r in Role)}") from None
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
@@ -141,11 +154,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_deadletter(args: argparse.Namespace) -> int:
-    from onconode.state import DeliveryState, StateDB, StateError
+    from onconode.state import DeliveryState, StateError, open_state
 
     settings = _settings(args)
     try:
-        db = StateDB(settings.state.database)
+        db = open_state(settings.state)
     except StateError as err:
         raise UsageError(str(err)) from err
     try:
@@ -190,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the node: DICOM listener, study assembler, analysis worker",
                            description="Listen for C-ECHO and C-STORE, store every instance durably, "
                                        "queue each study once it is stable, and analyse it.")
+    serve.add_argument("--role", dest="roles", action="extend", type=_roles, metavar="ROLE[,ROLE]",
+                       help="what this process runs: receive, analyse, deliver, api (repeat it or separate "
+                            "with commas; default: roles in the configuration, all four unless set)")
     serve.set_defaults(func=cmd_serve)
 
     send = sub.add_parser("send", help="send DICOM files or folders with C-STORE",

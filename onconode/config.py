@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,6 +26,7 @@ from onconode.dicom_node.validators import check_ae_title
 
 DEFAULT_CONFIG = Path("config/onconode.yaml")
 CONFIG_ENV = "ONCONODE_CONFIG"
+POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
 
 
 def _ae_title(value: str) -> str:
@@ -83,9 +85,24 @@ class StorageSettings(_Section):
 
 
 class StateSettings(_Section):
-    """The SQLite database that holds instances, studies and their transitions."""
+    """Where instances, studies, their transitions and deliveries are kept.
+
+    With no ``url`` the state is the embedded SQLite file ``database`` (one host). With
+    ``url: postgresql://user:password@host:5432/dbname`` it is that PostgreSQL database, which
+    every role on every host must share (the URL is a secret: it may hold the password).
+    """
 
     database: Path = Path("var/onconode.db")
+    url: SecretStr | None = None
+    # A claim on a study (analysis) or a delivery lasts this long unless its holder renews it, which
+    # it does every third of it while it works; a holder that dies loses its work after this long.
+    lease_seconds: float = Field(30, gt=0)
+
+    @model_validator(mode="after")
+    def _postgresql_url(self) -> StateSettings:
+        if self.url is not None and not self.url.get_secret_value().startswith(POSTGRESQL_SCHEMES):
+            raise ValueError("state.url must start with postgresql:// (the SQLite state is state.database)")
+        return self
 
 
 class StudySettings(_Section):
@@ -269,6 +286,16 @@ class AuditSettings(_Section):
     path: Path | None = Path("var/audit.jsonl")  # null turns the audit trail off
 
 
+class Role(str, Enum):
+    """What one ``onconode serve`` process does; every role may run on any host that sees the same
+    state and storage, and the default is all four in one process."""
+
+    RECEIVE = "receive"  # the DICOM listener: C-STORE into the shared storage root
+    ANALYSE = "analyse"  # the worker: claims queued studies, analyses them, records the outputs
+    DELIVER = "deliver"  # the dispatcher: claims due deliveries and sends them
+    API = "api"  # the HTTP API and status page
+
+
 class Settings(BaseSettings):
     """The whole configuration; one nested model per YAML section."""
 
@@ -291,6 +318,8 @@ class Settings(BaseSettings):
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
     destinations: DestinationSettings = Field(default_factory=DestinationSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    # What this process runs (``onconode serve --role`` overrides it).
+    roles: list[Role] = Field(default_factory=lambda: list(Role), min_length=1)
 
     @classmethod
     def settings_customise_sources(

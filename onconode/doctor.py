@@ -6,8 +6,10 @@ the CLI prints them and exits non-zero when any is a problem.
 
 Checks: the models folder and the routing rules' models, the DICOM and HTTP ports (free to bind, or
 answered by a running node), the storage, database, results and audit folders (writable, free space
-above ``storage.min_free_mb``), the security settings, and each configured destination (C-ECHO for
-DICOM peers, an HTTP request for a FHIR server).
+above ``storage.min_free_mb``), the state database (reachable, its schema version) and the shared
+storage marker (the storage root is this database's), the security settings, and each configured
+destination (C-ECHO for DICOM peers, an HTTP request for a FHIR server). Nothing is changed: the
+database is read, not migrated.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def examine(settings: Settings, reach_destinations: bool = True) -> list[Finding
     findings = list(_models(settings))
     findings += _ports(settings)
     findings += _folders(settings)
+    findings += _state(settings)
     findings += _security(settings)
     if reach_destinations:
         findings += _destinations(settings)
@@ -119,8 +122,9 @@ def _writable(area: str, folder: Path) -> Finding | None:
 
 
 def _folders(settings: Settings) -> Iterator[Finding]:
-    folders = [("storage", settings.storage.root), ("database", settings.state.database.parent),
-               ("results", settings.storage.results)]
+    folders = [("storage", settings.storage.root), ("results", settings.storage.results)]
+    if settings.state.url is None:
+        folders.insert(1, ("database", settings.state.database.parent))
     if settings.audit.path is not None:
         folders.append(("audit", settings.audit.path.parent))
     for area, folder in folders:
@@ -140,6 +144,43 @@ def _folders(settings: Settings) -> Iterator[Finding]:
                                              f"(C-STORE stops at {floor} MB)")
     else:
         yield Finding(Level.OK, "disk", f"{free_mb} MB free under {settings.storage.root}")
+
+
+def _state(settings: Settings) -> Iterator[Finding]:
+    from onconode.state import StateError
+    from onconode.state.probe import probe_state
+    from onconode.state.schema import SCHEMA_VERSION
+    from onconode.state.shared_storage import StorageMismatch, marker_problem, read_marker
+
+    try:
+        probe = probe_state(settings.state)
+    except StateError as err:
+        yield Finding(Level.PROBLEM, "state", f"cannot open the state database: {str(err).splitlines()[0]}")
+        return
+    if probe.version == 0:
+        yield Finding(Level.OK, "state", f"{probe.where} is empty: the schema (version {SCHEMA_VERSION}) is "
+                                         "created at the first start")
+    elif probe.version < SCHEMA_VERSION:
+        yield Finding(Level.WARNING, "state", f"{probe.where} has schema version {probe.version}: the next start "
+                                              f"migrates it to {SCHEMA_VERSION} (back it up first)")
+    elif probe.version > SCHEMA_VERSION:
+        yield Finding(Level.PROBLEM, "state", f"{probe.where} has schema version {probe.version}, newer than this "
+                                              f"OncoNode's {SCHEMA_VERSION}: run the newer OncoNode")
+    else:
+        yield Finding(Level.OK, "state", f"{probe.where} answers, schema version {probe.version}")
+    root = settings.storage.root
+    try:
+        found = read_marker(root)
+    except StorageMismatch as err:
+        yield Finding(Level.PROBLEM, "shared", str(err))
+        return
+    problem = marker_problem(root, found, probe.node_id, probe.storage_set_up)
+    if problem is not None:
+        yield Finding(Level.PROBLEM, "shared", f"{problem}; the node will not start")
+    elif found is None:
+        yield Finding(Level.OK, "shared", f"storage root {root} gets its marker at the first start")
+    else:
+        yield Finding(Level.OK, "shared", f"storage root {root} is this database's (marker {found[:12]})")
 
 
 def _security(settings: Settings) -> Iterator[Finding]:

@@ -30,6 +30,8 @@ class Event(str, Enum):
     DELIVERY_SENT = "delivery_sent"
     DELIVERY_FAILED = "delivery_failed"
     DELIVERY_DEAD = "delivery_dead"
+    SCHEMA_MIGRATED = "schema_migrated"
+    LEASE = "lease"  # a claim taken over, a lease lost, a leader elected
 
 
 def _format(value: object) -> str:

@@ -8,6 +8,11 @@ delivery rows, and one of the transitions ANALYSING → REPORTED, NO_MODEL or FA
 If instances arrive while a study is being analysed, the store moves it back to RECEIVING; the
 outbox then records nothing (the report would describe a study that no longer exists) and the
 assembler queues the study again once it is complete.
+
+Workers on several hosts share the queue: a study is claimed with a lease (``StateDB.claim_study``)
+that a heartbeat renews while it is analysed, and the result, the report and the final transition
+are recorded only under that lease. A worker that dies loses the study to another once its lease
+expires; a worker that was taken over records nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from onconode.reporting.outbox import Outbox
 from onconode.reporting.outputs import build_outputs, fingerprint, read_header
 from onconode.reporting.png import write_overlays
 from onconode.selection.volume import PixelDecodeError
-from onconode.state import StateDB, StateError, StudyState
+from onconode.state import Claim, StateDB, StateError, StudyState
+from onconode.state.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +47,10 @@ class Worker(PollingLoop):
 
     def __init__(self, db: StateDB, storage: InstanceStorage, results_root: Path,
                  registry: Mapping[str, RegisteredModel], rules: Sequence[RoutingRule], runners: RunnerPool,
-                 poll_seconds: float, outbox: Outbox | None = None, fhir: Destination | None = None) -> None:
+                 poll_seconds: float, outbox: Outbox | None = None, fhir: Destination | None = None,
+                 lease_seconds: float = 30) -> None:
         super().__init__(poll_seconds)
+        self._lease_seconds = lease_seconds
         self._db = db
         self._storage = storage
         self._results_root = results_root
@@ -53,18 +61,23 @@ class Worker(PollingLoop):
         self._fhir = fhir
 
     def run_once(self) -> str | None:
-        """Analyse the longest-waiting queued study, if any; returns its UID."""
-        study_uid = self._db.claim_queued()
-        if study_uid is None:
+        """Analyse the longest-waiting queued study (or one whose lease expired), if any; returns its UID."""
+        claim = self._db.claim_study(self._lease_seconds)
+        if claim is None:
             return None
-        try:
-            self._analyse(study_uid)
-        except StateError:
-            raise
-        except Exception:  # a bug in one study must not stop the others: fail it, log the traceback once
-            log.exception("event=worker_error study=%s", study_uid)
-            self._fail(study_uid, "internal error during analysis (see the node log)")
+        study_uid = claim.study_uid
+        with Heartbeat(lambda: self._renew(claim), self._lease_seconds / 3, what=f"study {study_uid}"):
+            try:
+                self._analyse(study_uid)
+            except StateError:
+                raise
+            except Exception:  # a bug in one study must not stop the others: fail it, log the traceback once
+                log.exception("event=worker_error study=%s", study_uid)
+                self._fail(study_uid, "internal error during analysis (see the node log)")
         return study_uid
+
+    def _renew(self, claim: Claim) -> bool:
+        return self._db.renew_study_lease(claim, self._lease_seconds)
 
     def _fail(self, study_uid: str, reason: str) -> None:
         self._db.transition(study_uid, StudyState.FAILED, reason, expect=[StudyState.ANALYSING])
@@ -81,9 +94,13 @@ class Worker(PollingLoop):
         conclusion = conclude(result, self._registry[result.model].manifest) \
             if result.outcome is Outcome.ANALYSED and result.model else None
         timings = dict(result.timings_ms) | {"analysis_total": (time.perf_counter() - started) * 1000}
-        self._db.add_result(study_uid, result.summary() | {
-            "overlays": [p.name for p in overlays], "timings_ms": timings,
-            "conclusion": conclusion.to_dict() if conclusion else None})
+        if not self._db.add_result(study_uid, result.summary() | {
+                "overlays": [p.name for p in overlays], "timings_ms": timings,
+                "conclusion": conclusion.to_dict() if conclusion else None}):
+            # Taken over by another worker, or reopened by a new instance: the study is not ours to record.
+            log_event(log, Event.ANALYSED, study=study_uid, outcome="discarded",
+                      reason="no longer analysed under this worker's lease")
+            return
         log_event(log, Event.ANALYSED, study=study_uid, outcome=result.outcome.value, model=result.model,
                   positive=result.positive, ms=round(timings["analysis_total"]))
         if conclusion is None:

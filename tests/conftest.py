@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.postgres import postgres, postgres_url, state_target  # noqa: F401  (fixtures: PostgreSQL, both engines)
 from tests.processed_node import Processed, processed_node
 from tests.support import NodeProcess, data_root
 

@@ -114,11 +114,12 @@ class NodeProcess:
     def store(self) -> Path:
         return Path(self.config["storage"]["root"])
 
-    def start(self, timeout: float = 20) -> None:
+    def start(self, timeout: float = 20, serve_args: tuple[str, ...] = ()) -> None:
+        """Start ``onconode serve`` (with ``serve_args``, e.g. ``("--role", "api")``); returns once it is up."""
         log = self.log_path.open("ab")
         offset = log.tell()
-        self.proc = subprocess.Popen([sys.executable, "-m", "onconode", "--config", str(self.config_path), "serve"],
-                                     stdout=log, stderr=subprocess.STDOUT, cwd=self.folder)
+        self.proc = subprocess.Popen([sys.executable, "-m", "onconode", "--config", str(self.config_path), "serve",
+                                      *serve_args], stdout=log, stderr=subprocess.STDOUT, cwd=self.folder)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -39,7 +39,7 @@ from onconode.api import schemas, security
 from onconode.api.metrics import CONTENT_TYPE, NodeMetrics
 from onconode.config import Settings
 from onconode.models import ModelError, RegisteredModel, load_registry
-from onconode.state import Delivery, DeliveryState, StateDB, StateError, Study, StudyState
+from onconode.state import Delivery, DeliveryState, StateDB, StateError, Study, StudyState, open_state
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def _tcp_listening(host: str, port: int) -> Callable[[], bool]:
 
 def standalone_runtime(settings: Settings) -> Runtime:
     """The API's resources when it runs without a node in the same process (tests, tools)."""
-    db = StateDB(settings.state.database)
+    db = open_state(settings.state)
     models: dict[str, RegisteredModel] = {}
     note = None
     folder = settings.analysis.models

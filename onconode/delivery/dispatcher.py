@@ -8,12 +8,17 @@ Attempts and next-try times are rows, not memory: a restarted node picks up exac
 objects, and an object recorded as sent is never sent again. Delivery is at least once: a node that
 dies between the peer's answer and the "sent" row sends that object again, under the same SOP
 Instance UID (a PACS keeps one copy) or the same FHIR conditional-create identifiers.
+
+Dispatchers on several hosts share the rows: each pass claims the due rows with a lease
+(``StateDB.claim_deliveries``) that a heartbeat renews while it sends, so no object is sent by two
+dispatchers at once; rows of a dispatcher that died are claimed by another once the lease expires.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 
@@ -22,6 +27,7 @@ from onconode.config import DeliverySettings, Settings
 from onconode.delivery.senders import DicomSender, FhirSender, Sender, without_peer_text
 from onconode.events import Event, log_event
 from onconode.state import Delivery, DeliveryState, StateDB, StateError, StudyState
+from onconode.state.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +46,12 @@ class Dispatcher(PollingLoop):
 
     name = "dispatcher"
 
-    def __init__(self, db: StateDB, senders: Mapping[str, Sender], settings: DeliverySettings) -> None:
+    def __init__(self, db: StateDB, senders: Mapping[str, Sender], settings: DeliverySettings,
+                 lease_seconds: float = 30) -> None:
         super().__init__(settings.poll_seconds)
+        self.lease_seconds = lease_seconds
+        self._open: set[int] = set()  # claimed rows of this pass not yet recorded (their leases are renewed)
+        self._open_lock = threading.Lock()
         self.db = db
         self.senders = dict(senders)
         self.settings = settings
@@ -72,11 +82,31 @@ class Dispatcher(PollingLoop):
             pending = self.db.delivery_counts(study.study_uid)[DeliveryState.PENDING]
             self.db.transition(study.study_uid, StudyState.DELIVERING, f"{pending} objects to deliver",
                                expect=[StudyState.REPORTED])
-        due = self.db.due_deliveries(time.time())
-        for (_, destination, kind), group in itertools.groupby(due, key=lambda d: (d.report_id, d.destination,
-                                                                                  d.kind)):
-            self._send(destination, kind, list(group))
+        claimed = self.db.claim_deliveries(time.time(), self.lease_seconds)
+        if claimed:
+            ids = [d.id for d in claimed]
+            with self._open_lock:
+                self._open = set(ids)
+            try:
+                with Heartbeat(self._renew, self.lease_seconds / 3, what=f"{len(ids)} deliveries") as beat:
+                    for (_, destination, kind), group in itertools.groupby(
+                            claimed, key=lambda d: (d.report_id, d.destination, d.kind)):
+                        if beat.lost:  # stalled past the lease: another dispatcher has these rows now
+                            break
+                        self._send(destination, kind, list(group))
+            finally:
+                self.db.release_deliveries(ids)  # those a failure kept it from: due again at once
         self._settle()
+
+    def _renew(self) -> bool:
+        """Keep the leases of the claimed rows not yet recorded as sent or failed."""
+        with self._open_lock:
+            open_ids = sorted(self._open)
+        return not open_ids or self.db.renew_deliveries(open_ids, self.lease_seconds) > 0
+
+    def _recorded(self, delivery: Delivery) -> None:
+        with self._open_lock:
+            self._open.discard(delivery.id)
 
     def _send(self, destination: str, kind: str, deliveries: list[Delivery]) -> None:
         sender = self.senders.get(kind)
@@ -87,6 +117,7 @@ class Dispatcher(PollingLoop):
         for delivery, outcome in sender.send(destination, deliveries):
             if outcome.error is None:
                 self.db.delivery_sent(delivery.id)
+                self._recorded(delivery)
                 log_event(log, Event.DELIVERY_SENT, study=delivery.study_uid, sop=delivery.object_uid,
                           destination=destination, kind=kind, attempt=delivery.attempts + 1)
                 self._tell(delivery, "sent", None)
@@ -94,6 +125,7 @@ class Dispatcher(PollingLoop):
                 self._failed(delivery, outcome.error, outcome.permanent)
 
     def _failed(self, delivery: Delivery, error: str, permanent: bool = False) -> None:
+        self._recorded(delivery)
         attempts = delivery.attempts + 1
         if permanent or attempts >= self.settings.max_attempts:
             self.db.delivery_failed(delivery.id, error, None)
@@ -132,4 +164,4 @@ def from_settings(settings: Settings, db: StateDB) -> Dispatcher:
     """The dispatcher with one sender per kind, as ``onconode serve`` runs it."""
     calling_ae = settings.delivery.calling_ae or settings.node.ae_title
     senders: dict[str, Sender] = {"dicom": DicomSender(calling_ae), "fhir": FhirSender(settings.destinations.fhir)}
-    return Dispatcher(db, senders, settings.delivery)
+    return Dispatcher(db, senders, settings.delivery, settings.state.lease_seconds)

@@ -38,7 +38,7 @@ from onconode.dicom_node.scp import StorageSCP
 from onconode.dicom_node.storage import InstanceStorage
 from onconode.dicom_node.tls import listener_context
 from onconode.events import Event, configure_logging, log_event
-from onconode.state import StateDB, StudyState, Transition
+from onconode.state import StudyState, Transition, open_state
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def serve_receiver(values: dict[str, Any], control: socket.socket, slots: SlotCo
     # receivers by closing their control sockets once it has stopped listening.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    db = StateDB(settings.state.database)
+    db = open_state(settings.state)
     storage = InstanceStorage.from_settings(settings.storage)
     scp = StorageSCP(settings.node, settings.callers, storage, db, listener_context(settings.tls),
                      AssociationSlots(settings.node.max_associations, slots, index))

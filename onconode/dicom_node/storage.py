@@ -9,7 +9,10 @@ folder. Only after all four may C-STORE answer Success: a power cut after that k
 before it, the sender gets no Success and resends. The temporary files are created ahead of need (``durable.ReadyFiles``, while the listener
 runs), which is why they live in one folder of their own rather than in a series folder. A
 temporary file is removed on failure, and any that a killed process left behind is removed at the
-next start (``remove_stale_temporaries``).
+next start (``remove_stale_temporaries``). Several processes, on several hosts, may write into one
+storage root (``onconode serve --role receive`` twice): each keeps its temporaries in a folder of its
+own, ``.incoming/<host>+<pid>+<start>`` (``state/owner.py``), so that one that starts never removes
+the files another has made ready.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 from onconode.config import StorageSettings
 from onconode.dicom_node.identify import InstanceIdentity
 from onconode.durable import TEMP_SUFFIX, DurableFile, ReadyFiles
+from onconode.state.owner import holder_gone, process_owner
 
 SUFFIX = ".dcm"
 INCOMING = ".incoming"
@@ -47,7 +51,7 @@ class InstanceStorage:
     def __init__(self, root: Path, min_free_bytes: int) -> None:
         self.root = root
         self.min_free_bytes = min_free_bytes
-        self.incoming = root / INCOMING
+        self.incoming = root / INCOMING / process_owner().replace("/", "+")
         self.incoming.mkdir(parents=True, exist_ok=True)
         self._ready: ReadyFiles | None = None
 
@@ -107,13 +111,24 @@ class InstanceStorage:
                             yield Path(entry.path)
 
     def remove_stale_temporaries(self) -> int:
-        """Delete temporary files a killed process left behind; returns how many."""
-        folders = [self.incoming] + [series for study in _subdirs(self.root) for series in _subdirs(study)]
+        """Delete temporary files a killed process left behind; returns how many. Called before this
+        process writes; the folders of other processes are left alone unless that process was of
+        this host and no longer runs."""
+        shared = self.root / INCOMING
+        gone = [f for f in shared.iterdir() if f.is_dir() and f != self.incoming
+                and holder_gone(f.name.replace("+", "/"))]
+        folders = [shared, self.incoming, *gone] + [series for study in _subdirs(self.root)
+                                                     for series in _subdirs(study)]
         removed = 0
         for folder in folders:
             for temp in folder.glob(f".*{TEMP_SUFFIX}"):
                 temp.unlink(missing_ok=True)
                 removed += 1
+        for folder in gone:
+            try:
+                folder.rmdir()
+            except OSError:  # it holds something that is not a temporary: left for a person to see
+                pass
         return removed
 
 

@@ -24,7 +24,8 @@ class StudyState(str, Enum):
 
 
 FINAL_STATES = frozenset({StudyState.DELIVERED, StudyState.NO_MODEL, StudyState.FAILED})
-# What a restart does with a study that was in the middle of something.
+# What a restart does with a study that was in the middle of something. An ANALYSING study whose
+# lease another live process holds is left to it (``StateDB.transition`` refuses to move it).
 RESUME = {StudyState.STABLE: StudyState.QUEUED, StudyState.ANALYSING: StudyState.QUEUED}
 
 
@@ -139,3 +140,25 @@ class Delivery:
     next_try_at: float
     last_error: str | None
     sent_at: float | None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A study this process analyses until ``expires_at`` (renewed by its heartbeat);
+    ``taken_over_from`` names the holder whose lease expired, when it was not queued."""
+
+    study_uid: str
+    lease_id: str
+    expires_at: float
+    taken_over_from: str | None = None
+
+
+@dataclass(frozen=True)
+class LeaseHolder:
+    """Who holds a named lease (``owner.py`` says how a holder is named) and until when."""
+
+    name: str
+    owner: str
+    acquired_at: float
+    expires_at: float
+    heartbeat_at: float
