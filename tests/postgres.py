@@ -9,11 +9,14 @@ a database of its own (``Cluster.database``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -66,9 +69,19 @@ class Cluster:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
     def stop(self) -> None:
-        subprocess.run([*self._run_as, str(self.bin / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "fast",
-                        "-w", "stop"], capture_output=True, check=False, timeout=60)
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Stop the server (``pg_ctl stop -m fast``, else SIGTERM to the postmaster) and remove the folder."""
+        pid_file = self.folder / "data" / "postmaster.pid"
+        try:
+            subprocess.run([*self._run_as, str(self.bin / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "fast",
+                            "-w", "stop"], capture_output=True, check=False, timeout=60)
+        finally:
+            if pid_file.exists():  # pg_ctl could not stop it: the postmaster's own fast shutdown
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid_file.read_text().split()[0]), signal.SIGINT)
+                deadline = time.monotonic() + 30
+                while pid_file.exists() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def start_cluster(options: dict[str, str] | None = None) -> Cluster:

@@ -49,6 +49,8 @@ class Heartbeat:
                           reason=str(err).splitlines()[0])
                 continue
             if not held:
+                if self._stop.is_set():  # the holder finished (and released it) while this beat ran
+                    return
                 self.lost = True
                 log_event(log, Event.LEASE, logging.WARNING, action="lost", what=self._what)
                 return
