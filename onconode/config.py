@@ -22,7 +22,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from onconode.dicom_node.validators import check_ae_title
+from onconode.values import check_ae_title
 
 DEFAULT_CONFIG = Path("config/onconode.yaml")
 CONFIG_ENV = "ONCONODE_CONFIG"

@@ -13,12 +13,12 @@ import pytest
 
 from onconode.conclusion import Conclusion, conclude
 from onconode.config import Caller, DestinationSettings
-from onconode.dicom_node.identify import InstanceIdentity
 from onconode.inference.pipeline import AnalysisResult, analyze_study
 from onconode.models import RegisteredModel
 from onconode.reporting.outbox import Outbox, Prepared
 from onconode.reporting.outputs import build_outputs, destination_for, read_header
 from onconode.state import ReceivedInstance, StateDB, StudyState
+from onconode.values import InstanceIdentity
 from tests.inference.conftest import copy_series, dicom_dir, models_dir, registry, rules  # noqa: F401  (fixtures)
 
 CT_SERIES = "lung-pet-ct-dx-a0002-ct"

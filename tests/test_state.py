@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from onconode.dicom_node.assembler import Assembler
-from onconode.dicom_node.identify import InstanceIdentity
 from onconode.state import ReceivedInstance, RecordOutcome, StateDB, StudyState
 from onconode.state.database import MIGRATIONS, SCHEMA_VERSION, SchemaTooNew
 from onconode.state.schema import statements
+from onconode.values import InstanceIdentity
 from tests.state import raw
 
 

@@ -13,7 +13,6 @@ becomes part of a path. Reasons never quote a value of the data set.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 import pydicom
 from pydicom.uid import UID
@@ -21,24 +20,13 @@ from pydicom.uid import UID
 from onconode.dicom_node.sop_classes import IMAGE_STORAGE, SR_STORAGE
 from onconode.dicom_node.status import StoreStatus
 from onconode.dicom_node.structure import Header, InvalidInstance, read_header
-from onconode.dicom_node.validators import check_uid
+from onconode.values import InstanceIdentity, check_uid
 
 # Values are validated here, by rules that return a reason; pydicom's own value warnings would
 # write the offending value into the log, and a value is exactly what must not be logged.
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
-__all__ = ["InstanceIdentity", "InvalidInstance", "identify", "identify_file"]
-
-
-@dataclass(frozen=True)
-class InstanceIdentity:
-    """Where an instance belongs; every UID has passed ``check_uid``."""
-
-    study_uid: str
-    series_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str
-    modality: str
+__all__ = ["InvalidInstance", "identify", "identify_file"]
 
 
 def identify(data_set: bytes, transfer_syntax: str, affected_sop_class: str, affected_sop_instance: str,

@@ -23,8 +23,8 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 
 from onconode.dicom_node.sop_classes import VERIFICATION
-from onconode.dicom_node.validators import check_ae_title
 from onconode.folders import files_under
+from onconode.values import check_ae_title
 
 # Send a file's data set bytes straight from disk instead of decoding and re-encoding it
 # (pynetdicom's documented switch; its default re-encodes, which may change the bytes).

@@ -24,9 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from onconode.config import StorageSettings
-from onconode.dicom_node.identify import InstanceIdentity
 from onconode.durable import TEMP_SUFFIX, DurableFile, ReadyFiles
 from onconode.state.owner import holder_gone, process_owner
+from onconode.values import InstanceIdentity
 
 SUFFIX = ".dcm"
 INCOMING = ".incoming"

@@ -25,12 +25,13 @@ import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from onconode.dicom_node.identify import InstanceIdentity, InvalidInstance, identify
+from onconode.dicom_node.identify import InvalidInstance, identify
 from onconode.dicom_node.part10 import part10_bytes
 from onconode.dicom_node.status import StoreStatus
 from onconode.dicom_node.storage import AlreadyStored, InstanceStorage, LowDiskSpace, StorageFull
 from onconode.events import Event, log_event
 from onconode.state import ReceivedInstance, RecordOutcome, StateDB, StateError
+from onconode.values import InstanceIdentity
 
 log = logging.getLogger(__name__)
 

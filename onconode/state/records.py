@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from onconode.dicom_node.identify import InstanceIdentity
+from onconode.values import InstanceIdentity
 
 
 class StudyState(str, Enum):

@@ -7,7 +7,6 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from onconode.dicom_node.identify import InstanceIdentity
 from onconode.state.database import Database
 from onconode.state.engines import Engine
 from onconode.state.records import (
@@ -20,6 +19,7 @@ from onconode.state.records import (
     StudyState,
     Transition,
 )
+from onconode.values import InstanceIdentity
 
 _STUDY_COLUMNS = ("s.study_uid, s.state, s.reason, "
                   "(SELECT COUNT(*) FROM instances i WHERE i.study_uid = s.study_uid), "

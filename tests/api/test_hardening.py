@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 
 from onconode.api.app import create_app
 from onconode.config import Settings
-from onconode.dicom_node.identify import InstanceIdentity
 from onconode.state import ReceivedInstance, StateDB, StudyState
+from onconode.values import InstanceIdentity
 
 STUDY = "1.2.826.0.1.3680043.10.543.1"
 CSP_SOURCES = ("default-src 'self'", "frame-ancestors 'none'", "object-src 'none'")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from onconode.dicom_node.identify import InstanceIdentity
 from onconode.state import ReceivedInstance, StateDB
+from onconode.values import InstanceIdentity
 
 
 def instance(sop: str, study: str = "1.2.3", at: float = 1000.0) -> ReceivedInstance:

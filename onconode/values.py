@@ -1,4 +1,5 @@
-"""Validators for the identifiers that reach a file path, a database row or an association.
+"""Values every stage shares: the identity of a stored instance, and the validators for the
+identifiers that reach a file path, a database row or an association.
 
 Each returns ``None`` when the value is acceptable, otherwise a short reason that is safe to log
 (it never echoes the value back beyond its length), in the spirit of pynetdicom's
@@ -9,6 +10,7 @@ configuration error).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 # PS3.5 9.1: components of digits separated by ".", no leading zero in a component of more than one
 # digit, at most 64 characters. The first component is 0, 1 or 2 (ISO/IEC 8824 root arcs).
@@ -42,3 +44,14 @@ def check_ae_title(value: object) -> str | None:
     if not value.strip():
         return "only spaces"
     return None
+
+
+@dataclass(frozen=True)
+class InstanceIdentity:
+    """Where an instance belongs; every UID has passed ``check_uid``."""
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    modality: str

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from onconode.dicom_node.validators import check_ae_title, check_uid
+from onconode.values import check_ae_title, check_uid
 
 
 @pytest.mark.parametrize("uid", ["1.2.840.10008.5.1.4.1.1.2", "2.25.329800735698586629295641978511506172918", "0",
