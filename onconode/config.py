@@ -110,6 +110,10 @@ class StudySettings(_Section):
 
     # A study is stable once no instance arrived for this long (seconds).
     stable_seconds: float = Field(10, gt=0)
+    # A sender that releases the association which delivered a study says "that was all": the study
+    # is complete this long after the release when nothing arrived since (seconds; null: only
+    # stable_seconds decides). A caller's own settle_seconds overrides it.
+    settle_seconds: float | None = Field(2, ge=0)
     # How often the assembler looks for stable studies (seconds).
     poll_seconds: float = Field(0.5, gt=0)
 
@@ -122,6 +126,9 @@ class Caller(_Section):
     # Where the caller listens for C-STORE: with a host and a port, results go back to the AE that
     # sent the study when no DICOM destination is configured.
     port: int | None = Field(default=None, ge=1, le=65535)
+    # How long after this caller releases an association the study it delivered is complete; for a
+    # sender that spreads one study over several associations in a row, longer than its gaps.
+    settle_seconds: float | None = Field(default=None, ge=0)
 
 
 class TLSSettings(_Section):

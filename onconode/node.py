@@ -74,7 +74,8 @@ class Node:
             # Built here in either case, so that a bad certificate stops the start before anything
             # listens; receiver processes build their own from the same settings.
             ssl_context = listener_context(settings.tls)
-            self.scp = (StorageSCP(settings.node, settings.callers, self.storage, self.db, ssl_context)
+            self.scp = (StorageSCP(settings.node, settings.callers, self.storage, self.db, ssl_context,
+                                   settle_seconds=settings.study.settle_seconds)
                         if settings.node.receiver_processes == 1 else ReceiverPool(settings, self.db.notify))
         self._wire_operations()
         self.assembler = (Assembler(self.db, settings.study.stable_seconds, settings.study.poll_seconds, lease)

@@ -36,6 +36,9 @@ class AssociationSummary:
     failures: int
     bytes: int
     ms: int
+    # The studies it stored instances of (new or duplicate): a released association is the sender's
+    # "that was all", one of the signals that a study is complete (assembler.py).
+    study_uids: tuple[str, ...] = ()
 
 
 AssociationListener = Callable[[AssociationSummary], None]
@@ -61,6 +64,7 @@ class _Connection:
     duplicates: int = 0
     failures: int = 0
     bytes: int = 0
+    studies: set[str] = field(default_factory=set)
     holds_slot: bool = False
     opened: float = field(default_factory=time.monotonic)
 
@@ -99,8 +103,11 @@ class AssociationBook:
         entry = self._entry(host, port)
         entry.outcome, entry.reason = outcome, reason
 
-    def stored(self, host: str, port: int, new_bytes: int, duplicate: bool, success: bool) -> None:
+    def stored(self, host: str, port: int, new_bytes: int, duplicate: bool, success: bool,
+               study_uid: str | None = None) -> None:
         entry = self._entry(host, port)
+        if study_uid is not None:
+            entry.studies.add(study_uid)
         if not success:
             entry.failures += 1
         elif duplicate:
@@ -144,7 +151,7 @@ class AssociationBook:
             self._slots.give_back()
         summary = AssociationSummary(entry.calling_ae, entry.host, entry.outcome, entry.reason, entry.instances,
                                      entry.duplicates, entry.failures, entry.bytes,
-                                     round((time.monotonic() - entry.opened) * 1000))
+                                     round((time.monotonic() - entry.opened) * 1000), tuple(sorted(entry.studies)))
         log_event(log, Event.ASSOCIATION, level=logging.INFO if entry.outcome in _NORMAL_ENDS else logging.WARNING,
                   calling_ae=entry.calling_ae, host=entry.host, port=entry.port, outcome=entry.outcome,
                   reason=entry.reason, instances=entry.instances, duplicates=entry.duplicates,

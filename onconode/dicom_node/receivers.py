@@ -197,7 +197,9 @@ class ReceiverPool:
         elif "summary" in report:
             with self._lock:
                 receiver.active = max(0, receiver.active - 1)
-            tell_listeners(self._listeners, AssociationSummary(**report["summary"]))
+            summary = report["summary"]
+            tell_listeners(self._listeners, AssociationSummary(**{**summary,
+                                                                  "study_uids": tuple(summary["study_uids"])}))
         elif "transition" in report:
             t = report["transition"]
             self._on_transitions([Transition(**{**t, "from_state": t["from_state"] and StudyState(t["from_state"]),
@@ -218,7 +220,8 @@ def serve_receiver(values: dict[str, Any], control: socket.socket, slots: SlotCo
     db = open_state(settings.state)
     storage = InstanceStorage.from_settings(settings.storage)
     scp = StorageSCP(settings.node, settings.callers, storage, db, listener_context(settings.tls),
-                     AssociationSlots(settings.node.max_associations, slots, index))
+                     AssociationSlots(settings.node.max_associations, slots, index),
+                     settle_seconds=settings.study.settle_seconds)
 
     def report(**message: Any) -> None:
         try:

@@ -16,6 +16,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from typing import Any, cast
@@ -35,7 +36,7 @@ from onconode.dicom_node.acceptor import (
 )
 from onconode.dicom_node.acceptor.pdu_guard import Admit
 from onconode.dicom_node.allocator import retain_freed_buffers
-from onconode.dicom_node.associations import AssociationBook, AssociationListener
+from onconode.dicom_node.associations import AssociationBook, AssociationListener, AssociationSummary
 from onconode.dicom_node.policy import AssociationSlots, CallerPolicy, Rejection, local_limit
 from onconode.dicom_node.sop_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
 from onconode.dicom_node.storage import InstanceStorage
@@ -71,8 +72,14 @@ class StorageSCP:
     connections the node hands over (``start_adopting``, ``adopt``), and ``slots`` is shared."""
 
     def __init__(self, settings: NodeSettings, callers: list[Caller], storage: InstanceStorage, db: StateDB,
-                 ssl_context: ssl.SSLContext | None = None, slots: AssociationSlots | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, slots: AssociationSlots | None = None,
+                 settle_seconds: float | None = None) -> None:
+        """``settle_seconds``: a released association completes the studies it delivered this long
+        after (a caller's own ``settle_seconds`` first); None: a release is no signal."""
         self._settings = settings
+        self._db = db
+        self._settle = {c.ae_title: c.settle_seconds for c in callers if c.settle_seconds is not None}
+        self._default_settle = settle_seconds
         self._storage = storage
         self._policy = CallerPolicy(settings.ae_title, tuple(callers), settings.max_associations)
         self._slots = slots or AssociationSlots(settings.max_associations, [0])
@@ -85,6 +92,13 @@ class StorageSCP:
         self._ae = make_ae(settings)
         self._server: AcceptorServer | None = None
         self._serving = threading.Event()
+        self._book.listeners.append(self._note_release)
+
+    def _note_release(self, summary: AssociationSummary) -> None:
+        """A released association is the sender's "that was all" for the studies it delivered."""
+        settle = self._settle.get(summary.calling_ae, self._default_settle)
+        if summary.outcome == "released" and summary.study_uids and settle is not None:
+            self._db.association_released(summary.study_uids, time.time(), settle)
 
     def add_association_listener(self, listener: AssociationListener) -> None:
         """Call ``listener(summary)`` after each association's connection closes."""
@@ -198,5 +212,6 @@ class StorageSCP:
             cast(BytesIO, request.DataSet).getvalue(), str(request.AffectedSOPClassUID),
             str(request.AffectedSOPInstanceUID), str(event.context.transfer_syntax),
             self._book.calling_ae(host, port), host), self._resources)
-        self._book.stored(host, port, outcome.stored_bytes, outcome.duplicate, outcome.status.is_success)
+        self._book.stored(host, port, outcome.stored_bytes, outcome.duplicate, outcome.status.is_success,
+                          outcome.study_uid)
         return int(outcome.status)

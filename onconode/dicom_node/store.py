@@ -55,6 +55,7 @@ class StoreOutcome:
     status: StoreStatus
     stored_bytes: int = 0  # bytes of a new instance; 0 for a duplicate or a failure
     duplicate: bool = False
+    study_uid: str | None = None  # on Success: the study the instance belongs to
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def _store(request: StoreRequest, resources: StoreResources) -> StoreOutcome:
         if known != hashing.result():
             return _conflict(request, identity)
         if resources.storage.path_for(identity).is_file():
-            return StoreOutcome(StoreStatus.SUCCESS, duplicate=True)
+            return StoreOutcome(StoreStatus.SUCCESS, duplicate=True, study_uid=identity.study_uid)
     try:
         resources.storage.write(identity, encoded)
     except AlreadyStored:
@@ -113,8 +114,8 @@ def _store(request: StoreRequest, resources: StoreResources) -> StoreOutcome:
         # The file is durable; the next start re-indexes it (recovery.py). The sender retries.
         return _refused(StoreStatus.OUT_OF_RESOURCES_INDEX, str(err), request, identity)
     if outcome == RecordOutcome.DUPLICATE:
-        return StoreOutcome(StoreStatus.SUCCESS, duplicate=True)
-    return StoreOutcome(StoreStatus.SUCCESS, stored_bytes=len(encoded))
+        return StoreOutcome(StoreStatus.SUCCESS, duplicate=True, study_uid=identity.study_uid)
+    return StoreOutcome(StoreStatus.SUCCESS, stored_bytes=len(encoded), study_uid=identity.study_uid)
 
 
 def _sha256(data: bytes) -> str:

@@ -121,10 +121,18 @@ def _both(script: str) -> Migration:
     return Migration(script.format(**_SQLITE), script.format(**_POSTGRESQL))
 
 
+# Completion by the sender's signal: when the association that delivered the study's newest
+# instance was released, and until when the study settles before it counts as complete.
+_RELEASES = """
+ALTER TABLE studies ADD COLUMN released_at {real};
+ALTER TABLE studies ADD COLUMN settle_until {real}
+"""
+
 MIGRATIONS = (
     _both(_TABLES),
     _both("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"),
     _both(_LEASES),
+    _both(_RELEASES),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -152,6 +152,24 @@ class StudyQueries(Database):
             self._move(db, study_uid, now, current, to, reason)
         return True
 
+    def association_released(self, study_uids: Iterable[str], at: float, settle_seconds: float) -> None:
+        """The association that delivered instances of these studies was released at ``at``: each
+        still RECEIVING, with nothing newer than the release, is complete ``settle_seconds`` later."""
+        with self._transaction() as db:
+            for study_uid in study_uids:
+                db.execute("UPDATE studies SET released_at = ?, settle_until = ? WHERE study_uid = ? "
+                           "AND state = ? AND last_received_at <= ?",
+                           (at, at + settle_seconds, study_uid, StudyState.RECEIVING.value, at))
+
+    def released_and_settled(self, now: float) -> list[tuple[str, float]]:
+        """Studies still RECEIVING whose delivering association was released, with nothing received
+        since, and whose settle time has passed: (study UID, release time)."""
+        with self._read() as db:
+            rows = db.execute("SELECT study_uid, released_at FROM studies WHERE state = ? AND settle_until <= ? "
+                              "AND released_at >= last_received_at ORDER BY released_at",
+                              (StudyState.RECEIVING.value, now)).fetchall()
+        return [(r[0], float(r[1])) for r in rows]
+
     def receiving_since_before(self, cutoff: float) -> list[str]:
         """Studies still RECEIVING whose last instance arrived before ``cutoff``."""
         with self._read() as db:
