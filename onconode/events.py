@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from collections.abc import Callable, Iterable
 from enum import Enum
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 
 class Event(str, Enum):
@@ -39,6 +40,18 @@ def _format(value: object) -> str:
     if not text or any(c in text for c in ' "='):
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return text
+
+
+def tell_listeners(listeners: Iterable[Callable[..., Any]], *args: Any, about: str = "-",
+                   logger: logging.Logger | None = None) -> None:
+    """Call each listener with ``args``. A listener's bug (audit, metrics) is logged and goes no
+    further: the caller's work (a committed transition, a stored instance, a delivery) stands."""
+    report = logger or logging.getLogger(__name__)
+    for listener in listeners:
+        try:
+            listener(*args)
+        except Exception:  # noqa: BLE001  (logged with its traceback; the caller goes on)
+            report.exception("event=listener_error about=%s", about)
 
 
 def log_event(logger: logging.Logger, event: Event, level: int = logging.INFO, **fields: object) -> None:

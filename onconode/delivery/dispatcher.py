@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from onconode.background import PollingLoop
 from onconode.config import DeliverySettings, Settings
 from onconode.delivery.senders import DicomSender, FhirSender, Sender, without_peer_text
-from onconode.events import Event, log_event
+from onconode.events import Event, log_event, tell_listeners
 from onconode.state import Delivery, DeliveryState, StateDB, StateError, StudyState
 from onconode.state.heartbeat import Heartbeat
 
@@ -62,11 +62,8 @@ class Dispatcher(PollingLoop):
         self._listeners.append(listener)
 
     def _tell(self, delivery: Delivery, outcome: str, error: str | None) -> None:
-        for listener in self._listeners:
-            try:
-                listener(delivery, outcome, error)
-            except Exception:  # audit or metrics trouble must not stop delivery
-                log.exception("event=delivery_listener_error study=%s", delivery.study_uid)
+        tell_listeners(self._listeners, delivery, outcome, error, about=f"delivery study={delivery.study_uid}",
+                       logger=log)
 
     def step(self) -> bool:
         try:

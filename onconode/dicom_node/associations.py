@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from onconode.dicom_node.policy import AssociationSlots
-from onconode.events import Event, log_event
+from onconode.events import Event, log_event, tell_listeners
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +42,6 @@ class AssociationSummary:
 
 
 AssociationListener = Callable[[AssociationSummary], None]
-
-
-def tell_listeners(listeners: list[AssociationListener], summary: AssociationSummary) -> None:
-    """Call each listener with ``summary``; metrics or audit trouble must not stop the caller's thread."""
-    for listener in listeners:
-        try:
-            listener(summary)
-        except Exception:
-            log.exception("event=association_listener_error calling_ae=%s", summary.calling_ae)
 
 
 @dataclass
@@ -156,7 +147,7 @@ class AssociationBook:
                   calling_ae=entry.calling_ae, host=entry.host, port=entry.port, outcome=entry.outcome,
                   reason=entry.reason, instances=entry.instances, duplicates=entry.duplicates,
                   failures=entry.failures, bytes=entry.bytes, ms=summary.ms)
-        tell_listeners(self.listeners, summary)
+        tell_listeners(self.listeners, summary, about=f"association calling_ae={summary.calling_ae}", logger=log)
 
     @property
     def open_connections(self) -> int:

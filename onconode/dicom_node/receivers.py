@@ -32,12 +32,12 @@ from multiprocessing.sharedctypes import RawArray
 from typing import Any
 
 from onconode.config import Settings
-from onconode.dicom_node.associations import AssociationListener, AssociationSummary, tell_listeners
+from onconode.dicom_node.associations import AssociationListener, AssociationSummary
 from onconode.dicom_node.policy import AssociationSlots, SlotCounts
 from onconode.dicom_node.scp import StorageSCP
 from onconode.dicom_node.storage import InstanceStorage
 from onconode.dicom_node.tls import listener_context
-from onconode.events import Event, configure_logging, log_event
+from onconode.events import Event, configure_logging, log_event, tell_listeners
 from onconode.state import StudyState, Transition, open_state
 
 log = logging.getLogger(__name__)
@@ -198,8 +198,8 @@ class ReceiverPool:
             with self._lock:
                 receiver.active = max(0, receiver.active - 1)
             summary = report["summary"]
-            tell_listeners(self._listeners, AssociationSummary(**{**summary,
-                                                                  "study_uids": tuple(summary["study_uids"])}))
+            tell_listeners(self._listeners, AssociationSummary(**{**summary, "study_uids": tuple(summary["study_uids"])}),
+                           about="association", logger=log)
         elif "transition" in report:
             t = report["transition"]
             self._on_transitions([Transition(**{**t, "from_state": t["from_state"] and StudyState(t["from_state"]),

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from onconode.events import Event, log_event
+from onconode.events import Event, log_event, tell_listeners
 from onconode.state.engines import Engine, open_engine
 from onconode.state.owner import process_owner
 from onconode.state.records import StateError, StudyState, Transition, TransitionListener
@@ -95,11 +95,7 @@ class Database:
         """Tell the listeners about committed transitions: this connection's, or those a receiver
         process committed on its own (``dicom_node/receivers.py``)."""
         for transition in transitions:
-            for listener in self._listeners:
-                try:
-                    listener(transition)
-                except Exception:  # a listener's bug must not undo or block a committed transition
-                    log.exception("event=transition_listener_error study=%s", transition.study_uid)
+            tell_listeners(self._listeners, transition, about=f"transition study={transition.study_uid}", logger=log)
 
     def _migrate(self) -> None:
         """Bring the schema to ``SCHEMA_VERSION``, one numbered step at a time, in one transaction

@@ -140,13 +140,6 @@ class DeliveryQueries(Database):
             rows = db.execute(query + " ORDER BY id", params).fetchall()
         return [_delivery(r) for r in rows]
 
-    def next_delivery_due(self) -> float | None:
-        """When the earliest pending delivery is due (for the dispatcher's sleep)."""
-        with self._read() as db:
-            row = db.execute("SELECT MIN(next_try_at) FROM deliveries WHERE state = ?",
-                             (DeliveryState.PENDING.value,)).fetchone()
-        return row[0] if row and row[0] is not None else None
-
     def delivery_sent(self, delivery_id: int) -> None:
         """Record a peer's success. It is recorded whoever holds the lease now: the object is there."""
         with self._transaction() as db:
