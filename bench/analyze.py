@@ -9,7 +9,7 @@ Prints, for the whole analysis of the study (``pipeline.analyze_study``, the cal
 - peak RSS of a child process analysing a synthetic 500-slice series (real LIDC slices repeated
   with new positions and UIDs in a temporary folder).
 
-Model: ``models/chest-ct-cancer`` when present; otherwise a small test ONNX model at 224×224 built
+Model: ``models/chest-ct-nodule`` when present; otherwise a small test ONNX model at 224×224 built
 here (the one the tests use: one strided conv + GAP + linear head), and the output says so — its
 inference time is far below a real EfficientNet's.
 
@@ -49,13 +49,13 @@ STUDY = DATA / "lidc-idri-0001"
 def _models(tmp: Path) -> tuple[Path, str, str]:
     """(folder, model name, how it was obtained)."""
     real = REPO / "models"
-    if (real / "chest-ct-cancer.yaml").is_file():
-        return real, "chest-ct-cancer", "models/chest-ct-cancer (trained model)"
+    if (real / "chest-ct-nodule.yaml").is_file():
+        return real, "chest-ct-nodule", "models/chest-ct-nodule (trained model)"
     from tests.inference.tiny_model import write_model
 
     write_model(tmp, "bench-ct", "CT", size=224, k=32, patch=32)
     return tmp, "bench-ct", ("TEST MODEL built by this script (Conv 32x32/32 → 32 ch 7x7 features, GAP, linear): "
-                             "not an EfficientNet; models/chest-ct-cancer is absent")
+                             "not an EfficientNet; models/chest-ct-nodule is absent")
 
 
 def _rule(model: str) -> RoutingRule:

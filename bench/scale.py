@@ -17,7 +17,7 @@ associations to a node with ``node.receiver_processes`` 1 and then 2, on SQLite 
 PostgreSQL, ``--rounds`` times in a balanced order; printed: images/s, CPU per image (the node, and
 the database server), and PostgreSQL / SQLite within each round.
 
-Model: ``models/chest-ct-cancer`` when present, else the test model of bench/analyze.py (a strided
+Model: ``models/chest-ct-nodule`` when present, else the test model of bench/analyze.py (a strided
 conv at 224x224: its inference is far cheaper than an EfficientNet's), and the output says which.
 PostgreSQL is a private cluster (tests/postgres.py: initdb + pg_ctl, defaults but the port).
 
@@ -85,12 +85,12 @@ def machine_times() -> tuple[float, float]:
 
 def models(folder: Path) -> tuple[Path, str, str]:
     real = REPO / "models"
-    if (real / "chest-ct-cancer.yaml").is_file():
-        return real, "chest-ct-cancer", "models/chest-ct-cancer (trained model)"
+    if (real / "chest-ct-nodule.yaml").is_file():
+        return real, "chest-ct-nodule", "models/chest-ct-nodule (trained model)"
     from tests.inference.tiny_model import write_model
 
     write_model(folder, "bench-ct", "CT", size=224, k=32, patch=32)
-    return folder, "bench-ct", "TEST MODEL (bench/analyze.py's strided conv at 224x224; models/chest-ct-cancer absent)"
+    return folder, "bench-ct", "TEST MODEL (bench/analyze.py's strided conv at 224x224; models/chest-ct-nodule absent)"
 
 
 def make_studies(folder: Path, count: int) -> Path:
