@@ -74,6 +74,15 @@ def _sources(spec: ModelSpec) -> tuple[str, str, str]:
     return _table(["collection", "licence", "taken from (repository@commit)"], rows), cites, policy
 
 
+def _basis(r: Release) -> str:
+    if r.decision_basis == "series":
+        return ""
+    return ("\n\n**Every training series shows a lesion**, so no series-level specificity, calibration or "
+            "threshold can be measured: the calibration and the threshold above are fit on out-of-fold "
+            "slices (lesion against lesion-free) and applied to the study score. How often a lesion-free "
+            "study is flagged is unknown.")
+
+
 def _value(e: dict[str, float] | None) -> float | None:
     return None if not e else e["value"]
 
@@ -154,7 +163,7 @@ from it says so.
 It reads: {manifest.accepts.summary(manifest.modality)}. It says, per analysed slice, the
 probability that the slice shows {spec.finding.display}, and per series one decision: the mean of
 the {manifest.slices.key} highest per-slice probabilities, calibrated (Platt, slope
-{r.calibration[0]}, intercept {r.calibration[1]}), against the threshold {r.threshold}.
+{r.calibration[0]}, intercept {r.calibration[1]}), against the threshold {r.threshold}.{_basis(r)}
 
 {WITHDRAWN}
 ## Targets

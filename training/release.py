@@ -81,6 +81,9 @@ class Release:
     onnx_bytes: int
     onnx_max_abs_diff: float
     failures: list[dict[str, Any]]
+    # Where calibration and threshold come from: out-of-fold series, or slices when every series
+    # has the same label (no series-level operating point can be measured then).
+    decision_basis: str = "series"
 
 
 def data_facts(series: list[SeriesExamples]) -> dict[str, Any]:
@@ -209,9 +212,17 @@ def release(spec: ModelSpec, series: list[SeriesExamples], out_dir: Path, dicom:
     cv = summary(slices, records)
     scores = np.array([r.score for r in records])
     positive = np.array([r.lesion for r in records])
+    decision_basis = "series"
     if positive.all() or not positive.any():
-        calibration, threshold = (1.0, 0.0), 0.5
-        log.warning("model=%s: series of one class only; no calibration, threshold 0.5", spec.name)
+        # No series of the other class: the operating point comes from the slices (lesion against
+        # lesion-free, out of fold), applied to the study score, which is a mean of slice probabilities.
+        decision_basis = "slices"
+        labelled = [r for r in slices if r.label >= 0]
+        slice_scores = np.array([r.probability for r in labelled])
+        slice_lesion = np.array([r.label == 1 for r in labelled])
+        calibration = platt(slice_scores, slice_lesion)
+        threshold = round(youden_threshold(calibrated(slice_scores, *calibration), slice_lesion), 4)
+        log.warning("model=%s: series of one class only; calibration and threshold from the slices", spec.name)
     else:
         calibration = platt(scores, positive)
         threshold = round(youden_threshold(calibrated(scores, *calibration), positive), 4)
@@ -242,7 +253,7 @@ def release(spec: ModelSpec, series: list[SeriesExamples], out_dir: Path, dicom:
                      out_dir / f"{spec.name}.reliability.png", f"{spec.name}: reliability, out of fold")
     report = Release(
         spec_name=spec.name, data=data_facts(series), cv=cv, epochs=fold_epochs, final_epochs=final_epochs,
-        calibration=calibration, threshold=threshold, external=external,
+        calibration=calibration, threshold=threshold, decision_basis=decision_basis, external=external,
         latency=measure(onnx_path, model, spec.size), onnx_bytes=onnx_path.stat().st_size, onnx_max_abs_diff=diff,
         failures=_failure_pictures(spec, series, slices, records, threshold, calibration, out_dir))
     (out_dir / f"{spec.name}.md").write_text(render_card(spec, manifest, report))
