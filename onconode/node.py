@@ -23,7 +23,6 @@ from onconode.config import Role, Settings
 from onconode.delivery import dispatcher
 from onconode.delivery.dispatcher import Dispatcher
 from onconode.dicom_node.assembler import Assembler
-from onconode.dicom_node.associations import AssociationSummary
 from onconode.dicom_node.listener import Listener
 from onconode.dicom_node.receivers import ReceiverPool
 from onconode.dicom_node.recovery import recover
@@ -37,6 +36,7 @@ from onconode.reporting.outbox import Outbox
 from onconode.reporting.outputs import destination_for, warm_up
 from onconode.state import Delivery, open_state
 from onconode.state.shared_storage import check_shared_storage
+from onconode.values import AssociationSummary
 from onconode.worker import Worker
 
 log = logging.getLogger(__name__)

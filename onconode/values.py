@@ -1,5 +1,5 @@
-"""Values every stage shares: the identity of a stored instance, and the validators for the
-identifiers that reach a file path, a database row or an association.
+"""Values every stage shares: the identity of a stored instance, what one association did, and the
+validators for the identifiers that reach a file path, a database row or an association.
 
 Each returns ``None`` when the value is acceptable, otherwise a short reason that is safe to log
 (it never echoes the value back beyond its length), in the spirit of pynetdicom's
@@ -10,6 +10,7 @@ configuration error).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # PS3.5 9.1: components of digits separated by ".", no leading zero in a component of more than one
@@ -55,3 +56,24 @@ class InstanceIdentity:
     sop_instance_uid: str
     sop_class_uid: str
     modality: str
+
+
+@dataclass(frozen=True)
+class AssociationSummary:
+    """What one association did, told to listeners (metrics, audit) when its connection closes."""
+
+    calling_ae: str
+    host: str
+    outcome: str  # accepted (still open at close), released, aborted, rejected, failed (e.g. TLS handshake)
+    reason: str | None
+    instances: int
+    duplicates: int
+    failures: int
+    bytes: int
+    ms: int
+    # The studies it stored instances of (new or duplicate): a released association is the sender's
+    # "that was all", one of the signals that a study is complete (assembler.py).
+    study_uids: tuple[str, ...] = ()
+
+
+AssociationListener = Callable[[AssociationSummary], None]

@@ -7,9 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from onconode import runtime
 from tests.postgres import postgres, postgres_url, state_target  # noqa: F401  (fixtures: PostgreSQL, both engines)
 from tests.processed_node import Processed, processed_node
 from tests.support import NodeProcess, data_root
+
+# The test process runs node code in-process, so it is configured as a node process is at its start.
+runtime.configure()
 
 
 @pytest.fixture(scope="session")

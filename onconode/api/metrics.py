@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from onconode.dicom_node.associations import AssociationSummary
 from onconode.state import Delivery, StateDB
+from onconode.values import AssociationSummary
 
 # Stage latency buckets in seconds: a slice decode is milliseconds, a whole CT analysis tens of seconds.
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)

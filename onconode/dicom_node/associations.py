@@ -12,36 +12,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from onconode.dicom_node.policy import AssociationSlots
 from onconode.events import Event, log_event, tell_listeners
+from onconode.values import AssociationListener, AssociationSummary
 
 log = logging.getLogger(__name__)
 
 _NORMAL_ENDS = ("accepted", "released", "aborted")
 
 
-@dataclass(frozen=True)
-class AssociationSummary:
-    """What one association did, told to listeners (metrics, audit) when its connection closes."""
-
-    calling_ae: str
-    host: str
-    outcome: str  # accepted (still open at close), released, aborted, rejected, failed (e.g. TLS handshake)
-    reason: str | None
-    instances: int
-    duplicates: int
-    failures: int
-    bytes: int
-    ms: int
-    # The studies it stored instances of (new or duplicate): a released association is the sender's
-    # "that was all", one of the signals that a study is complete (assembler.py).
-    study_uids: tuple[str, ...] = ()
-
-
-AssociationListener = Callable[[AssociationSummary], None]
 
 
 @dataclass

@@ -14,17 +14,12 @@ from __future__ import annotations
 
 import struct
 
-import pydicom
 from pydicom.uid import UID
 
 from onconode.dicom_node.sop_classes import IMAGE_STORAGE, SR_STORAGE
 from onconode.dicom_node.status import StoreStatus
 from onconode.dicom_node.structure import Header, InvalidInstance, read_header
 from onconode.values import InstanceIdentity, check_uid
-
-# Values are validated here, by rules that return a reason; pydicom's own value warnings would
-# write the offending value into the log, and a value is exactly what must not be logged.
-pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 __all__ = ["InvalidInstance", "identify", "identify_file"]
 

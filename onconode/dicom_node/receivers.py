@@ -31,14 +31,15 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import RawArray
 from typing import Any
 
+from onconode import runtime
 from onconode.config import Settings
-from onconode.dicom_node.associations import AssociationListener, AssociationSummary
 from onconode.dicom_node.policy import AssociationSlots, SlotCounts
 from onconode.dicom_node.scp import StorageSCP
 from onconode.dicom_node.storage import InstanceStorage
 from onconode.dicom_node.tls import listener_context
 from onconode.events import Event, configure_logging, log_event, tell_listeners
 from onconode.state import StudyState, Transition, open_state
+from onconode.values import AssociationListener, AssociationSummary
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +213,7 @@ def serve_receiver(values: dict[str, Any], control: socket.socket, slots: SlotCo
     """A receiver process: serve the connections the node passes until the node closes ``control``;
     ``slots[index]`` counts its associations."""
     settings = Settings(**values)
+    runtime.configure()
     configure_logging(settings.log.level)
     # Ctrl-C, or a service manager's SIGTERM, may reach the whole process group: the node stops its
     # receivers by closing their control sockets once it has stopped listening.

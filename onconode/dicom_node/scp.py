@@ -36,12 +36,13 @@ from onconode.dicom_node.acceptor import (
 )
 from onconode.dicom_node.acceptor.pdu_guard import Admit
 from onconode.dicom_node.allocator import retain_freed_buffers
-from onconode.dicom_node.associations import AssociationBook, AssociationListener, AssociationSummary
+from onconode.dicom_node.associations import AssociationBook
 from onconode.dicom_node.policy import AssociationSlots, CallerPolicy, Rejection, local_limit
 from onconode.dicom_node.sop_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
 from onconode.dicom_node.storage import InstanceStorage
 from onconode.dicom_node.store import StoreRequest, StoreResources, store_instance
 from onconode.state import StateDB
+from onconode.values import AssociationListener, AssociationSummary
 
 log = logging.getLogger(__name__)
 
