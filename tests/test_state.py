@@ -29,7 +29,7 @@ def db(state_target: Path | str) -> Iterator[StateDB]:
 
 
 def test_database_is_versioned(db: StateDB, state_target: Path | str) -> None:
-    assert raw.schema_version(state_target) == db.schema_version() == SCHEMA_VERSION == 4
+    assert raw.schema_version(state_target) == db.schema_version() == SCHEMA_VERSION == 4  # numbered migrations: tables, meta, leases, releases
 
 
 def test_sqlite_database_is_wal(tmp_path: Path) -> None:

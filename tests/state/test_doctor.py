@@ -10,6 +10,7 @@ import yaml
 
 from onconode.cli import main
 from onconode.state import StateDB
+from onconode.state.schema import SCHEMA_VERSION
 from onconode.state.shared_storage import MARKER, check_shared_storage
 from tests.state import raw
 from tests.support import free_port
@@ -31,7 +32,7 @@ def test_doctor_reads_an_empty_database_without_changing_it(state_target: Path |
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     status, found = _doctor(tmp_path, state_target, tmp_path / "store", capsys)
     assert status == 0, found
-    assert "ok       state" in found and "is empty: the schema (version 3) is created at the first start" in found
+    assert "ok       state" in found and f"is empty: the schema (version {SCHEMA_VERSION}) is created at the first start" in found
     assert f"ok       shared       storage root {tmp_path / 'store'} gets its marker at the first start" in found
     assert not (tmp_path / "store" / MARKER).exists()
     if isinstance(state_target, Path):
@@ -48,7 +49,7 @@ def test_doctor_finds_the_schema_version_and_the_storage_marker(state_target: Pa
     finally:
         db.close()
     status, found = _doctor(tmp_path, state_target, tmp_path / "store", capsys)
-    assert "answers, schema version 3" in found
+    assert f"answers, schema version {SCHEMA_VERSION}" in found
     assert f"storage root {tmp_path / 'store'} is this database's (marker {node_id[:12]})" in found
 
     status, found = _doctor(tmp_path, state_target, tmp_path / "not-mounted", capsys)
