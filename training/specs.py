@@ -60,12 +60,12 @@ class ModelSpec:
     intended_use: str
     external: tuple[ExternalCase, ...]
     skull_stripped: bool | None = None   # brain: train on series with (False) or without the skull, or both (None)
-    epochs: int = 14
+    epochs: int = 10
     samples_per_epoch: int = 1024     # per epoch, half lesion slices, half lesion-free ones
     batch_size: int = 32
     lr: float = 3e-4
     frozen_blocks: int = 3
-    folds: int = 5
+    folds: int = 3
     seed: int = 20261203
     labels: tuple[str, str] = ("none", "lesion")  # logits order; "lesion" is the positive label
 

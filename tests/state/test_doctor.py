@@ -59,7 +59,7 @@ def test_doctor_finds_the_schema_version_and_the_storage_marker(state_target: Pa
 
     raw.set_schema_version(state_target, 2)
     status, found = _doctor(tmp_path, state_target, tmp_path / "store", capsys)
-    assert "warning  state" in found and "has schema version 2: the next start migrates it to 3" in found
+    assert "warning  state" in found and f"has schema version 2: the next start migrates it to {SCHEMA_VERSION}" in found
     assert raw.schema_version(state_target) == 2  # read, not migrated
 
 

@@ -1,29 +1,36 @@
-"""The models committed in ``models/`` load in the node's registry as they are (onnxruntime only)."""
+"""The models committed in ``models/`` load in the node's registry as they are (onnxruntime only),
+say what they find and accept, and the node reproduces the external check their cards report."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from onconode.folders import files_under
+from onconode.inference.pipeline import analyze_study
 from onconode.models import load_registry
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
+SHIPPED = {"chest-ct-nodule": ("CT", "786838002"), "brain-mr-tumour": ("MR", "126952004")}
 
 
-def test_registry_accepts_both_shipped_models() -> None:
+def test_registry_accepts_the_shipped_models_and_nothing_else() -> None:
     registry = load_registry(MODELS)
-    assert {"chest-ct-cancer", "brain-mri-tumour"} <= set(registry)
-    for model in registry.values():
+    assert set(registry) == set(SHIPPED)
+    for name, model in registry.items():
+        manifest = model.manifest
         assert model.onnx_path.stat().st_size <= 20_000_000
-        assert (MODELS / str(model.manifest.card)).is_file()
-
-
-def test_chest_decision_is_cancer_vs_normal() -> None:
-    manifest = load_registry(MODELS)["chest-ct-cancer"].manifest
-    cancer = {label.name for label in manifest.labels if label.cancer}
-    assert set(manifest.decision.positive_labels) == cancer == {
-        "adenocarcinoma", "large_cell_carcinoma", "squamous_cell_carcinoma"}
+        assert (MODELS / str(manifest.card)).is_file()
+        modality, finding = SHIPPED[name]
+        assert manifest.modality == modality
+        assert manifest.finding.code == finding
+        # Two outputs: no lesion, lesion; the decision is the lesion's calibrated probability.
+        assert [label.name for label in manifest.labels] == ["none", "lesion"]
+        assert manifest.decision.positive_labels == ("lesion",)
+        assert 0.0 < manifest.decision.threshold < 1.0
 
 
 def test_features_have_the_shape_gradcam_weights_expect() -> None:
@@ -38,3 +45,24 @@ def test_features_have_the_shape_gradcam_weights_expect() -> None:
         logits, features = session.run([m.outputs.logits, m.outputs.features], {m.input.name: image})
         assert logits.shape == (2, len(m.labels))
         assert tuple(weights.dims) == (len(m.labels), features.shape[1])
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_the_node_reproduces_the_external_check_of_the_card(name: str, data: Path) -> None:
+    """Every external study the card lists gets, from the node's own pipeline and the shipped files,
+    the outcome, probability and key slices the card states: the card describes what ships."""
+    card = json.loads((MODELS / f"{name}.metrics.json").read_text())
+    registry = {name: load_registry(MODELS)[name]}
+    assert card["external"], "the card reports no external study"
+    for case in card["external"]:
+        files = list(files_under([data / "dicom" / case["folder"]]))
+        result = analyze_study(files, registry, [])
+        assert result.outcome.value == case["outcome"] or case["probability"] is None, case["folder"]
+        if case["probability"] is None:
+            assert result.positive_probability is None, case["folder"]
+            continue
+        assert result.positive_probability == pytest.approx(case["probability"], abs=1e-4), case["folder"]
+        assert result.positive == case["positive"], case["folder"]
+        names = {str(p.resolve()): p.stem for p in files}
+        assert [names[str(result.slice_paths[k.sop_instance_uid].resolve())] for k in result.key_slices] == \
+            case["key_files"], case["folder"]
