@@ -64,7 +64,10 @@ def run(spec: ModelSpec, series: Sequence[SeriesExamples], epochs: int | None = 
     best_epochs: list[int] = []
     for fold, test_patients in enumerate(folds):
         train_names = {p: lesion for p, lesion in names.items() if p not in test_patients}
-        inner = inner_validation(train_names, 0.2, spec.seed + fold)
+        # Validation needs slices with a label: patients whose series are diagnosis-only cannot choose an epoch.
+        labelled = {p for p in train_names if any(s.meta.patient == p and (s.labels >= 0).any() for s in series)}
+        inner = inner_validation({p: lesion for p, lesion in train_names.items() if p in labelled}, 0.2,
+                                 spec.seed + fold)
         train = [s for s in series if s.meta.patient in train_names and s.meta.patient not in inner]
         valid = [s for s in series if s.meta.patient in inner]
         test = [s for s in series if s.meta.patient in test_patients]

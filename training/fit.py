@@ -85,6 +85,7 @@ def fit(spec: ModelSpec, train: Sequence[SeriesExamples], valid: Sequence[Series
     generator = seed_everything(seed)
     epochs = epochs or spec.epochs
     data = stack(train)
+    val_planes, val_labels = np.zeros((0,)), np.zeros((0,), dtype=np.int64)
     if valid:
         val = stack(valid)
         val_planes, val_labels = val.planes[val.labels >= 0], val.labels[val.labels >= 0].astype(np.int64)
@@ -128,7 +129,7 @@ def fit(spec: ModelSpec, train: Sequence[SeriesExamples], valid: Sequence[Series
             batches += 1
             step += 1
         row = {"epoch": epoch, "train_loss": running / max(1, batches), "seconds": time.monotonic() - started}
-        if valid:
+        if len(val_labels):
             val_logits = logits_of(model, val_planes, spec)
             val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(val_labels)))
             row |= {"val_loss": val_loss, "val_accuracy": float((val_logits.argmax(1) == val_labels).mean())}
