@@ -83,6 +83,30 @@ def _basis(r: Release) -> str:
             "study is flagged is unknown.")
 
 
+def _measured_limits(spec: ModelSpec, r: Release) -> str:
+    """The limits this run measured, each said where a reader of the card looks for them."""
+    lines = []
+    base = _value(r.cv["series"].get("baseline_auc"))
+    if base is not None and base > TARGET_BASELINE:
+        lines.append(f"- **The series score is not evidence of the finding.** A metadata-only baseline (matrix, "
+                     f"spacing, intensity statistics) separates the same series with AUC {base:.3f}: lesion and "
+                     "lesion-free series differ by source in these data, so the series AUC measures the source "
+                     "at least as much as the lesion. The slice-level AUC against its baseline, the "
+                     "localisation and the external check are the better guides.")
+    with_lesion = {c.folder for c in spec.external if c.lesion_slices}
+    lesion_cases = [e for e in r.external if e.folder in with_lesion and e.positive is not None]
+    missed = [e for e in lesion_cases if not any(e.key_on_lesion)]
+    if missed:
+        lines.append(f"- On {len(missed)} of {len(lesion_cases)} external lesion studies no key slice shows the "
+                     f"lesion ({', '.join(e.folder for e in missed)}): a positive decision there is not evidence "
+                     "that the model saw the lesion.")
+    negatives = [e for e in r.external if e.positive is not None and e.folder not in with_lesion]
+    if not negatives:
+        lines.append("- The external check holds no lesion-free study: how often this model flags a study "
+                     "without the finding is measured only in the cross-validation above.")
+    return "".join(line + "\n" for line in lines)
+
+
 def _value(e: dict[str, float] | None) -> float | None:
     return None if not e else e["value"]
 
@@ -233,7 +257,7 @@ ONNX (opset 17) {r.onnx_bytes / 1e6:.1f} MB; {r.latency.onnx_ms:.1f} ms per slic
 PyTorch {r.onnx_max_abs_diff:.2e}.
 
 ## Limits
-- The data are few patients from few scanners (see Data): every CI above is wide, and a site's own
+{_measured_limits(spec, r)}- The data are few patients from few scanners (see Data): every CI above is wide, and a site's own
   scanners, protocols and population may behave differently. Validate locally before any use.
 - Labels are readers' outlines under the stated policy; a lesion-free slice means no outlined lesion,
   not a normal slice.
