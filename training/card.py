@@ -77,10 +77,15 @@ def _sources(spec: ModelSpec) -> tuple[str, str, str]:
 def _basis(r: Release) -> str:
     if r.decision_basis == "series":
         return ""
+    if r.decision_basis == "none":
+        return ("\n\n**No lesion-free series or slice in the data**: the threshold 0.5 and the identity "
+                "calibration are placeholders, not measurements; do not act on the decision.")
     return ("\n\n**Every training series shows a lesion**, so no series-level specificity, calibration or "
             "threshold can be measured: the calibration and the threshold above are fit on out-of-fold "
-            "slices (lesion against lesion-free) and applied to the study score. How often a lesion-free "
-            "study is flagged is unknown.")
+            "slices (lesion against lesion-free) and applied to the study score, and the cross-validated "
+            "operating point below is fit the same way on the other folds. The study probability is therefore "
+            "calibrated as a slice's probability, not as the probability that the study holds a lesion (see "
+            "the per-series ECE), and how often a lesion-free study is flagged is unknown.")
 
 
 def _measured_limits(spec: ModelSpec, r: Release) -> str:
@@ -102,8 +107,14 @@ def _measured_limits(spec: ModelSpec, r: Release) -> str:
                      "that the model saw the lesion.")
     negatives = [e for e in r.external if e.positive is not None and e.folder not in with_lesion]
     if not negatives:
-        lines.append("- The external check holds no lesion-free study: how often this model flags a study "
-                     "without the finding is measured only in the cross-validation above.")
+        if r.cv["series"]["count"] > r.cv["series"]["lesion"]:
+            lines.append("- The external check holds no lesion-free study: how often this model flags a study "
+                         "without the finding is measured only in the cross-validation above.")
+        else:
+            lines.append("- **No lesion-free study anywhere**: neither the training series nor the external "
+                         "check hold one, so how often this model flags a study without the finding has not "
+                         "been measured. Expect false positives; measure them on local lesion-free studies "
+                         "before relying on a negative or a positive.")
     return "".join(line + "\n" for line in lines)
 
 
@@ -120,7 +131,7 @@ def _targets(r: Release, manifest: Manifest) -> str:
         [f"series AUC ≥ {TARGET_AUC}, lower 95% CI ≥ {TARGET_AUC_LOW} (cross-validated)", _est(auc),
          _met(None if auc["low"] != auc["low"] else auc["value"] >= TARGET_AUC and auc["low"] >= TARGET_AUC_LOW)],
         [f"metadata-only baseline ≤ {TARGET_BASELINE} (series, same folds)", _est(base),
-         _met(base["value"] <= TARGET_BASELINE)],
+         _met(None if base["value"] != base["value"] else base["value"] <= TARGET_BASELINE)],
         [f"heat-map peak in the lesion (+1 cm) on ≥ {TARGET_POINTING:.0%} of lesion slices", _est(loc),
          _met(None if loc is None else loc["value"] >= TARGET_POINTING)],
         ["key slice on a lesion slice on every lesion study of the external check",

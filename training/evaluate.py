@@ -136,24 +136,44 @@ class OperatingPoint:
     thresholds: tuple[float, ...]   # per fold, each chosen on the other folds
 
 
-def cross_fitted(series: Sequence[SeriesRecord]) -> tuple[np.ndarray, OperatingPoint]:
-    """Each fold's series probabilities calibrated and thresholded by fits on the other folds.
+def operating_fit(scores: np.ndarray, positive: np.ndarray, slice_scores: np.ndarray,
+                  slice_lesion: np.ndarray) -> tuple[float, float, float, str]:
+    """(slope, intercept, threshold, basis) of the study decision.
+
+    From the series when they hold both classes; otherwise from the slices (lesion against
+    lesion-free), applied to the study score, which is a mean of slice probabilities: data whose
+    every series shows a lesion still give an operating point, and the card says which it is."""
+    if positive.all() or not positive.any():
+        if slice_lesion.all() or not slice_lesion.any():
+            return 1.0, 0.0, 0.5, "none"
+        slope, intercept = platt(slice_scores, slice_lesion)
+        return slope, intercept, youden_threshold(calibrated(slice_scores, slope, intercept), slice_lesion), "slices"
+    slope, intercept = platt(scores, positive)
+    return slope, intercept, youden_threshold(calibrated(scores, slope, intercept), positive), "series"
+
+
+def cross_fitted(series: Sequence[SeriesRecord],
+                 slices: Sequence[SliceRecord] = ()) -> tuple[np.ndarray, OperatingPoint]:
+    """Each fold's series probabilities calibrated and thresholded by fits on the other folds, the
+    same way the shipped operating point is fit on all of them (``operating_fit``).
 
     Returns the calibrated probabilities (series order) and the operating point they give.
     """
     scores = np.array([s.score for s in series])
     positive = np.array([s.lesion for s in series])
     folds = np.array([s.fold for s in series])
+    labelled = [r for r in slices if r.label >= 0]
+    slice_scores = np.array([r.probability for r in labelled])
+    slice_lesion = np.array([r.label == 1 for r in labelled], bool)
+    slice_folds = np.array([r.fold for r in labelled])
     out = np.full(len(series), np.nan)
     decided = np.zeros(len(series), bool)
     thresholds = []
     for fold in sorted(set(folds.tolist())):
         inside, other = folds == fold, folds != fold
-        if positive[other].all() or not positive[other].any():
-            slope, intercept, threshold = 1.0, 0.0, 0.5
-        else:
-            slope, intercept = platt(scores[other], positive[other])
-            threshold = youden_threshold(calibrated(scores[other], slope, intercept), positive[other])
+        other_slices = slice_folds != fold
+        slope, intercept, threshold, _ = operating_fit(scores[other], positive[other], slice_scores[other_slices],
+                                                       slice_lesion[other_slices])
         out[inside] = calibrated(scores[inside], slope, intercept)
         decided[inside] = out[inside] >= threshold
         thresholds.append(threshold)
@@ -179,7 +199,7 @@ def summary(slices: Sequence[SliceRecord], series: Sequence[SeriesRecord]) -> di
     base = np.array([s.baseline for s in series])
     positive = np.array([s.lesion for s in series])
     groups = [s.patient for s in series]
-    calibrated_probs, point = cross_fitted(series)
+    calibrated_probs, point = cross_fitted(series, slices)
     hits = np.array([r.pointing_hit for r in slices if r.label == 1 and not np.isnan(r.pointing_hit)])
     shares = np.array([r.heat_share for r in slices if r.label == 1 and not np.isnan(r.heat_share)])
     hit_groups = [r.patient for r in slices if r.label == 1 and not np.isnan(r.pointing_hit)]

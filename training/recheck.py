@@ -2,9 +2,10 @@
 
 ``python -m training.recheck chest-ct|brain-mr [--out models]``: reads ``<out>/<name>.metrics.json``
 (what ``training.train`` measured), runs ``release.external_check`` with the files in ``<out>`` as
-they are, and writes the card and the metrics again. Nothing is retrained and no cross-validated
-number changes; only the node-side figures (the external studies, the pictures) are measured anew,
-e.g. after a change to the node's selection or heat maps.
+they are, and writes the card and the metrics again. Nothing is retrained: the node-side figures
+(the external studies, the pictures) are measured anew, e.g. after a change to the node's selection
+or heat maps, and where the run's out-of-fold predictions are kept (``runs/<name>/oof-*.json``) the
+cross-validated summary is recomputed from them, e.g. after a change to how it is summarised.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from onconode.models import load_manifest
 from training.card import render_card
+from training.evaluate import SeriesRecord, SliceRecord, summary
 from training.latency import Latency
 from training.release import ExternalResult, Release, external_check
 from training.specs import SPECS
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", choices=sorted(SPECS))
     parser.add_argument("--out", type=Path, default=Path("models"))
+    parser.add_argument("--runs", type=Path, default=Path("runs"), help="where training kept its out-of-fold files")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     spec = SPECS[args.model]
@@ -48,7 +51,13 @@ def main(argv: list[str] | None = None) -> None:
         for suffix in (".onnx", ".yaml"):
             shutil.copy(args.out / f"{spec.name}{suffix}", Path(folder))
         external = external_check(spec, Path(folder), dicom, args.out)
-    report = Release(**{**report.__dict__, "external": external})
+    cv = report.cv
+    oof = args.runs / spec.name
+    if (oof / "oof-slices.json").exists():
+        slices = [SliceRecord(**r) for r in json.loads((oof / "oof-slices.json").read_text())]
+        series = [SeriesRecord(**r) for r in json.loads((oof / "oof-series.json").read_text())]
+        cv = summary(slices, series)
+    report = Release(**{**report.__dict__, "external": external, "cv": cv})
     manifest = load_manifest(args.out / f"{spec.name}.yaml")
     (args.out / f"{spec.name}.md").write_text(render_card(spec, manifest, report))
     metrics.write_text(json.dumps(asdict(report), indent=1, default=str))

@@ -42,12 +42,11 @@ from onconode.models import (
 from onconode.reporting import overlay
 from training import crossval
 from training.card import render_card
-from training.evaluate import SeriesRecord, SliceRecord, calibrated, platt, series_records, summary
+from training.evaluate import SeriesRecord, SliceRecord, calibrated, operating_fit, series_records, summary
 from training.examples import SeriesExamples
 from training.export import FEATURES, HEAD_BIAS, HEAD_WEIGHT, INPUT, LOGITS, export, onnx_outputs, session
 from training.fit import fit, load, logits_of, normalise
 from training.latency import Latency, measure
-from training.metrics import youden_threshold
 from training.plots import reliability_plot, roc_plot
 from training.specs import ExternalCase, ModelSpec
 
@@ -150,7 +149,7 @@ def _external(case: ExternalCase, files: list[Path], result: AnalysisResult, reg
         spacing = float(pydicom.dcmread(next(f for f in files if f.stem == stem), stop_before_pixels=True)
                         .PixelSpacing[0])
         margin = 10.0 / spacing
-        peaks.append(box[0] - margin <= x <= box[2] + margin and box[1] - margin <= y <= box[3] + margin)
+        peaks.append(bool(box[0] - margin <= x <= box[2] + margin and box[1] - margin <= y <= box[3] + margin))
     picture = None
     if result.key_slices:
         conclusion = conclude(result, registry[result.model].manifest)
@@ -212,21 +211,13 @@ def release(spec: ModelSpec, series: list[SeriesExamples], out_dir: Path, dicom:
     cv = summary(slices, records)
     scores = np.array([r.score for r in records])
     positive = np.array([r.lesion for r in records])
-    decision_basis = "series"
-    if positive.all() or not positive.any():
-        # No series of the other class: the operating point comes from the slices (lesion against
-        # lesion-free, out of fold), applied to the study score, which is a mean of slice probabilities.
-        decision_basis = "slices"
-        labelled = [r for r in slices if r.label >= 0]
-        slice_scores = np.array([r.probability for r in labelled])
-        slice_lesion = np.array([r.label == 1 for r in labelled])
-        calibration = platt(slice_scores, slice_lesion)
-        threshold = round(youden_threshold(calibrated(slice_scores, *calibration), slice_lesion), 4)
-        log.warning("model=%s: series of one class only; calibration and threshold from the slices", spec.name)
-    else:
-        calibration = platt(scores, positive)
-        threshold = round(youden_threshold(calibrated(scores, *calibration), positive), 4)
-    calibration = (round(calibration[0], 4), round(calibration[1], 4))
+    labelled = [r for r in slices if r.label >= 0]
+    slope, intercept, threshold, decision_basis = operating_fit(
+        scores, positive, np.array([r.probability for r in labelled]), np.array([r.label == 1 for r in labelled]))
+    calibration, threshold = (round(slope, 4), round(intercept, 4)), round(threshold, 4)
+    if decision_basis != "series":
+        log.warning("model=%s: series of one class only; calibration and threshold from the %s",
+                    spec.name, decision_basis)
     final_epochs = epochs or max(1, int(statistics.median(fold_epochs)))
     final = fit(spec, series, [], spec.seed, epochs=final_epochs, max_steps=max_steps, pretrained=pretrained)
     model = load(spec, final.state)

@@ -60,3 +60,42 @@ def test_bootstrap_interval_contains_the_estimate() -> None:
     estimate = bootstrap(lambda i: float(values[i].mean()), len(values), resamples=500)
     assert estimate.value == 0.5
     assert estimate.low < 0.5 < estimate.high
+
+
+def _slice(series: str, fold: int, label: int, probability: float):
+    from training.evaluate import SliceRecord
+    return SliceRecord(series, series, "ct", fold, 0, label, probability, 0.5, float("nan"), float("nan"))
+
+
+def _series(name: str, fold: int, lesion: bool, score: float):
+    from training.evaluate import SeriesRecord
+    return SeriesRecord(name, name, "ct", fold, lesion, score, 0.5, 0, 1)
+
+
+def test_operating_point_of_one_class_series_comes_from_the_slices() -> None:
+    """Data whose every series shows a lesion still get a threshold, fit on lesion against
+    lesion-free slices and said to be so; the cross-validated point is fit the same way per fold."""
+    from training.evaluate import cross_fitted, operating_fit
+    rng = np.random.default_rng(0)
+    slices, series = [], []
+    for i in range(9):
+        fold = i % 3
+        lesion = rng.uniform(0.5, 0.9, 5)
+        clear = rng.uniform(0.02, 0.3, 20)
+        slices += [_slice(f"s{i}", fold, 1, p) for p in lesion] + [_slice(f"s{i}", fold, 0, p) for p in clear]
+        series.append(_series(f"s{i}", fold, True, float(np.sort(lesion)[-3:].mean())))
+    scores = np.array([s.score for s in series])
+    positive = np.ones(len(series), bool)
+    slope, _, threshold, basis = operating_fit(
+        scores, positive, np.array([r.probability for r in slices]), np.array([r.label == 1 for r in slices]))
+    assert basis == "slices" and slope > 0 and 0 < threshold < 1
+    _, point = cross_fitted(series, slices)
+    assert len(point.thresholds) == 3 and all(0.3 < t < 1 for t in point.thresholds)
+    assert point.sensitivity.value == 1.0
+    assert np.isnan(point.specificity.value)
+
+
+def test_operating_point_without_any_negative_says_none() -> None:
+    from training.evaluate import operating_fit
+    ones = np.ones(4, bool)
+    assert operating_fit(np.full(4, 0.7), ones, np.full(4, 0.7), ones)[3] == "none"
