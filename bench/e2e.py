@@ -9,7 +9,9 @@ Stages (wall clock, same machine; the node's from its state rows):
   orthanc_store      storescu's first instance sent → storescu done (Orthanc stored all 133)
   orthanc_stable     → first instance at the node (Orthanc's StableAge)
   transfer           first → last instance at the node (one association)
-  completion         last instance → QUEUED (the signal that completed it is printed)
+  completion         last instance → QUEUED (the signal that completed it is printed): with
+                     ``count_query`` (default) Orthanc is asked by C-FIND for the study's count at
+                     the release; ``--no-count-query`` leaves it to the 2 s settle time
   queue_wait         QUEUED → ANALYSING
   analysis           the worker's own analysis_total
   reporting          end of analysis → report recorded in the outbox (built, checked, fsynced)
@@ -48,7 +50,7 @@ def _at(db: StateDB, study_uid: str, state: StudyState) -> float:
     return max(t.at for t in db.transitions(study_uid) if t.to_state == state)
 
 
-def run(work: Path, stable_age: int, models: Path) -> tuple[dict[str, float], str]:
+def run(work: Path, stable_age: int, models: Path, count_query: bool = True) -> tuple[dict[str, float], str]:
     files = sorted(SERIES.glob("*.dcm"))
     study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     node_port = free_port()
@@ -58,7 +60,7 @@ def run(work: Path, stable_age: int, models: Path) -> tuple[dict[str, float], st
     node = NodeProcess(
         work / "node", node={"port": node_port},
         study={"stable_seconds": 10, "settle_seconds": 2, "poll_seconds": 0.05},
-        callers=[{"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}],
+        callers=[{"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port, "count_query": count_query}],
         analysis={"models": str(models)}, delivery={"poll_seconds": 0.05})
     orthanc.start()
     node.start()
@@ -110,13 +112,15 @@ def main() -> int:
     parser.add_argument("--stable-age", type=int, default=10, help="Orthanc's StableAge (seconds)")
     parser.add_argument("--models", type=Path, default=REPO / "models", help="the models folder (default: shipped)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--no-count-query", dest="count_query", action="store_false",
+                        help="do not ask Orthanc for the study's count (the settle time decides)")
     args = parser.parse_args()
     if not SERIES.is_dir():
         print(f"data not found: {SERIES} (set ONCONODE_DATA)", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="onconode-bench-e2e-"))
     try:
-        stages, completed_by = run(work, args.stable_age, args.models)
+        stages, completed_by = run(work, args.stable_age, args.models, args.count_query)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

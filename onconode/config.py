@@ -129,6 +129,16 @@ class Caller(_Section):
     # How long after this caller releases an association the study it delivered is complete; for a
     # sender that spreads one study over several associations in a row, longer than its gaps.
     settle_seconds: float | None = Field(default=None, ge=0)
+    # Ask the caller (a Query/Retrieve SCP at host:port, e.g. the PACS) after each release how many
+    # instances the study holds (C-FIND, NumberOfStudyRelatedInstances): when all are here, the study
+    # is complete at once instead of after the settle time.
+    count_query: bool = False
+
+    @model_validator(mode="after")
+    def _count_query_needs_an_address(self) -> Caller:
+        if self.count_query and (self.host is None or self.port is None):
+            raise ValueError(f"callers[{self.ae_title}].count_query needs the caller's host and port")
+        return self
 
 
 class TLSSettings(_Section):

@@ -22,7 +22,7 @@ from onconode.audit import AuditLog
 from onconode.config import Role, Settings
 from onconode.delivery import dispatcher
 from onconode.delivery.dispatcher import Dispatcher
-from onconode.dicom_node.assembler import Assembler
+from onconode.dicom_node.assembler import Assembler, counters_for
 from onconode.dicom_node.listener import Listener
 from onconode.dicom_node.receivers import ReceiverPool
 from onconode.dicom_node.recovery import recover
@@ -78,7 +78,8 @@ class Node:
                                    settle_seconds=settings.study.settle_seconds)
                         if settings.node.receiver_processes == 1 else ReceiverPool(settings, self.db.notify))
         self._wire_operations()
-        self.assembler = (Assembler(self.db, settings.study.stable_seconds, settings.study.poll_seconds, lease)
+        self.assembler = (Assembler(self.db, settings.study.stable_seconds, settings.study.poll_seconds, lease,
+                                    counters_for(settings.callers, settings.node.ae_title))
                           if roles & {Role.RECEIVE, Role.ANALYSE} else None)
         self.models: Mapping[str, RegisteredModel] = {}
         self.models_note: str | None = None

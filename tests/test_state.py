@@ -29,7 +29,7 @@ def db(state_target: Path | str) -> Iterator[StateDB]:
 
 
 def test_database_is_versioned(db: StateDB, state_target: Path | str) -> None:
-    assert raw.schema_version(state_target) == db.schema_version() == SCHEMA_VERSION == 4  # numbered migrations: tables, meta, leases, releases
+    assert raw.schema_version(state_target) == db.schema_version() == SCHEMA_VERSION == 5  # numbered migrations: tables, meta, leases, releases, releasing caller
 
 
 def test_sqlite_database_is_wal(tmp_path: Path) -> None:
@@ -131,3 +131,17 @@ def test_results_keep_every_analysis_and_the_newest_is_current(db: StateDB) -> N
     assert db.result_count("1.2.3") == 2 and db.result_timings() == [{"decode": 5.0}, {"decode": 7.0}]
     db.transition("1.2.3", StudyState.NO_MODEL, "done")
     assert not db.add_result("1.2.3", {"outcome": "late"})  # no longer being analysed: nothing recorded
+
+
+def test_released_studies_settling_name_their_caller_and_count(db: StateDB) -> None:
+    """On both engines: the assembler's C-FIND candidates are the studies released by the asked
+    callers, still settling, with nothing received since; each with the instances stored."""
+    for sop, study in (("1.1", "1.2.3"), ("1.2", "1.2.3"), ("2.1", "2.2.2"), ("3.1", "3.3.3")):
+        db.record_instance(_instance(sop, at=1000.0, study=study))
+    db.association_released(["1.2.3"], at=1001.0, settle_seconds=10, calling_ae="PACS")
+    db.association_released(["2.2.2"], at=1001.0, settle_seconds=10, calling_ae="MODALITY")
+    db.association_released(["3.3.3"], at=1001.0, settle_seconds=1, calling_ae="PACS")
+    settling = db.released_and_settling(1005.0, ["PACS"])
+    assert [(s.study_uid, s.released_by, s.instances) for s in settling] == [("1.2.3", "PACS", 2)]
+    assert db.released_and_settling(1005.0, []) == []
+    assert db.released_and_settling(1020.0, ["PACS"]) == []  # settled: the other path completes it

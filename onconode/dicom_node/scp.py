@@ -99,7 +99,7 @@ class StorageSCP:
         """A released association is the sender's "that was all" for the studies it delivered."""
         settle = self._settle.get(summary.calling_ae, self._default_settle)
         if summary.outcome == "released" and summary.study_uids and settle is not None:
-            self._db.association_released(summary.study_uids, time.time(), settle)
+            self._db.association_released(summary.study_uids, time.time(), settle, summary.calling_ae)
 
     def add_association_listener(self, listener: AssociationListener) -> None:
         """Call ``listener(summary)`` after each association's connection closes."""

@@ -1,4 +1,5 @@
-"""C-STORE and C-ECHO as a client: ``onconode send`` and ``onconode echo``, and later the dispatcher.
+"""C-STORE, C-ECHO and a study-count C-FIND as a client: ``onconode send`` and ``onconode echo``,
+the dispatcher, and the assembler asking a caller how many instances a study holds.
 
 Files are sent as stored: each file's own transfer syntax is proposed, and pynetdicom sends the
 file's data set bytes unchanged, so the receiver gets exactly what is on disk. Nagle's algorithm
@@ -21,6 +22,7 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
 from onconode.dicom_node.sop_classes import VERIFICATION
 from onconode.folders import files_under
@@ -218,3 +220,41 @@ def _send_batch(batch: list[DicomFile], peer: PeerAddress, calling_ae: str, tls:
         if assoc.is_established:
             assoc.release()
     return report
+
+
+def study_instance_count(peer: PeerAddress, study_uid: str, calling_ae: str = "ONCONODE-SCU",
+                         timeout: float = 5.0, tls: ssl.SSLContext | None = None) -> int | None:
+    """How many instances ``peer`` holds of the study: a Study Root C-FIND at STUDY level for
+    NumberOfStudyRelatedInstances. None when the peer has no such study or does not say.
+
+    Raises
+    ------
+    SendError
+        When the association fails, the peer answers with a failure, or nothing comes in ``timeout``.
+    """
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study_uid
+    query.NumberOfStudyRelatedInstances = None
+    assoc = associate(ae, peer, tls)
+    counts: list[int] = []
+    try:
+        for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+            if "Status" not in status:
+                raise SendError(f"no C-FIND response from {peer}")
+            code = int(status.Status)
+            if code in (0xFF00, 0xFF01):
+                value = identifier.get("NumberOfStudyRelatedInstances") if identifier is not None else None
+                if value not in (None, ""):
+                    counts.append(int(value))
+            elif code != 0x0000:
+                raise SendError(f"C-FIND to {peer} failed with status 0x{code:04X}")
+    except (TypeError, ValueError) as err:
+        raise SendError(f"C-FIND to {peer}: unreadable NumberOfStudyRelatedInstances") from err
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return counts[0] if len(counts) == 1 else None

@@ -32,6 +32,7 @@ from onconode.state.records import (
     NewReport,
     ReceivedInstance,
     RecordOutcome,
+    ReleasedStudy,
     Report,
     SeriesCount,
     StateError,
@@ -64,5 +65,5 @@ def open_state(settings: StateSettings) -> StateDB:
 
 
 __all__ = ["FINAL_STATES", "REPROCESSABLE", "RESUME", "Claim", "Delivery", "DeliveryState", "LeaseHolder",
-           "NewDelivery", "NewReport", "ReceivedInstance", "RecordOutcome", "Report", "SeriesCount", "StateDB",
+           "NewDelivery", "NewReport", "ReceivedInstance", "RecordOutcome", "ReleasedStudy", "Report", "SeriesCount", "StateDB",
            "StateError", "Study", "StudyState", "Transition", "TransitionListener", "open_state"]

@@ -78,6 +78,16 @@ REPROCESSABLE = frozenset({StudyState.REPORTED, StudyState.DELIVERING, StudyStat
 
 
 @dataclass(frozen=True)
+class ReleasedStudy:
+    """A study whose delivering association was released and which is still settling."""
+
+    study_uid: str
+    released_at: float
+    released_by: str        # the calling AE title of that association
+    instances: int          # instances stored for the study so far
+
+
+@dataclass(frozen=True)
 class Transition:
     study_uid: str
     at: float

@@ -128,11 +128,15 @@ ALTER TABLE studies ADD COLUMN released_at {real};
 ALTER TABLE studies ADD COLUMN settle_until {real}
 """
 
+# Who released it: the caller whose own count of the study's instances can complete it at once.
+_RELEASED_BY = "ALTER TABLE studies ADD COLUMN released_by TEXT"
+
 MIGRATIONS = (
     _both(_TABLES),
     _both("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"),
     _both(_LEASES),
     _both(_RELEASES),
+    _both(_RELEASED_BY),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -13,6 +13,7 @@ from onconode.state.records import (
     REPROCESSABLE,
     ReceivedInstance,
     RecordOutcome,
+    ReleasedStudy,
     SeriesCount,
     StateError,
     Study,
@@ -152,14 +153,16 @@ class StudyQueries(Database):
             self._move(db, study_uid, now, current, to, reason)
         return True
 
-    def association_released(self, study_uids: Iterable[str], at: float, settle_seconds: float) -> None:
-        """The association that delivered instances of these studies was released at ``at``: each
-        still RECEIVING, with nothing newer than the release, is complete ``settle_seconds`` later."""
+    def association_released(self, study_uids: Iterable[str], at: float, settle_seconds: float,
+                             calling_ae: str | None = None) -> None:
+        """The association ``calling_ae`` opened to deliver instances of these studies was released at
+        ``at``: each still RECEIVING, with nothing newer than the release, is complete
+        ``settle_seconds`` later, or sooner when that caller's count of the study says so."""
         with self._transaction() as db:
             for study_uid in study_uids:
-                db.execute("UPDATE studies SET released_at = ?, settle_until = ? WHERE study_uid = ? "
-                           "AND state = ? AND last_received_at <= ?",
-                           (at, at + settle_seconds, study_uid, StudyState.RECEIVING.value, at))
+                db.execute("UPDATE studies SET released_at = ?, settle_until = ?, released_by = ? "
+                           "WHERE study_uid = ? AND state = ? AND last_received_at <= ?",
+                           (at, at + settle_seconds, calling_ae, study_uid, StudyState.RECEIVING.value, at))
 
     def released_and_settled(self, now: float) -> list[tuple[str, float]]:
         """Studies still RECEIVING whose delivering association was released, with nothing received
@@ -169,6 +172,21 @@ class StudyQueries(Database):
                               "AND released_at >= last_received_at ORDER BY released_at",
                               (StudyState.RECEIVING.value, now)).fetchall()
         return [(r[0], float(r[1])) for r in rows]
+
+    def released_and_settling(self, now: float, callers: Iterable[str]) -> list[ReleasedStudy]:
+        """Studies still RECEIVING whose delivering association, opened by one of ``callers``, was
+        released with nothing received since, and whose settle time has not yet passed."""
+        wanted = sorted(set(callers))
+        if not wanted:
+            return []
+        marks = ", ".join("?" * len(wanted))
+        with self._read() as db:
+            rows = db.execute("SELECT s.study_uid, s.released_at, s.released_by, "
+                              "(SELECT COUNT(*) FROM instances i WHERE i.study_uid = s.study_uid) FROM studies s "
+                              "WHERE s.state = ? AND s.settle_until > ? AND s.released_at >= s.last_received_at "
+                              f"AND s.released_by IN ({marks}) ORDER BY s.released_at",
+                              (StudyState.RECEIVING.value, now, *wanted)).fetchall()
+        return [ReleasedStudy(r[0], float(r[1]), str(r[2]), int(r[3])) for r in rows]
 
     def receiving_since_before(self, cutoff: float) -> list[str]:
         """Studies still RECEIVING whose last instance arrived before ``cutoff``."""
