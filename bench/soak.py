@@ -36,6 +36,7 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import generate_uid
 
+from onconode import runtime
 from onconode.config import load_settings
 from onconode.dicom_node.scu import PeerAddress, SendError, echo, send_paths
 
@@ -229,6 +230,7 @@ def start_node(work: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 def main() -> int:
+    runtime.configure()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--studies", type=int, default=50)
     parser.add_argument("--slices", type=int, default=60)

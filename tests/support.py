@@ -19,10 +19,13 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from onconode.dicom_node import scu  # noqa: F401  (sends files unchanged: STORE_SEND_CHUNKED_DATASET)
+from onconode import runtime
 from onconode.state import StateDB, Study, StudyState
 
 REPO = Path(__file__).resolve().parents[1]
+# The tests and the benchmarks that use these helpers are processes of their own: they send files
+# as stored, as the node does (STORE_SEND_CHUNKED_DATASET), and keep data set values out of the log.
+runtime.configure()
 T = TypeVar("T")
 
 

@@ -2,7 +2,8 @@
 the dispatcher, and the assembler asking a caller how many instances a study holds.
 
 Files are sent as stored: each file's own transfer syntax is proposed, and pynetdicom sends the
-file's data set bytes unchanged, so the receiver gets exactly what is on disk. Nagle's algorithm
+file's data set bytes unchanged (``runtime.configure`` sets its switch for that where the process
+starts), so the receiver gets exactly what is on disk. Nagle's algorithm
 is switched off on the socket: pynetdicom leaves it on, and against DCMTK peers that costs ~40 ms
 per instance (PEERS.md, TCP_NODELAY).
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
-from pynetdicom import AE, _config
+from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
@@ -27,10 +28,6 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # t
 from onconode.dicom_node.sop_classes import VERIFICATION
 from onconode.folders import files_under
 from onconode.values import check_ae_title
-
-# Send a file's data set bytes straight from disk instead of decoding and re-encoding it
-# (pynetdicom's documented switch; its default re-encodes, which may change the bytes).
-_config.STORE_SEND_CHUNKED_DATASET = True
 
 _PEER = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>\[[0-9a-fA-F:]+\]|[^:@\s]+):(?P<port>\d{1,5})$")
 _MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1..255
