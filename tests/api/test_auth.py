@@ -70,7 +70,7 @@ def test_the_token_is_secret_in_the_settings_repr() -> None:
 
 
 def test_an_unexpected_error_is_json_without_a_traceback(processed: Processed, tmp_path: Path) -> None:
-    from onconode.api.app import get_db
+    from onconode.api.deps import get_db
     from onconode.state import StateDB
 
     closed = StateDB(tmp_path / "closed.db")
