@@ -6,7 +6,9 @@ VerificationFlag UNVERIFIED.
 
 Content (PS3.16), saying one thing:
 - TID 1500, a device observer (TID 1004: the model's device UID, OncoNode as manufacturer), the
-  procedure from CID 100, and the image library (TID 1600) listing every analysed slice;
+  procedure from CID 100, and the image library (TID 1600) describing the slices the groups below
+  cite (every analysed slice is evidence, below; describing all of them in the library too made
+  the SR several times larger and slower to build, check and send, for nothing a viewer shows);
 - one measurement group (TID 1501) for the study: the finding the model looks for as the finding
   type and its study probability (UCUM "1", derivation "Mean", inferred from the key slices'
   outlined regions), with the threshold and the aggregation named in the algorithm's parameters
@@ -126,9 +128,11 @@ def build_sr(conclusion: Conclusion, sources: Sequence[Dataset], series_uid: str
                     hd.sr.SourceImageForRegion.from_source_image(by_uid[k.sop_instance_uid]))
                 for k in conclusion.key if k.sop_instance_uid in (regions or {}) and k.frame is None] or None)],
         source_images=refs(conclusion.key))
+    grouped = slices_for_groups(conclusion)
     slice_groups = [_slice_group(conclusion, s, finding, algorithm_id, by_uid[s.sop_instance_uid],
                                  (regions or {}).get(s.sop_instance_uid), refs([s]))
-                    for s in slices_for_groups(conclusion)]
+                    for s in grouped]
+    cited = [by_uid[uid] for uid in dict.fromkeys(s.sop_instance_uid for s in [*conclusion.key, *grouped])]
     observer = hd.sr.ObserverContext(
         observer_type=OBSERVER_DEVICE,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -139,7 +143,7 @@ def build_sr(conclusion: Conclusion, sources: Sequence[Dataset], series_uid: str
         procedure_reported=PROCEDURE_BY_MODALITY[conclusion.modality],
         # The key slices' outlined groups first: a viewer opens an SR on its first measurement, and
         # only those have a place on an image to show it.
-        imaging_measurements=[*slice_groups, study_group], referenced_images=analysed)
+        imaging_measurements=[*slice_groups, study_group], referenced_images=cited)
     _tid1604_row_order(report[0])
     report[0].ContentSequence.append(_qualitative_evaluations(conclusion, finding))
     sr = hd.sr.Comprehensive3DSR(
