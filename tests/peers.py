@@ -173,6 +173,17 @@ def get_json(url: str) -> object:
         return json.loads(response.read())
 
 
+
+def stop_process(proc: subprocess.Popen[bytes] | None, grace: float) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; nothing when it has already exited."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
 class Sekmet:
     """sekmet-fhir serving a fresh data folder on a free port."""
 
@@ -194,13 +205,7 @@ class Sekmet:
         wait_http(f"{self.base_url}/metadata")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10)
 
     def search(self, query: str) -> dict:  # type: ignore[type-arg]
         return get_json(f"{self.base_url}/{query}")  # type: ignore[return-value]
@@ -254,13 +259,7 @@ class Orthanc:
         wait_http(f"{self.url}/system")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 20)
 
     def get(self, path: str) -> object:
         return get_json(f"{self.url}{path}")

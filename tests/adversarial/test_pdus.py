@@ -33,30 +33,12 @@ BEFORE = {
 
 @pytest.mark.parametrize("case", list(DURING))
 def test_a_malformed_pdu_during_an_association_is_aborted(hostile: NodeProcess, case: str) -> None:
-    data, reason = DURING[case]
-    peer = RawPeer(hostile.port, timeout=TIMEOUT * 5)
-    try:
-        peer.associate()
-        assert peer.echo() == 0x0000
-        peer.send(data)
-        assert peer.until_closed() == [A_ABORT]
-        assert peer.abort_reason() == (SERVICE_PROVIDER, reason)
-    finally:
-        peer.close()
-    assert echo_status(hostile.port) == 0
+    _aborted_by_the_node(hostile.port, *DURING[case], associated=True)
 
 
 @pytest.mark.parametrize("case", list(BEFORE))
 def test_a_malformed_first_pdu_is_aborted_before_any_association(hostile: NodeProcess, case: str) -> None:
-    data, reason = BEFORE[case]
-    peer = RawPeer(hostile.port, timeout=TIMEOUT * 5)
-    try:
-        peer.send(data)
-        assert peer.until_closed() == [A_ABORT]
-        assert peer.abort_reason() == (SERVICE_PROVIDER, reason)
-    finally:
-        peer.close()
-    assert echo_status(hostile.port) == 0
+    _aborted_by_the_node(hostile.port, *BEFORE[case], associated=False)
 
 
 def test_a_well_formed_association_sent_in_single_bytes_is_served(hostile: NodeProcess) -> None:
@@ -73,3 +55,19 @@ def test_a_well_formed_association_sent_in_single_bytes_is_served(hostile: NodeP
         assert answer is not None and answer[0] == 0x04
     finally:
         peer.close()
+
+
+def _aborted_by_the_node(port: int, data: bytes, reason: int, associated: bool) -> None:
+    """``data`` (after an association and a C-ECHO when ``associated``) gets an A-ABORT from the
+    service provider with ``reason``, and the node still answers the next peer."""
+    peer = RawPeer(port, timeout=TIMEOUT * 5)
+    try:
+        if associated:
+            peer.associate()
+            assert peer.echo() == 0x0000
+        peer.send(data)
+        assert peer.until_closed() == [A_ABORT]
+        assert peer.abort_reason() == (SERVICE_PROVIDER, reason)
+    finally:
+        peer.close()
+    assert echo_status(port) == 0
