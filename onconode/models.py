@@ -188,6 +188,9 @@ class Accepts(_Strict):
     sequences: tuple[str, ...] = ()
     thickness_mm: tuple[float, float] = (0.0, 10.0)
     min_slices: int = Field(10, ge=1)
+    # Rows and columns at least this: a thumbnail or a corrupt 2×2 image is not what a model trained
+    # on scanner slices reads, whatever its header says.
+    min_matrix: int = Field(128, ge=1)
     prefer: tuple[Preference, ...] = ("sequence", "original", "thinnest", "most_slices")
 
     def summary(self, modality: str) -> str:
@@ -198,6 +201,7 @@ class Accepts(_Strict):
         low, high = self.thickness_mm
         parts.append(f"{low:g}–{high:g} mm")
         parts.append(f">= {self.min_slices} slices")
+        parts.append(f">= {self.min_matrix}×{self.min_matrix} px")
         return ", ".join(parts) + f"; prefers {', '.join(self.prefer)}"
 
     @model_validator(mode="after")

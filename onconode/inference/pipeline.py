@@ -176,6 +176,12 @@ def _run_model(study_uid: str, decisions: tuple[series.SeriesDecision, ...], rul
         vol = volume.build_volume(chosen)
     scaling = _scaling(vol, manifest.preprocess, clock)
     chosen_idx, batch, placements = _prepare(vol, manifest, target, cap, scaling, clock)
+    if not chosen_idx:
+        reason = (f"no applicable model: no slice of the chosen series shows {slices.organ_wanted(target)}, "
+                  f"which {manifest.name} {manifest.version} needs; it was not run")
+        log.info("event=study_not_applicable study=%s series=%s model=%s", study_uid, chosen.series_uid,
+                 manifest.name)
+        return AnalysisResult(study_uid, Outcome.NO_APPLICABLE_MODEL, reason, decisions, timings_ms=clock.ms)
     with clock.stage("inference"):
         logits, features = runners.get(model).run(batch)
         labels = [label.name for label in manifest.labels]
@@ -215,7 +221,8 @@ def _scaling(vol: volume.Volume, spec: Preprocess, clock: _Clock) -> Scaling | N
 
 def _prepare(vol: volume.Volume, manifest: Manifest, target: slices.Target, cap: int, scaling: Scaling | None,
              clock: _Clock) -> tuple[tuple[int, ...], np.ndarray, dict[int, Placement]]:
-    """The slices to run (``slices.choose``) as one batch, and where each sat in its slice.
+    """The slices to run (``slices.choose``) as one batch, and where each sat in its slice; none
+    (an empty batch) when no slice shows the target organ.
 
     Decode and preprocess alternate slice by slice: one decoded slice is alive at a time, and only
     the (C, h, w) inputs of slices that show the target organ are kept.
@@ -243,12 +250,8 @@ def _prepare(vol: volume.Volume, manifest: Manifest, target: slices.Target, cap:
                 prepared[index] = prepare(values)
         del values, seen
     chosen_idx = slices.choose(fractions, target, cap)
-    for index in chosen_idx:
-        if index not in prepared:  # no slice showed the organ: ``choose`` spread over all of them
-            with clock.stage("decode"):
-                values = volume.read_slice(vol.slices[index])
-            with clock.stage("preprocess"):
-                prepared[index] = prepare(values)
+    if not chosen_idx:
+        return chosen_idx, np.empty((0,)), {}
     with clock.stage("preprocess"):
         batch = np.stack([prepared[i][0] for i in chosen_idx])
         placements = {i: prepared[i][1] for i in chosen_idx}

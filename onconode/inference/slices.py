@@ -46,6 +46,14 @@ def tissue_fraction(values: np.ndarray, target: Target, hounsfield: bool) -> flo
     return float(np.count_nonzero(mask)) / float(mask.size)
 
 
+def organ_wanted(target: Target) -> str:
+    """What ``tissue_fraction`` counts for ``target``, as a person reads it in a reason."""
+    what = {"lung": f"aerated lung ({LUNG_HU[0]:g} to {LUNG_HU[1]:g} HU)",
+            "brain": f"tissue brighter than {BRAIN_LEVEL:.0%} of the series' intensity range",
+            "body": f"tissue above {BODY_HU:g} HU"}[target]
+    return f"{what} on at least {MIN_FRACTION[target]:.0%} of the slice"
+
+
 def is_eligible(fraction: float, target: Target) -> bool:
     """Whether a slice shows enough of ``target`` to be worth running."""
     return fraction >= MIN_FRACTION[target]
@@ -53,8 +61,8 @@ def is_eligible(fraction: float, target: Target) -> bool:
 
 def choose(fractions: Sequence[float], target: Target, cap: int) -> tuple[int, ...]:
     """Indices of the slices to run: those over the target's minimum fraction, at most ``cap``,
-    evenly spread along the series. With no slice over the minimum (an odd study) the whole series
-    is spread instead, so the study still gets a result.
+    evenly spread along the series. None when no slice shows the organ: a blank, uniform or
+    off-target series is not what the model was made for, and any finding on it would be noise.
 
     Raises
     ------
@@ -63,8 +71,7 @@ def choose(fractions: Sequence[float], target: Target, cap: int) -> tuple[int, .
     """
     if cap < 1:
         raise ValueError(f"cap must be at least 1, got {cap}")
-    eligible = [i for i, f in enumerate(fractions) if is_eligible(f, target)]
-    pool = eligible or list(range(len(fractions)))
+    pool = [i for i, f in enumerate(fractions) if is_eligible(f, target)]
     if len(pool) <= cap:
         return tuple(pool)
     picks = np.linspace(0, len(pool) - 1, cap).round().astype(int)

@@ -36,6 +36,9 @@ def unmet(manifest: Manifest, profile: SeriesProfile) -> list[str]:
         reasons.append(f"slice thickness {thickness:.2f} mm outside {low:g}–{high:g} mm")
     if profile.geometry.slices < accepts.min_slices:
         reasons.append(f"{profile.geometry.slices} slices, fewer than {accepts.min_slices}")
+    if profile.matrix is not None and min(profile.matrix) < accepts.min_matrix:
+        rows, columns = profile.matrix
+        reasons.append(f"matrix {rows}×{columns}, smaller than {accepts.min_matrix}×{accepts.min_matrix}")
     if not profile.region.regions & set(accepts.regions):
         seen = "/".join(sorted(profile.region.regions)) or "unknown"
         reasons.append(f"region {seen} not in {'/'.join(accepts.regions)}")

@@ -41,6 +41,7 @@ class SeriesProfile:
     series_number: int | None
     series_time: str
     pixels_read: bool = False
+    matrix: tuple[int, int] | None = None   # (rows, columns) of the first instance
 
     @property
     def kind(self) -> str | None:
@@ -93,7 +94,8 @@ def classify(info: SeriesInfo) -> SeriesProfile:
         sequence=read_sequence(mr_facts(info)) if head.modality == "MR" else None,
         geometry=read_geometry(head.orientation, positions, head.slice_thickness),
         original="DERIVED" not in head.image_type and "SECONDARY" not in head.image_type,
-        consistent=_consistent(info), series_number=head.series_number, series_time=head.series_time)
+        consistent=_consistent(info), series_number=head.series_number, series_time=head.series_time,
+        matrix=(head.rows, head.columns) if head.rows and head.columns else None)
 
 
 def with_pixels(profile: SeriesProfile, look: PixelLook) -> SeriesProfile:

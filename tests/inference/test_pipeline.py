@@ -64,3 +64,40 @@ def test_rule_sending_mr_to_a_ct_model_is_not_run(dicom_dir: Path, registry) -> 
     result = pipeline.analyze_study(files, registry, wrong)
     assert result.outcome is pipeline.Outcome.NO_APPLICABLE_MODEL
     assert "test-ct: modality MR is not CT" in result.reason
+
+
+def _uniform(value_hu: float, size: int | None = None):
+    """An edit that keeps a real CT header and replaces its pixels with one value (HU)."""
+    import numpy as np
+
+    def edit(ds: pydicom.Dataset, index: int) -> None:
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            ds.decompress()
+        side = size or int(ds.Rows)
+        ds.Rows = ds.Columns = side
+        stored = (value_hu - float(ds.RescaleIntercept)) / float(ds.RescaleSlope)
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.PixelData = np.full((side, side), stored, np.int16).tobytes()
+    return edit
+
+
+def test_a_series_without_the_organ_gets_no_finding(dicom_dir: Path, registry, rules, copy_series) -> None:
+    """Real chest CT headers, pixels all water or all air: no slice shows lung, so the model is not
+    run and the study ends 'no applicable model' with the reason, never with a finding."""
+    sources = sorted((dicom_dir / "lidc-idri-0001").glob("*.dcm"))[40:60]
+    for value in (0.0, -1000.0):
+        files = copy_series(sources, f"uniform{value:g}", _uniform(value))
+        result = pipeline.analyze_study(files, registry, rules)
+        assert result.outcome is pipeline.Outcome.NO_APPLICABLE_MODEL
+        assert result.positive is None and not result.key_slices
+        assert "no slice of the chosen series shows aerated lung" in result.reason
+        assert "test-ct" in result.reason
+
+
+def test_a_thumbnail_series_is_not_offered_to_a_model(dicom_dir: Path, registry, copy_series) -> None:
+    """A 2×2 'CT' with a chest header: below every model's minimum matrix, named in the reason."""
+    sources = sorted((dicom_dir / "lidc-idri-0001").glob("*.dcm"))[40:60]
+    files = copy_series(sources, "tiny", _uniform(-800.0, size=2))
+    result = pipeline.analyze_study(files, registry, [])
+    assert result.outcome is pipeline.Outcome.NO_APPLICABLE_MODEL
+    assert "matrix 2×2, smaller than 128×128" in result.reason

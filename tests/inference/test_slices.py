@@ -17,8 +17,9 @@ def test_choose_keeps_slices_showing_the_organ_capped_and_spread() -> None:
     assert picked == (10, 22, 34, 47, 59)
 
 
-def test_choose_spreads_over_all_slices_when_none_shows_the_organ() -> None:
-    assert slices.choose([0.0] * 9, "brain", cap=3) == (0, 4, 8)
+def test_choose_runs_nothing_when_no_slice_shows_the_organ() -> None:
+    assert slices.choose([0.0] * 9, "brain", cap=3) == ()
+    assert slices.choose([0.02] * 9, "lung", cap=3) == ()  # under the 3% a lung slice shows
 
 
 def test_choose_refuses_a_cap_below_one() -> None:
