@@ -23,6 +23,7 @@ def dead_letter(db: DB, limit: Annotated[int, Query(ge=1, le=500)] = 100,
     """Deliveries that exhausted their attempts, oldest first."""
     return [delivery_out(d) for d in db.deliveries(state=DeliveryState.DEAD)[offset:offset + limit]]
 
+
 @router.post("/deadletter/{delivery_id}/replay", response_model=schemas.DeliveryOut,
              status_code=status.HTTP_202_ACCEPTED, tags=["delivery"])
 def replay(delivery_id: Annotated[int, PathParam(ge=1)], db: DB) -> schemas.DeliveryOut:
@@ -33,6 +34,7 @@ def replay(delivery_id: Annotated[int, PathParam(ge=1)], db: DB) -> schemas.Deli
     db.replay_dead([delivery_id])
     now = next((d for d in db.deliveries(dead.study_uid) if d.id == delivery_id), dead)
     return delivery_out(now)
+
 
 @router.get("/models", response_model=schemas.Models, tags=["models"])
 def models(runtime: RuntimeDep) -> schemas.Models:
@@ -47,6 +49,7 @@ def models(runtime: RuntimeDep) -> schemas.Models:
                                     finding=schemas.FindingOut(**m.finding.model_dump()),
                                     accepts=m.accepts.summary(m.modality)))
     return schemas.Models(models=out, note=runtime.models_note)
+
 
 @router.get("/metrics", tags=["metrics"], response_class=Response,
             responses={200: {"content": {"text/plain": {}}}})

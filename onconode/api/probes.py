@@ -20,6 +20,7 @@ def health() -> schemas.Health:
     """Liveness: the process answers HTTP."""
     return schemas.Health()
 
+
 @router.get("/ready", response_model=schemas.Ready, responses={503: {"model": schemas.Ready}})
 def ready(runtime: RuntimeDep, settings: SettingsDep) -> JSONResponse:
     """Readiness: models loaded, storage writable, DICOM listener accepting connections."""

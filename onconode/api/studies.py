@@ -39,6 +39,7 @@ def list_studies(db: DB, state: Annotated[list[StudyState] | None, Query()] = No
     items = [_summary(s, results.get(s.study_uid)) for s in rows]
     return schemas.StudyPage(total=total, limit=limit, offset=offset, items=items)
 
+
 @router.get("/studies/{study_uid}", response_model=schemas.StudyDetail)
 def study_detail(study_uid: StudyUID, db: DB) -> schemas.StudyDetail:
     """One study: state history, series received and chosen (and why), result, timings, deliveries."""
@@ -56,6 +57,7 @@ def study_detail(study_uid: StudyUID, db: DB) -> schemas.StudyDetail:
         _add_result(detail, study_uid, result)
     return detail
 
+
 @router.get("/studies/{study_uid}/overlays/{name}", response_class=FileResponse,
             responses={200: {"content": {"image/png": {}}}})
 def overlay(study_uid: StudyUID, name: Annotated[str, PathParam(pattern=OVERLAY_PATTERN, max_length=200)],
@@ -69,6 +71,7 @@ def overlay(study_uid: StudyUID, name: Annotated[str, PathParam(pattern=OVERLAY_
     if not path.is_file():
         raise HTTPException(404, f"overlay {name} of study {study_uid} is missing on disk")
     return FileResponse(path, media_type="image/png")
+
 
 @router.post("/studies/{study_uid}/reprocess", response_model=schemas.StudySummary,
              status_code=status.HTTP_202_ACCEPTED,

@@ -36,19 +36,16 @@ from onconode.state import ReleasedStudy, StateDB, StateError, StudyState
 
 log = logging.getLogger(__name__)
 
-# (calling AE title, study UID) -> how many instances that caller holds of the study, None when it
-# does not say; raises OSError or RuntimeError when it cannot be asked.
-CountOf = Callable[[str, str], "int | None"]
+# study UID -> how many instances one caller holds of the study, None when it does not say; raises
+# OSError or RuntimeError when it cannot be asked.
+CountOf = Callable[[str], "int | None"]
 
 LEADER_LEASE = "assembler"
 
 
 def counters_for(callers: Sequence[Caller], own_ae: str) -> dict[str, CountOf]:
     """How to ask each ``count_query`` caller for a study's count: a C-FIND to its host and port."""
-    def ask(peer: PeerAddress, _caller: str, study_uid: str) -> int | None:
-        return study_instance_count(peer, study_uid, calling_ae=own_ae)
-
-    return {c.ae_title: partial(ask, PeerAddress(c.ae_title, c.host, c.port))
+    return {c.ae_title: partial(study_instance_count, PeerAddress(c.ae_title, c.host, c.port), calling_ae=own_ae)
             for c in callers if c.count_query and c.host is not None and c.port is not None}
 
 
@@ -64,13 +61,15 @@ class Assembler(PollingLoop):
         self._stable_seconds = stable_seconds
         self._lease_seconds = lease_seconds
         self._counters = dict(counters or {})
-        self._asked: set[tuple[str, float]] = set()
+        self._asked: set[tuple[str, float]] = set()   # (study, release) pairs asked about, still settling
 
     def run_once(self, now: float | None = None) -> list[str]:
         """Queue every complete study; returns their UIDs."""
         now = time.time() if now is None else now
         queued = []
-        for study in self._db.released_and_settling(now, self._counters):
+        settling = self._db.released_and_settling(now, self._counters)
+        self._asked &= {(s.study_uid, s.released_at) for s in settling}
+        for study in settling:
             reason = self._counted(study)
             if reason is not None and self._complete(study.study_uid, study.released_at, reason):
                 queued.append(study.study_uid)
@@ -90,9 +89,9 @@ class Assembler(PollingLoop):
         key = (study.study_uid, study.released_at)
         if key in self._asked:
             return None
-        self._asked = {k for k in self._asked if k[1] > study.released_at - 3600} | {key}
+        self._asked.add(key)
         try:
-            count = self._counters[study.released_by](study.released_by, study.study_uid)
+            count = self._counters[study.released_by](study.study_uid)
         except (OSError, RuntimeError) as err:
             log.warning("event=count_query_failed caller=%s error=%s", study.released_by, type(err).__name__)
             return None

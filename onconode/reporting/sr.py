@@ -132,7 +132,7 @@ def build_sr(conclusion: Conclusion, sources: Sequence[Dataset], series_uid: str
     slice_groups = [_slice_group(conclusion, s, finding, algorithm_id, by_uid[s.sop_instance_uid],
                                  (regions or {}).get(s.sop_instance_uid), refs([s]))
                     for s in grouped]
-    cited = [by_uid[uid] for uid in dict.fromkeys(s.sop_instance_uid for s in [*conclusion.key, *grouped])]
+    cited = [by_uid[uid] for uid in dict.fromkeys(s.sop_instance_uid for s in grouped)]  # the key slices too
     observer = hd.sr.ObserverContext(
         observer_type=OBSERVER_DEVICE,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(

@@ -65,5 +65,6 @@ def open_state(settings: StateSettings) -> StateDB:
 
 
 __all__ = ["FINAL_STATES", "REPROCESSABLE", "RESUME", "Claim", "Delivery", "DeliveryState", "LeaseHolder",
-           "NewDelivery", "NewReport", "ReceivedInstance", "RecordOutcome", "ReleasedStudy", "Report", "SeriesCount", "StateDB",
-           "StateError", "Study", "StudyState", "Transition", "TransitionListener", "open_state"]
+           "NewDelivery", "NewReport", "ReceivedInstance", "RecordOutcome", "ReleasedStudy", "Report",
+           "SeriesCount", "StateDB", "StateError", "Study", "StudyState", "Transition", "TransitionListener",
+           "open_state"]

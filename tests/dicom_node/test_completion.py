@@ -83,15 +83,15 @@ def test_a_caller_holding_exactly_what_is_here_completes_the_study_at_once(db: S
     db.record_instance(_instance("1.1", at=1000.0))
     db.record_instance(_instance("1.2", at=1000.1))
     db.association_released(["1.2.3"], at=1000.5, settle_seconds=30, calling_ae="PACS")
-    asked: list[tuple[str, str]] = []
+    asked: list[str] = []
 
-    def count(caller: str, study_uid: str) -> int:
-        asked.append((caller, study_uid))
+    def count(study_uid: str) -> int:
+        asked.append(study_uid)
         return 2
 
     assembler = Assembler(db, stable_seconds=60, poll_seconds=1, counters={"PACS": count})
     assert assembler.run_once(now=1000.6) == ["1.2.3"]
-    assert asked == [("PACS", "1.2.3")]
+    assert asked == ["1.2.3"]  # of the PACS, the caller that released it
     assert _reasons(db, "1.2.3") == [COUNTED.format(2)]
 
 
@@ -100,7 +100,7 @@ def test_a_caller_holding_more_is_asked_once_and_the_settle_time_decides(db: Sta
     db.association_released(["1.2.3"], at=1000.5, settle_seconds=5, calling_ae="PACS")
     asked: list[str] = []
 
-    def count(caller: str, study_uid: str) -> int:
+    def count(study_uid: str) -> int:
         asked.append(study_uid)
         return 3  # the PACS holds instances that have not arrived (yet)
 
@@ -117,7 +117,7 @@ def test_a_caller_that_cannot_be_asked_leaves_the_settle_time_to_decide(db: Stat
     db.record_instance(_instance("1.1", at=1000.0))
     db.association_released(["1.2.3"], at=1000.5, settle_seconds=2, calling_ae="PACS")
 
-    def count(caller: str, study_uid: str) -> int:
+    def count(study_uid: str) -> int:
         raise error
 
     assembler = Assembler(db, stable_seconds=60, poll_seconds=1, counters={"PACS": count})
@@ -130,7 +130,7 @@ def test_only_the_releasing_caller_is_asked(db: StateDB) -> None:
     db.record_instance(_instance("1.1", at=1000.0))
     db.association_released(["1.2.3"], at=1000.5, settle_seconds=2, calling_ae="MODALITY")
 
-    def count(caller: str, study_uid: str) -> int:
+    def count(study_uid: str) -> int:
         raise AssertionError("a caller that did not release the study was asked")
 
     assert Assembler(db, 60, 1, counters={"PACS": count}).run_once(now=1001.0) == []
