@@ -1,0 +1,33 @@
+"""Copied patient and study attributes: a clean header is used as it is, a broken one is copied with
+the broken value emptied, and the source never changes."""
+
+from __future__ import annotations
+
+from pydicom import Dataset
+
+from onconode.reporting.identity import sanitized
+
+
+def _header(birth_date: str) -> Dataset:
+    ds = Dataset()
+    ds.PatientName = "Doe^Jane"
+    ds.PatientID = "P1"
+    ds.PatientBirthDate = birth_date
+    ds.StudyInstanceUID = "1.2.3"
+    return ds
+
+
+def test_a_clean_header_is_not_copied() -> None:
+    source = _header("19610101")
+    clean, notes = sanitized(source)
+    assert clean is source and notes == ()
+
+
+def test_a_broken_value_is_emptied_in_a_copy_and_the_note_holds_no_value() -> None:
+    source = _header("1961-01-01")
+    clean, notes = sanitized(source)
+    assert clean is not source
+    assert clean.PatientBirthDate == "" and clean.PatientName == "Doe^Jane"
+    assert source.PatientBirthDate == "1961-01-01"  # the source stays as received
+    assert notes == ("PatientBirthDate in the source is not a valid DA; left empty in OncoNode's outputs",)
+    assert not any("1961" in n or "Doe" in n for n in notes)
