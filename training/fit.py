@@ -5,6 +5,12 @@ epoch with the lowest validation loss, and the history. Each epoch draws ``sampl
 slices, half with a lesion and half without: lesion slices are a few percent of a scan, and a
 balanced draw keeps an epoch affordable on two cores while every lesion slice is seen often.
 Slices whose lesion the label policy does not count (label -1) are never drawn.
+
+The loss has two parts: the slice's class (cross-entropy) and, on lesion slices, where the heat
+falls: the node's heat map is the lesion row of the classifier applied at every cell of the feature
+grid (CAM), so ``heat_loss`` asks that map's softmax over the grid to put its mass on the cells the
+readers' mask touches. Without it a classifier may be right for reasons elsewhere in the image (the
+body outline, the scanner's noise) and its heat map points there.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ class Stacked:
 
     planes: np.ndarray
     labels: np.ndarray
+    masks: np.ndarray
     series: np.ndarray
 
 
@@ -39,7 +46,7 @@ def stack(series: Sequence[SeriesExamples]) -> Stacked:
     if not series:
         raise ValueError("no series to stack")
     return Stacked(np.concatenate([s.planes for s in series]), np.concatenate([s.labels for s in series]),
-                   np.concatenate([np.full(len(s.labels), i, np.int32) for i, s in enumerate(series)]))
+                   np.concatenate([s.masks for s in series]), np.concatenate([np.full(len(s.labels), i, np.int32) for i, s in enumerate(series)]))
 
 
 def normalise(planes: np.ndarray, spec: ModelSpec) -> torch.Tensor:
@@ -56,6 +63,21 @@ class FitResult:
     best_epoch: int
     best_val_loss: float
     history: list[dict[str, float]]
+
+
+def heat_loss(features: torch.Tensor, lesion_weights: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Mean over slices with a mask of -log(share of the CAM's softmax on the cells the mask touches).
+
+    ``features`` (N, K, h, w), ``lesion_weights`` (K,), ``masks`` (N, H, W) in the input geometry.
+    Zero when no slice has a mask.
+    """
+    cam = torch.einsum("nkhw,k->nhw", features, lesion_weights)
+    cells = F.adaptive_max_pool2d(masks[:, None].float(), cam.shape[-2:])[:, 0].flatten(1) > 0
+    rows = cells.any(dim=1)
+    if not bool(rows.any()):
+        return cam.new_zeros(())
+    log_share = torch.log_softmax(cam.flatten(1)[rows], dim=1).masked_fill(~cells[rows], float("-inf"))
+    return -torch.logsumexp(log_share, dim=1).mean()
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -93,7 +115,7 @@ def fit(spec: ModelSpec, train: Sequence[SeriesExamples], valid: Sequence[Series
     clear = np.flatnonzero(data.labels == 0)
     if len(lesion) == 0 or len(clear) == 0:
         raise ValueError(f"training needs lesion and lesion-free slices, found {len(lesion)} and {len(clear)}")
-    model = LiteClassifier(2, spec.size[0], pretrained=pretrained)
+    model = LiteClassifier(2, spec.size[0], pretrained=pretrained, feature_stride=spec.feature_stride)
     model.freeze_early(spec.frozen_blocks)
     model = model.to(memory_format=torch.channels_last)
     augment = Augmenter(spec.preprocess, generator)
@@ -117,10 +139,14 @@ def fit(spec: ModelSpec, train: Sequence[SeriesExamples], valid: Sequence[Series
             if step >= total:
                 break
             index = np.sort(order[b * spec.batch_size:(b + 1) * spec.batch_size])
-            batch = augment(normalise(data.planes[index], spec))
-            logits, _ = model(batch)
+            batch, masks = augment(normalise(data.planes[index], spec), torch.from_numpy(data.masks[index]))
+            logits, features = model(batch)
             target = torch.from_numpy(data.labels[index].astype(np.int64))
             loss = F.cross_entropy(logits, target, label_smoothing=0.05)
+            if spec.heat_weight > 0:
+                assert masks is not None
+                lesion_masks = masks * (target == 1).float().view(-1, 1, 1)
+                loss = loss + spec.heat_weight * heat_loss(features, model.classifier.weight[1], lesion_masks)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -145,6 +171,6 @@ def fit(spec: ModelSpec, train: Sequence[SeriesExamples], valid: Sequence[Series
 
 
 def load(spec: ModelSpec, state: dict[str, torch.Tensor]) -> LiteClassifier:
-    model = LiteClassifier(2, spec.size[0], pretrained=False)
+    model = LiteClassifier(2, spec.size[0], pretrained=False, feature_stride=spec.feature_stride)
     model.load_state_dict(state)
     return model.eval()

@@ -68,6 +68,8 @@ class ModelSpec:
     folds: int = 3
     seed: int = 20261203
     labels: tuple[str, str] = ("none", "lesion")  # logits order; "lesion" is the positive label
+    feature_stride: int = 32          # 16: a finer heat-map grid for small lesions (``training.network``)
+    heat_weight: float = 0.5          # weight of the heat-placement loss on lesion slices (``training.fit``)
 
 
 CHEST_CT = ModelSpec(
@@ -83,6 +85,7 @@ CHEST_CT = ModelSpec(
                           crop=Crop(region="lungs", margin=0.08), resize=Resize(keep_aspect=True, pad_value=0.0),
                           normalize=_LITE_NORMALIZE),
     size=(224, 224),
+    heat_weight=0.0,
     accepts=Accepts(regions=("chest",), planes=("axial",), thickness_mm=(0.5, 10.0), min_slices=10,
                     prefer=("original", "thinnest", "most_slices")),
     # Every slice that shows lung: a 5 mm nodule spans two or three 2.5 mm slices, so spreading a
@@ -106,7 +109,7 @@ CHEST_CT = ModelSpec(
 
 BRAIN_MR = ModelSpec(
     name="brain-mr-tumour",
-    version="2.0.0",
+    version="2.1.0",
     modality="MR",
     data="brain-mr",
     finding=FindingSpec(code="126952004", scheme="SCT", meaning="Neoplasm of brain",

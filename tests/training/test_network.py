@@ -32,3 +32,27 @@ def test_no_frozen_blocks_trains_everything(torch_available: None) -> None:
     model = LiteClassifier(4, 64, pretrained=False)
     model.freeze_early(0)
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_stride_16_halves_the_feature_cell_and_keeps_the_pretrained_weights(torch_available: None) -> None:
+    import torch
+
+    from training.network import LiteClassifier
+
+    coarse = LiteClassifier(2, 64, pretrained=False, feature_stride=32).eval()
+    fine = LiteClassifier(2, 64, pretrained=False, feature_stride=16).eval()
+    fine.load_state_dict(coarse.state_dict())  # same parameters, only a stride differs
+    with torch.inference_mode():
+        _, coarse_features = coarse(torch.zeros(1, 3, 64, 64))
+        _, fine_features = fine(torch.zeros(1, 3, 64, 64))
+    assert (coarse.feature_stride, fine.feature_stride) == (32, 16)
+    assert coarse_features.shape[-2:] == (2, 2) and fine_features.shape[-2:] == (4, 4)
+
+
+def test_an_unsupported_stride_is_refused(torch_available: None) -> None:
+    import pytest
+
+    from training.network import LiteClassifier
+
+    with pytest.raises(ValueError, match="16 or 32"):
+        LiteClassifier(2, 64, pretrained=False, feature_stride=8)

@@ -1,0 +1,66 @@
+"""The two pieces of training that decide where the heat map points: the heat-placement loss and the
+augmentation that moves each lesion mask with its image."""
+
+from __future__ import annotations
+
+
+def test_heat_loss_is_low_when_the_map_peaks_on_the_mask_and_high_elsewhere(torch_available: None) -> None:
+    import torch
+
+    from training.fit import heat_loss
+
+    features = torch.zeros(2, 1, 4, 4)
+    features[0, 0, 0, 0] = 10.0  # slice 0: the map peaks on the lesion's cell
+    features[1, 0, 3, 3] = 10.0  # slice 1: the map peaks far from it
+    masks = torch.zeros(2, 64, 64)
+    masks[:, 2:10, 2:10] = 1     # the lesion lies in cell (0, 0) of the 4 x 4 grid
+    weights = torch.ones(1)
+    on = heat_loss(features[:1], weights, masks[:1])
+    off = heat_loss(features[1:], weights, masks[1:])
+    assert float(on) < 0.01 and float(off) > 5.0
+    assert float(heat_loss(features, weights, masks)) == float((on + off) / 2)
+
+
+def test_heat_loss_ignores_slices_without_a_mask_and_has_gradients(torch_available: None) -> None:
+    import torch
+
+    from training.fit import heat_loss
+
+    features = torch.randn(3, 5, 4, 4, requires_grad=True)
+    weights = torch.randn(5)
+    assert float(heat_loss(features, weights, torch.zeros(3, 64, 64))) == 0.0
+    masks = torch.zeros(3, 64, 64)
+    masks[1, 40:50, 40:50] = 1
+    loss = heat_loss(features, weights, masks)
+    loss.backward()
+    assert features.grad is not None
+    assert float(features.grad[[0, 2]].abs().sum()) == 0.0 and float(features.grad[1].abs().sum()) > 0
+
+
+def test_augmentation_moves_the_mask_with_the_image(torch_available: None) -> None:
+    import torch
+
+    from training.augment import Augmenter
+    from training.specs import CHEST_CT
+
+    pre = CHEST_CT.preprocess
+    mean = torch.tensor(pre.normalize.mean).view(1, -1, 1, 1)
+    std = torch.tensor(pre.normalize.std).view(1, -1, 1, 1)
+    unit = torch.zeros(8, 3, 64, 64)
+    masks = torch.zeros(8, 64, 64)
+    for i in range(8):  # a bright square at a different place on each slice, and its mask
+        y, x = 4 + 5 * i, 40 - 4 * i
+        unit[i, :, y:y + 12, x:x + 12] = 1.0
+        masks[i, y:y + 12, x:x + 12] = 1.0
+    # No intensity changes, so that brightness shows where the square went.
+    augment = Augmenter(pre, torch.Generator().manual_seed(3), max_gain=0, max_offset=0, max_noise=0,
+                        kernel_probability=0)
+    moved, moved_masks = augment((unit - mean) / std, masks)
+    assert moved_masks is not None
+    bright = ((moved * std + mean)[:, 0] > 0.5).float()
+    for i in range(8):
+        overlap = float((bright[i] * moved_masks[i]).sum() / moved_masks[i].sum())
+        assert moved_masks[i].sum() > 50 and overlap > 0.85
+    assert not torch.equal(moved_masks, masks)  # the draw did move some of them
+    _, none = augment((unit - mean) / std)
+    assert none is None
