@@ -207,7 +207,8 @@ def summary(slices: Sequence[SliceRecord], series: Sequence[SeriesRecord]) -> di
     # Lesion against lesion-free slices of the same lesion series: the scanner, protocol and patient
     # are shared, so a source shortcut cannot separate them; the baseline beside it says how much
     # intensity statistics still do.
-    inside = np.array([r.series in {s.series for s in lesion_series} for r in counted], bool)
+    lesion_keys = {s.series for s in lesion_series}
+    inside = np.array([r.series in lesion_keys for r in counted], bool)
     inside_groups = [g for g, keep in zip(s_groups, inside) if keep]
     out: dict[str, object] = {
         "slices": {"count": len(counted), "lesion": int(s_pos.sum()), "patients": len(set(s_groups)),

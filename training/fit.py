@@ -139,12 +139,13 @@ def fit(spec: ModelSpec, train: Sequence[SeriesExamples], valid: Sequence[Series
             if step >= total:
                 break
             index = np.sort(order[b * spec.batch_size:(b + 1) * spec.batch_size])
-            batch, masks = augment(normalise(data.planes[index], spec), torch.from_numpy(data.masks[index]))
+            placed = spec.heat_weight > 0  # the masks are moved and scored only when the loss uses them
+            batch, masks = augment(normalise(data.planes[index], spec),
+                                   torch.from_numpy(data.masks[index]) if placed else None)
             logits, features = model(batch)
             target = torch.from_numpy(data.labels[index].astype(np.int64))
             loss = F.cross_entropy(logits, target, label_smoothing=0.05)
-            if spec.heat_weight > 0:
-                assert masks is not None
+            if masks is not None:
                 lesion_masks = masks * (target == 1).float().view(-1, 1, 1)
                 loss = loss + spec.heat_weight * heat_loss(features, model.classifier.weight[1], lesion_masks)
             optimiser.zero_grad(set_to_none=True)
