@@ -32,8 +32,9 @@ from onconode.dicom_node.tls import listener_context
 from onconode.events import Event, log_event
 from onconode.inference.runner import RunnerPool
 from onconode.models import ModelError, RegisteredModel, installed_models
+from onconode.rehearsal import rehearse
 from onconode.reporting.outbox import Outbox
-from onconode.reporting.outputs import destination_for, warm_up
+from onconode.reporting.outputs import destination_for
 from onconode.state import Delivery, open_state
 from onconode.state.shared_storage import check_shared_storage
 from onconode.values import AssociationSummary
@@ -84,14 +85,16 @@ class Node:
         self.models: Mapping[str, RegisteredModel] = {}
         self.models_note: str | None = None
         self.worker: Worker | None = None
+        self._rehearsal: threading.Thread | None = None
         if Role.ANALYSE in roles:
             # Models are checked before anything listens: a broken model stops the start (ModelError).
             self.models, self.models_note = installed_models(settings.analysis.models)
             outbox = Outbox(self.db, settings.delivery.outbox, settings.destinations, settings.callers)
+            runners, fhir = RunnerPool(settings.analysis.intra_op_threads), destination_for(settings.destinations.fhir)
             self.worker = Worker(self.db, self.storage, settings.storage.results, self.models, settings.routing,
-                                 RunnerPool(settings.analysis.intra_op_threads), settings.study.poll_seconds,
-                                 outbox=outbox, fhir=destination_for(settings.destinations.fhir),
-                                 lease_seconds=lease)
+                                 runners, settings.study.poll_seconds, outbox=outbox, fhir=fhir, lease_seconds=lease)
+            self._rehearsal = threading.Thread(target=rehearse, args=(self.models, runners, fhir),
+                                               name="onconode-rehearsal", daemon=True)
         elif Role.API in roles:
             self.models, self.models_note = _listed_models(settings)
         self.dispatcher: Dispatcher | None = None
@@ -100,7 +103,6 @@ class Node:
             self.dispatcher.add_outcome_listener(self.metrics.on_delivery)
             if self.audit is not None:
                 self.dispatcher.add_outcome_listener(self._audit_delivery)
-        self._warm_up = threading.Thread(target=warm_up, name="onconode-warm-up", daemon=True)
 
     def _wire_operations(self) -> None:
         """Audit trail, metrics and the HTTP API: listeners on the state and the listener."""
@@ -153,8 +155,8 @@ class Node:
         try:
             if self.assembler is not None:
                 self.assembler.start()
-            if self.worker is not None:
-                self._warm_up.start()
+            if self.worker is not None and self._rehearsal is not None:
+                self._rehearsal.start()
                 self.worker.start()
             if self.dispatcher is not None:
                 self.dispatcher.start()
@@ -179,9 +181,9 @@ class Node:
         for loop in (self.assembler, self.worker, self.dispatcher):
             if loop is not None:
                 loop.stop()
-        if self._warm_up.is_alive():
+        if self._rehearsal is not None and self._rehearsal.is_alive():
             # Exiting while this thread is inside an extension module's import aborts the process.
-            self._warm_up.join()
+            self._rehearsal.join()
         self.db.close()
         log_event(log, Event.NODE_STOPPED)
 

@@ -8,6 +8,7 @@ listener and other workers; onnxruntime's default (all cores) would starve them.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,9 +63,18 @@ class RunnerPool:
 
     intra_op_threads: int = 2
     runners: dict[str, OnnxRunner] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def get(self, model: RegisteredModel) -> OnnxRunner:
         name = model.manifest.name
-        if name not in self.runners or self.runners[name].model is not model:
-            self.runners[name] = OnnxRunner(model, self.intra_op_threads)
-        return self.runners[name]
+        with self._lock:  # the start's rehearsal and the worker may ask at once: build one session
+            if name not in self.runners or self.runners[name].model is not model:
+                self.runners[name] = OnnxRunner(model, self.intra_op_threads)
+            return self.runners[name]
+
+    def warm(self, model: RegisteredModel) -> None:
+        """Build the model's session and run one full batch of zeros: onnxruntime sizes its memory
+        arena and picks its kernels on the first run, which would otherwise be the first study's."""
+        runner = self.get(model)
+        spec = model.manifest.input
+        runner.run(np.zeros((runner.batch, spec.channels, *spec.size), np.float32))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from io import BytesIO
@@ -117,8 +117,10 @@ def build_outputs(conclusion: Conclusion, result: AnalysisResult, study_paths: S
     created = created or datetime.now(UTC)
     notes: list[str] = []
     headers: dict[str, Dataset] = {}
+    read: dict[Path, Dataset] = {}  # as read, for the FHIR report's list of the study's instances
     for uid, path in result.slice_paths.items():
-        clean, dropped = sanitized(read_header(path))
+        read[path] = read_header(path)
+        clean, dropped = sanitized(read[path])
         headers[uid] = clean
         notes.extend(n for n in dropped if n not in notes)
     scores = {s.index: s for s in conclusion.slices}
@@ -161,8 +163,8 @@ def build_outputs(conclusion: Conclusion, result: AnalysisResult, study_paths: S
     files.append(Output("sr.dcm", KIND_DICOM, str(sr.SOPInstanceUID), sr_bytes))
 
     if fhir is not None:
-        bundle = _bundle(conclusion, result, pictures, study_paths, key_headers[0], str(sr.SOPInstanceUID), fhir,
-                         created)
+        bundle = _bundle(conclusion, result, pictures, study_facts(study_paths, key_headers[0], read),
+                         str(sr.SOPInstanceUID), fhir, created)
         if bundle is not None:
             files.append(Output(FHIR_FILE, KIND_FHIR, str(sr.SOPInstanceUID), bundle))
         else:
@@ -171,12 +173,15 @@ def build_outputs(conclusion: Conclusion, result: AnalysisResult, study_paths: S
                    tuple(notes))
 
 
-def study_facts(study_paths: Sequence[Path], source: Dataset) -> StudyFacts:
-    """Identifiers, exam date and every series and instance of the study, from the headers."""
+def study_facts(study_paths: Sequence[Path], source: Dataset, known: Mapping[Path, Dataset] | None = None
+                ) -> StudyFacts:
+    """Identifiers, exam date and every series and instance of the study, from the headers;
+    ``known`` holds headers already read (the analysed slices'), which are not read again."""
     series: dict[str, list[tuple[Dataset, Path]]] = {}
     for path in study_paths:
         try:
-            ds = read_header(path)
+            known_ds = (known or {}).get(path)
+            ds = known_ds if known_ds is not None else read_header(path)
         except (OSError, pydicom.errors.InvalidDicomError):
             continue
         series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((ds, path))
@@ -201,10 +206,8 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
-def _bundle(conclusion: Conclusion, result: AnalysisResult, pictures: Sequence[np.ndarray],
-            study_paths: Sequence[Path], source: Dataset, sr_uid: str, destination: Destination, created: datetime
-            ) -> bytes | None:
-    facts = study_facts(study_paths, source)
+def _bundle(conclusion: Conclusion, result: AnalysisResult, pictures: Sequence[np.ndarray], facts: StudyFacts,
+            sr_uid: str, destination: Destination, created: datetime) -> bytes | None:
     if not facts.patient_id.strip():
         return None
     images = []
@@ -223,15 +226,3 @@ def destination_for(settings: FhirDestination) -> Destination | None:
     if not settings.base_url or not settings.patient_system:
         return None
     return Destination(settings.patient_system, settings.dicomweb_url)
-
-
-
-def warm_up() -> None:
-    """Load what highdicom and fhir.resources read on first use (their IOD module table, the R4B
-    model classes: about 1-2 s on 2 cores), so that the first study's reporting does not pay it.
-    ``onconode serve`` calls this in a background thread at start."""
-    from fhir.resources.R4B.bundle import Bundle
-    from highdicom._standard_utils import get_module_attribute_map
-
-    get_module_attribute_map()
-    Bundle.model_validate({"resourceType": "Bundle", "type": "transaction", "entry": []})

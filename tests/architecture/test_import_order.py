@@ -23,7 +23,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("report", ("onconode.reporting", "onconode.fhir")),
     ("deliver", ("onconode.delivery",)),
     ("run", ("onconode.worker", "onconode.node", "onconode.api", "onconode.cli", "onconode.doctor",
-             "onconode.analyze", "onconode.__main__")),
+             "onconode.analyze", "onconode.rehearsal", "onconode.__main__")),
 )
 
 
