@@ -14,9 +14,10 @@ Content (PS3.16), saying one thing:
   outlined regions), with the threshold and the aggregation named in the algorithm's parameters
   (TID 4019). The inferred-from regions also let a viewer that shows only spatial measurements
   (OHIF) draw the study's value on the most suspicious slice;
-- one group per slice for the key slices and every slice at or over the threshold, named "per
-  slice": on a key slice a planar ROI (TID 1410) outlining where the model looked, so a viewer
-  draws the value on the image; on the others a group citing its image;
+- one group per slice for the key slices and the most suspicious other slices at or over the
+  threshold (``MAX_SLICE_GROUPS`` in all), named "per slice": on a key slice a planar ROI (TID
+  1410) outlining where the model looked, so a viewer draws the value on the image; on the others a
+  group citing its image. The algorithm is identified once per group, on its measurement;
 - TID 1500's Qualitative Evaluations container with the decision, one coded item "<finding> =
   Present" or "Absent", and a comment with the headline that reads "research use only, not for
   diagnosis", where every SR viewer shows the report's text.
@@ -53,8 +54,11 @@ COMMENT = codes.DCM.Comment
 QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 UNITY = hd.sr.CodedConcept("1", "UCUM", "no units")
 SERIES_DESCRIPTION = "AI findings - NOT FOR DIAGNOSIS"
-# Slice groups beyond the key slices: those at or over the threshold, at most this many in all.
-MAX_SLICE_GROUPS = 20
+# Slice groups: the key slices, then the most suspicious others at or over the threshold, at most
+# this many in all. Each cited slice also gets an image library entry (about 200 data elements), so
+# every group costs build, check and transfer time before the report reaches the PACS; ten is a
+# list a reader goes through, and every slice's value stays in the result (API, ``analyze --json``).
+MAX_SLICE_GROUPS = 10
 _TRACKING = uuid.UUID("5d0e3c4a-7a55-4d0b-9e7a-2b61f4f0c1d3")
 
 
@@ -172,10 +176,9 @@ def _slice_group(conclusion: Conclusion, score: SliceScore, finding: hd.sr.Coded
                                          source_image=hd.sr.SourceImageForRegion.from_source_image(source))
         return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking, referenced_region=image_region, finding_type=finding,
-            algorithm_id=algorithm_id, measurements=measurements)
+            measurements=measurements)
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking, finding_type=finding, algorithm_id=algorithm_id, measurements=measurements,
-        source_images=refs)
+        tracking_identifier=tracking, finding_type=finding, measurements=measurements, source_images=refs)
 
 
 SPACING_BETWEEN_SLICES, SLICE_THICKNESS = "112226", "112225"
