@@ -32,7 +32,7 @@ from onconode.inference.preprocess import (
     scale_intensities,
     series_scaling,
 )
-from onconode.inference.runner import RunnerPool
+from onconode.inference.runner import OnnxRunner, RunnerPool
 from onconode.models import Manifest, Preprocess, RegisteredModel
 from onconode.selection import match, probe, series, volume
 from onconode.selection.region import body_outline
@@ -175,15 +175,15 @@ def _run_model(study_uid: str, decisions: tuple[series.SeriesDecision, ...], rul
     with clock.stage("scan"):
         vol = volume.build_volume(chosen)
     scaling = _scaling(vol, manifest.preprocess, clock)
-    chosen_idx, batch, placements = _prepare(vol, manifest, target, cap, scaling, clock)
-    if not chosen_idx:
+    prepared = _prepare_and_run(vol, manifest, target, cap, scaling, runners.get(model), clock)
+    if prepared is None:
         reason = (f"no applicable model: no slice of the chosen series shows {slices.organ_wanted(target)}, "
                   f"which {manifest.name} {manifest.version} needs; it was not run")
         log.info("event=study_not_applicable study=%s series=%s model=%s", study_uid, chosen.series_uid,
                  manifest.name)
         return AnalysisResult(study_uid, Outcome.NO_APPLICABLE_MODEL, reason, decisions, timings_ms=clock.ms)
+    chosen_idx, logits, features, placements = prepared
     with clock.stage("inference"):
-        logits, features = runners.get(model).run(batch)
         labels = [label.name for label in manifest.labels]
         score = slices.aggregate(logits, labels, manifest.decision, key_count)
     positive_columns = [labels.index(n) for n in manifest.decision.positive_labels]
@@ -219,43 +219,54 @@ def _scaling(vol: volume.Volume, spec: Preprocess, clock: _Clock) -> Scaling | N
         return series_scaling(sample, spec)
 
 
-def _prepare(vol: volume.Volume, manifest: Manifest, target: slices.Target, cap: int, scaling: Scaling | None,
-             clock: _Clock) -> tuple[tuple[int, ...], np.ndarray, dict[int, Placement]]:
-    """The slices to run (``slices.choose``) as one batch, and where each sat in its slice; none
-    (an empty batch) when no slice shows the target organ.
+def _prepare_and_run(vol: volume.Volume, manifest: Manifest, target: slices.Target, cap: int,
+                     scaling: Scaling | None, runner: OnnxRunner, clock: _Clock
+                     ) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, dict[int, Placement]] | None:
+    """The slices to run (``slices.choose``), their logits and features, and where each sat in its
+    slice; None when no slice shows the target organ.
 
-    Decode and preprocess alternate slice by slice: one decoded slice is alive at a time, and only
-    the (C, h, w) inputs of slices that show the target organ are kept.
+    Decode and preprocess alternate slice by slice, one decoded slice alive at a time. When the
+    series has no more slices than the cap, every eligible slice is chosen, so each is sent to the
+    model as soon as it is prepared (``Streamed``) and the clock's "inference" is only the wait
+    after the last one; a longer series is run once its evenly spread choice is known.
     """
     spec = manifest.preprocess
     hounsfield = vol.modality == "CT"
-    prepared: dict[int, tuple[np.ndarray, Placement]] = {}
+    inputs: dict[int, np.ndarray] = {}
+    placements: dict[int, Placement] = {}
     fractions: list[float] = []
-
-    def prepare(values: np.ndarray) -> tuple[np.ndarray, Placement]:
-        return prepare_slice(values, spec, manifest.input.size, manifest.input.channels, vol.modality, scaling)
-
-    slice_iter = volume.iter_slices(vol)
-    while True:
-        with clock.stage("decode"):
-            item = next(slice_iter, None)
-        if item is None:
-            break
-        index, _, values = item
-        with clock.stage("preprocess"):
-            seen = values if hounsfield else scale_intensities(values, spec, scaling)  # CT masks read HU
-            fraction = slices.tissue_fraction(seen, target, hounsfield)
-            fractions.append(fraction)
-            if slices.is_eligible(fraction, target):
-                prepared[index] = prepare(values)
-        del values, seen
-    chosen_idx = slices.choose(fractions, target, cap)
-    if not chosen_idx:
-        return chosen_idx, np.empty((0,)), {}
-    with clock.stage("preprocess"):
-        batch = np.stack([prepared[i][0] for i in chosen_idx])
-        placements = {i: prepared[i][1] for i in chosen_idx}
-    return chosen_idx, batch, placements
+    eager = len(vol.slices) <= cap
+    with runner.stream() as stream:
+        slice_iter = volume.iter_slices(vol)
+        while True:
+            with clock.stage("decode"):
+                item = next(slice_iter, None)
+            if item is None:
+                break
+            index, _, values = item
+            with clock.stage("preprocess"):
+                seen = values if hounsfield else scale_intensities(values, spec, scaling)  # CT masks read HU
+                fraction = slices.tissue_fraction(seen, target, hounsfield)
+                fractions.append(fraction)
+                if slices.is_eligible(fraction, target):
+                    model_input, placements[index] = prepare_slice(
+                        values, spec, manifest.input.size, manifest.input.channels, vol.modality, scaling)
+                    if eager:
+                        stream.add(model_input)
+                    else:
+                        inputs[index] = model_input
+            del values, seen
+        chosen_idx = slices.choose(fractions, target, cap)
+        if not chosen_idx:
+            return None
+        with clock.stage("inference"):
+            if eager:
+                logits, features = stream.results()
+                if len(logits) != len(chosen_idx):  # every eligible slice is chosen when eager
+                    raise RuntimeError(f"{len(logits)} slices run, {len(chosen_idx)} chosen")
+            else:
+                logits, features = runner.run(np.stack([inputs.pop(i) for i in chosen_idx]))
+    return chosen_idx, logits, features, {i: placements[i] for i in chosen_idx}
 
 
 def _gradcam_map(features: np.ndarray, model: RegisteredModel, class_index: int, placement: Placement,

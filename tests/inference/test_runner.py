@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -47,3 +48,35 @@ def test_pool_builds_one_session_per_model(registry) -> None:
 def test_runner_refuses_bad_arguments(registry, threads: int, batch: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         OnnxRunner(registry["test-ct"], intra_op_threads=threads, batch=batch)
+
+
+def test_streamed_inputs_come_back_in_order_with_the_answers_of_one_run(registry) -> None:
+    inputs = np.random.default_rng(2).normal(size=(7, 3, 64, 64)).astype(np.float32)
+    runner = OnnxRunner(registry["test-ct"], batch=3)
+    with runner.stream() as stream:
+        for model_input in inputs:
+            stream.add(model_input)
+        logits, features = stream.results()
+    expected_logits, expected_features = runner.run(inputs)
+    np.testing.assert_array_equal(logits, expected_logits)
+    np.testing.assert_array_equal(features, expected_features)
+
+
+def test_a_stream_raises_what_a_batch_raised_and_stops_its_thread(registry) -> None:
+    runner = OnnxRunner(registry["test-ct"], batch=2)
+    before = threading.active_count()
+    with pytest.raises(Exception, match="image"), runner.stream() as stream:
+        for _ in range(2):
+            stream.add(np.zeros((3, 32, 32), np.float32))  # the model takes 64 x 64
+        stream.results()
+    assert threading.active_count() == before
+    with runner.stream() as empty, pytest.raises(ValueError, match="no input"):
+        empty.results()
+
+
+def test_warming_builds_the_session_once(registry) -> None:
+    pool = RunnerPool(intra_op_threads=1)
+    pool.warm(registry["test-ct"])
+    runner = pool.runners["test-ct"]
+    pool.warm(registry["test-ct"])
+    assert pool.runners["test-ct"] is runner
