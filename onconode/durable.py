@@ -16,6 +16,7 @@ import os
 import queue
 import threading
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 TEMP_SUFFIX = ".tmp"
@@ -108,6 +109,29 @@ def _drop_cached_pages(fd: int) -> None:
     """
     if hasattr(os, "posix_fadvise"):  # not on macOS
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def prefetch(paths: Iterable[Path]) -> None:
+    """Ask the kernel to start reading ``paths`` into the page cache now, without waiting for it.
+
+    The counterpart of ``_drop_cached_pages``: a study is read in full as soon as it is complete
+    (with completion at the sender's release, a fraction of a second after its last instance was
+    made durable), file after file. Asked for all at once, the reads run on the disk while the
+    analysis parses the first headers: on the development VM a 133-slice CT's analysis took 1.2 s
+    with the files cached or prefetched and 1.4-1.5 s reading them cold. A file that cannot be
+    opened is left to the reader, which reports it.
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
 
 
 class ReadyFiles:

@@ -26,6 +26,7 @@ from onconode.background import PollingLoop
 from onconode.conclusion import Conclusion, conclude
 from onconode.config import RoutingRule
 from onconode.dicom_node.storage import InstanceStorage
+from onconode.durable import prefetch
 from onconode.events import Event, log_event
 from onconode.fhir.report import Destination
 from onconode.inference.pipeline import AnalysisResult, Outcome, analyze_study
@@ -85,6 +86,7 @@ class Worker(PollingLoop):
     def _analyse(self, study_uid: str) -> None:
         paths = [self._storage.path_for(i.identity) for i in self._db.instances(study_uid)]
         started = time.perf_counter()
+        prefetch(paths)  # received files left the page cache once durable
         try:
             result = analyze_study(paths, self._registry, self._rules, self._runners)
         except (PixelDecodeError, ValueError) as err:
