@@ -64,7 +64,7 @@ class Prepared:
 
     @property
     def dicom(self) -> tuple[Path, ...]:
-        """Every DICOM object, in sending order (the SR last)."""
+        """Every DICOM object, in sending order (the SR first)."""
         return tuple(p for p in self.paths if p.suffix == ".dcm")
 
 

@@ -75,7 +75,9 @@ class Outputs:
     study_uid: str
     sr_uid: str
     fingerprint: str               # what the report was built from (model file + study files)
-    files: tuple[Output, ...]      # in sending order: images first, the SR after what it cites
+    # In sending order: the SR first (it cites only the study's own images, already in the PACS, and
+    # it is what a reader and the EHR wait for), then the captures, the segmentation, the KOS.
+    files: tuple[Output, ...]
     notes: tuple[str, ...]
 
 
@@ -160,7 +162,7 @@ def build_outputs(conclusion: Conclusion, result: AnalysisResult, study_paths: S
                   node_id, predecessor, regions)
     sr_bytes = encode(sr)
     checks.check_sr(sr, conclusion.study_uid, predecessor, sr_bytes)
-    files.append(Output("sr.dcm", KIND_DICOM, str(sr.SOPInstanceUID), sr_bytes))
+    files.insert(0, Output("sr.dcm", KIND_DICOM, str(sr.SOPInstanceUID), sr_bytes))
 
     if fhir is not None:
         bundle = _bundle(conclusion, result, pictures, study_facts(study_paths, key_headers[0], read),

@@ -126,7 +126,7 @@ class Report:
 
 @dataclass(frozen=True)
 class NewDelivery:
-    """One object for one destination; ``seq`` orders the sends (SC images before the SR)."""
+    """One object for one destination; ``seq`` orders the sends (the SR first)."""
 
     destination: str
     kind: str
