@@ -68,13 +68,15 @@ def run(spec: ModelSpec, series: Sequence[SeriesExamples], epochs: int | None = 
         labelled = {p for p in train_names if any(s.meta.patient == p and (s.labels >= 0).any() for s in series)}
         inner = inner_validation({p: lesion for p, lesion in train_names.items() if p in labelled}, 0.2,
                                  spec.seed + fold)
+        if not spec.select_epoch:  # a fixed schedule: the validation patients train too
+            inner = set()
         train = [s for s in series if s.meta.patient in train_names and s.meta.patient not in inner]
         valid = [s for s in series if s.meta.patient in inner]
         test = [s for s in series if s.meta.patient in test_patients]
         log.info("model=%s fold=%d train_series=%d valid_series=%d test_series=%d", spec.name, fold, len(train),
                  len(valid), len(test))
-        result = fit(spec, train, valid or train, spec.seed + fold, epochs=epochs, max_steps=max_steps,
-                     pretrained=pretrained)
+        result = fit(spec, train, (valid or train) if spec.select_epoch else [], spec.seed + fold, epochs=epochs,
+                     max_steps=max_steps, pretrained=pretrained)
         model = load(spec, result.state)
         best_epochs.append(result.best_epoch)
         keep = np.concatenate([s.labels for s in train]) >= 0

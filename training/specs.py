@@ -61,6 +61,11 @@ class ModelSpec:
     external: tuple[ExternalCase, ...]
     skull_stripped: bool | None = None   # brain: train on series with (False) or without the skull, or both (None)
     epochs: int = 10
+    # Choose each fold's epoch on a patient-held-out fifth of its training patients (the shipped
+    # model then trains for the folds' median); False: every fold and the shipped model train for
+    # ``epochs``, and the validation patients train too. With one or two validation series a fold's
+    # choice can be noise.
+    select_epoch: bool = True
     samples_per_epoch: int = 1024     # per epoch, half lesion slices, half lesion-free ones
     batch_size: int = 32
     lr: float = 3e-4

@@ -86,6 +86,18 @@ def test_cross_validation_gives_out_of_fold_records_and_a_summary(series, spec) 
     assert set(out["slices"]) >= {"auc", "baseline_auc"}  # type: ignore[arg-type]
 
 
+def test_a_fixed_schedule_trains_every_fold_for_the_spec_epochs(series, spec) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    from training import crossval
+
+    torch.set_num_threads(2)
+    fixed = dataclasses.replace(spec, select_epoch=False)  # 2 epochs of 2 steps: no step limit needed
+    records, best = crossval.run(fixed, series, pretrained=False)
+    assert best == [fixed.epochs] * fixed.folds  # no validation patients: the last epoch is kept
+    assert len(records) == sum(len(s.labels) for s in series)
+
+
 def test_release_writes_files_the_node_loads_and_cam_equals_gradcam(series, spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import torch
 
