@@ -32,7 +32,7 @@ from onconode.inference.preprocess import (
     scale_intensities,
     series_scaling,
 )
-from onconode.inference.runner import OnnxRunner, RunnerPool
+from onconode.inference.runner import OnnxRunner, Rows, RunnerPool
 from onconode.models import Manifest, Preprocess, RegisteredModel
 from onconode.selection import match, probe, series, volume
 from onconode.selection.region import body_outline
@@ -221,7 +221,7 @@ def _scaling(vol: volume.Volume, spec: Preprocess, clock: _Clock) -> Scaling | N
 
 def _prepare_and_run(vol: volume.Volume, manifest: Manifest, target: slices.Target, cap: int,
                      scaling: Scaling | None, runner: OnnxRunner, clock: _Clock
-                     ) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, dict[int, Placement]] | None:
+                     ) -> tuple[tuple[int, ...], np.ndarray, np.ndarray | Rows, dict[int, Placement]] | None:
     """The slices to run (``slices.choose``), their logits and features, and where each sat in its
     slice; None when no slice shows the target organ.
 
@@ -259,6 +259,7 @@ def _prepare_and_run(vol: volume.Volume, manifest: Manifest, target: slices.Targ
         chosen_idx = slices.choose(fractions, target, cap)
         if not chosen_idx:
             return None
+        features: np.ndarray | Rows
         with clock.stage("inference"):
             if eager:
                 logits, features = stream.results()

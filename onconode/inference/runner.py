@@ -64,6 +64,23 @@ class OnnxRunner:
         return Streamed(self)
 
 
+class Rows:
+    """The rows of several arrays as one indexable sequence, without copying them together."""
+
+    def __init__(self, chunks: list[np.ndarray]):
+        self._chunks = chunks
+        self._starts = np.cumsum([0, *(len(c) for c in chunks)])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, row: int) -> np.ndarray:
+        if not 0 <= row < len(self):
+            raise IndexError(f"row {row} outside 0..{len(self) - 1}")
+        chunk = int(np.searchsorted(self._starts, row, side="right")) - 1
+        return self._chunks[chunk][row - int(self._starts[chunk])]
+
+
 class Streamed:
     """A series' inputs run as they are prepared: each full batch goes to one background thread, so
     onnxruntime (which releases the GIL) works while the caller decodes and preprocesses the next
@@ -87,14 +104,15 @@ class Streamed:
             self._pending.append(self._pool.submit(self._runner.run, np.stack(self._chunk)))
             self._chunk = []
 
-    def results(self) -> tuple[np.ndarray, np.ndarray]:
-        """Logits (N, L) and features (N, K, h', w') of every input added, in order; raises what a
-        batch raised."""
+    def results(self) -> tuple[np.ndarray, Rows]:
+        """Logits (N, L) and the features (K, h', w') of each input, in order; raises what a batch
+        raised. The features stay in their batches: only the key slices' are read, and all of a
+        CT's together are 33 MB at stride 32, four times that at stride 16."""
         self._submit()
         if not self._pending:
             raise ValueError("no input was added")
         done = [future.result() for future in self._pending]
-        return np.concatenate([d[0] for d in done]), np.concatenate([d[1] for d in done])
+        return np.concatenate([d[0] for d in done]), Rows([d[1] for d in done])
 
     def __enter__(self) -> Self:
         return self

@@ -59,7 +59,11 @@ def test_streamed_inputs_come_back_in_order_with_the_answers_of_one_run(registry
         logits, features = stream.results()
     expected_logits, expected_features = runner.run(inputs)
     np.testing.assert_array_equal(logits, expected_logits)
-    np.testing.assert_array_equal(features, expected_features)
+    assert len(features) == len(inputs)
+    for row in range(len(inputs)):
+        np.testing.assert_array_equal(features[row], expected_features[row])
+    with pytest.raises(IndexError):
+        features[len(inputs)]
 
 
 def test_a_stream_raises_what_a_batch_raised_and_stops_its_thread(registry) -> None:
