@@ -80,7 +80,7 @@ class ModelSpec:
 
 CHEST_CT = ModelSpec(
     name="chest-ct-nodule",
-    version="2.0.0",
+    version="2.1.0",
     modality="CT",
     data="chest-ct",
     finding=FindingSpec(code="786838002", scheme="SCT", meaning="Pulmonary nodule",
@@ -91,7 +91,11 @@ CHEST_CT = ModelSpec(
                           crop=Crop(region="lungs", margin=0.08), resize=Resize(keep_aspect=True, pad_value=0.0),
                           normalize=_LITE_NORMALIZE),
     size=(224, 224),
-    heat_weight=0.0,
+    # A stride-16 grid (fused, ``training.network``) and the heat-placement loss: a nodule is smaller
+    # than a stride-32 cell. A fixed schedule: a fold has one or two validation series.
+    feature_stride=16,
+    feature_fusion=True,
+    select_epoch=False,
     accepts=Accepts(regions=("chest",), planes=("axial",), thickness_mm=(0.5, 10.0), min_slices=10,
                     prefer=("original", "thinnest", "most_slices")),
     # Every slice that shows lung: a 5 mm nodule spans two or three 2.5 mm slices, so spreading a
