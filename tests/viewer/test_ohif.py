@@ -146,7 +146,10 @@ def test_opening_the_sr_shows_its_findings(page: Any, viewer: Viewer, study: Stu
                 return text
             return "(nothing drawn)" if not has_region and skipped else None
 
-        shown = wait_for(drawn_or_dropped, 20, f"the SR's labels {labels} in the viewport", interval=0.25)
+        try:
+            shown = wait_for(drawn_or_dropped, 20, f"the SR's labels {labels} in the viewport", interval=0.25)
+        except AssertionError as err:
+            raise AssertionError(f"{err}; the viewport's text: {ui.svg_text(page)!r}") from None
     finally:
         shoot(page, "sr")
     assert shown and any(label in shown for label in labels), f"OHIF drew none of {labels}; console: {skipped}"
