@@ -66,10 +66,9 @@ def run(spec: ModelSpec, series: Sequence[SeriesExamples], epochs: int | None = 
         train_names = {p: lesion for p, lesion in names.items() if p not in test_patients}
         # Validation needs slices with a label: patients whose series are diagnosis-only cannot choose an epoch.
         labelled = {p for p in train_names if any(s.meta.patient == p and (s.labels >= 0).any() for s in series)}
+        # A fixed schedule (no ``select_epoch``) needs no validation patients: they train too.
         inner = inner_validation({p: lesion for p, lesion in train_names.items() if p in labelled}, 0.2,
-                                 spec.seed + fold)
-        if not spec.select_epoch:  # a fixed schedule: the validation patients train too
-            inner = set()
+                                 spec.seed + fold) if spec.select_epoch else set()
         train = [s for s in series if s.meta.patient in train_names and s.meta.patient not in inner]
         valid = [s for s in series if s.meta.patient in inner]
         test = [s for s in series if s.meta.patient in test_patients]

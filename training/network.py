@@ -93,21 +93,16 @@ class LiteClassifier(nn.Module):
 
 
     def _fused(self, image: torch.Tensor) -> torch.Tensor:
-        """``EfficientNet.extract_features`` (efficientnet_lite_pytorch 0.1), keeping the stride-16
-        stage's output to add to the upsampled head features."""
-        net = self.backbone
-        x = net._swish(net._bn0(net._conv_stem(image)))
-        fine = x
-        for index, block in enumerate(net._blocks):
-            rate = net._global_params.drop_connect_rate
-            if rate:
-                rate *= float(index) / len(net._blocks)
-            x = block(x, drop_connect_rate=rate)
-            if index == FUSE_AFTER:
-                fine = x
-        coarse = net._swish(net._bn1(net._conv_head(x)))
+        """The upsampled head features plus the projected output of block ``FUSE_AFTER``, caught on
+        its way through ``extract_features``."""
+        caught: list[torch.Tensor] = []
+        hook = self.backbone._blocks[FUSE_AFTER].register_forward_hook(lambda _m, _i, out: caught.append(out))
+        try:
+            coarse = self.backbone.extract_features(image)
+        finally:
+            hook.remove()
         assert self.fuse is not None
-        return F.interpolate(coarse, size=fine.shape[-2:], mode="nearest") + self.fuse(fine)
+        return F.interpolate(coarse, size=caught[0].shape[-2:], mode="nearest") + self.fuse(caught[0])
 
 
 # The last block of the stride-16 stage of EfficientNet-Lite0 (112 channels at 1/16 of the input).
