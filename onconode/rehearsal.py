@@ -34,6 +34,7 @@ from onconode.inference.preprocess import prepare_slice, series_scaling
 from onconode.inference.runner import RunnerPool
 from onconode.models import RegisteredModel
 from onconode.reporting.outputs import build_outputs
+from onconode.selection import series
 from onconode.selection.region import body_outline
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,7 @@ def _rehearse_reporting(model: RegisteredModel, fhir: Destination | None) -> Non
             probabilities=probabilities, predicted_label=positive, positive=True, positive_probability=0.9,
             threshold=manifest.decision.threshold, slices_total=SLICES, slices_analysed=tuple(range(SLICES)),
             key_slices=tuple(keys), slice_scores=scores,
-            slice_paths={str(h.SOPInstanceUID): p for h, p in zip(headers, paths)})
+            slice_paths={str(h.SOPInstanceUID): p for h, p in zip(headers, paths)},
+            instances=tuple(series.read_header(p) for p in paths))
         build_outputs(conclude(result, manifest), result, paths, manifest, "rehearsal", None,
                       fhir or Destination("urn:onconode:rehearsal"), datetime.now(UTC))

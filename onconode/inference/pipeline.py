@@ -91,6 +91,9 @@ class AnalysisResult:
     key_slices: tuple[KeySlice, ...] = ()
     slice_scores: tuple[SliceScore, ...] = ()  # every analysed slice, in volume order
     slice_paths: Mapping[str, Path] = field(default_factory=dict)  # SOP Instance UID → file, analysed slices
+    # Every readable instance of the study as scanned: reports list and cite them without reading the
+    # files again.
+    instances: tuple[series.InstanceHeader, ...] = ()
     volume_notes: tuple[str, ...] = ()
     timings_ms: Mapping[str, float] = field(default_factory=dict)
 
@@ -161,13 +164,13 @@ def analyze_study(paths: Sequence[Path], registry: Mapping[str, RegisteredModel]
     if offer is None or model is None or choice.series is None:
         return AnalysisResult(scan.study_uid, Outcome.NO_APPLICABLE_MODEL, choice.reason, decisions,
                               timings_ms=clock.ms)
-    return _run_model(scan.study_uid, decisions, offer.rule, model, choice.series,
-                      runners or RunnerPool(), clock)
+    return _run_model(scan, decisions, offer.rule, model, choice.series, runners or RunnerPool(), clock)
 
 
-def _run_model(study_uid: str, decisions: tuple[series.SeriesDecision, ...], rule: RoutingRule | None,
+def _run_model(scan: series.StudyScan, decisions: tuple[series.SeriesDecision, ...], rule: RoutingRule | None,
                model: RegisteredModel, chosen: series.SeriesInfo, runners: RunnerPool,
                clock: _Clock) -> AnalysisResult:
+    study_uid = scan.study_uid
     manifest = model.manifest
     target = (rule.target if rule else None) or manifest.slices.target
     cap = (rule.max_analysed_slices if rule else None) or manifest.slices.max_analysed
@@ -206,7 +209,7 @@ def _run_model(study_uid: str, decisions: tuple[series.SeriesDecision, ...], rul
         positive_probability=score.positive_probability, threshold=manifest.decision.threshold,
         slices_total=len(vol.slices), slices_analysed=chosen_idx, key_slices=tuple(keys), slice_scores=scores,
         slice_paths={vol.slices[i].sop_instance_uid: vol.slices[i].path for i in chosen_idx},
-        volume_notes=vol.notes, timings_ms=dict(clock.ms))
+        instances=tuple(h for info in scan.series for h in info.instances), volume_notes=vol.notes, timings_ms=dict(clock.ms))
 
 
 def _scaling(vol: volume.Volume, spec: Preprocess, clock: _Clock) -> Scaling | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from io import BytesIO
@@ -48,7 +48,8 @@ from onconode.reporting.identity import sanitized
 from onconode.reporting.kos import build_kos
 from onconode.reporting.sc import build_sc, caption_lines
 from onconode.reporting.seg import build_seg, saliency_mask
-from onconode.reporting.sr import build_sr, outline
+from onconode.reporting.sr import build_sr, outline, slices_for_groups
+from onconode.selection.series import InstanceHeader
 
 log = logging.getLogger(__name__)
 
@@ -118,17 +119,25 @@ def build_outputs(conclusion: Conclusion, result: AnalysisResult, study_paths: S
     """
     created = created or datetime.now(UTC)
     notes: list[str] = []
+    scanned = {h.sop_instance_uid: h for h in result.instances}
+    # Only the slices whose header the outputs copy or cite are read: the key slices and the SR's
+    # per-slice groups. Every other analysed slice is listed as SR evidence by its references alone.
+    cited = dict.fromkeys([*(k.sop_instance_uid for k in result.key_slices),
+                           *(s.sop_instance_uid for s in slices_for_groups(conclusion))])
     headers: dict[str, Dataset] = {}
-    read: dict[Path, Dataset] = {}  # as read, for the FHIR report's list of the study's instances
-    for uid, path in result.slice_paths.items():
-        read[path] = read_header(path)
-        clean, dropped = sanitized(read[path])
+    for uid in cited:
+        if uid not in result.slice_paths:
+            raise ValueError("a key slice, or a slice the SR cites, is not among the analysed files")
+        clean, dropped = sanitized(read_header(result.slice_paths[uid]))
         headers[uid] = clean
         notes.extend(n for n in dropped if n not in notes)
+    for uid in result.slice_paths:
+        if uid not in headers:
+            if uid not in scanned:
+                raise ValueError("an analysed slice is not among the scanned instances")
+            headers[uid] = reference(scanned[uid])
     scores = {s.index: s for s in conclusion.slices}
-    key_headers = [headers[k.sop_instance_uid] for k in result.key_slices if k.sop_instance_uid in headers]
-    if len(key_headers) != len(result.key_slices):
-        raise ValueError("a key slice is not among the analysed files")
+    key_headers = [headers[k.sop_instance_uid] for k in result.key_slices]
     files: list[Output] = []
     pictures = [overlay.render(k.image, k.heat_map, caption_lines(conclusion, scores[k.index]), k.body)
                 for k in result.key_slices]
@@ -165,7 +174,7 @@ def build_outputs(conclusion: Conclusion, result: AnalysisResult, study_paths: S
     files.insert(0, Output("sr.dcm", KIND_DICOM, str(sr.SOPInstanceUID), sr_bytes))
 
     if fhir is not None:
-        bundle = _bundle(conclusion, result, pictures, study_facts(study_paths, key_headers[0], read),
+        bundle = _bundle(conclusion, result, pictures, study_facts(result.instances, key_headers[0]),
                          str(sr.SOPInstanceUID), fhir, created)
         if bundle is not None:
             files.append(Output(FHIR_FILE, KIND_FHIR, str(sr.SOPInstanceUID), bundle))
@@ -175,37 +184,32 @@ def build_outputs(conclusion: Conclusion, result: AnalysisResult, study_paths: S
                    tuple(notes))
 
 
-def study_facts(study_paths: Sequence[Path], source: Dataset, known: Mapping[Path, Dataset] | None = None
-                ) -> StudyFacts:
-    """Identifiers, exam date and every series and instance of the study, from the headers;
-    ``known`` holds headers already read (the analysed slices'), which are not read again."""
-    series: dict[str, list[tuple[Dataset, Path]]] = {}
-    for path in study_paths:
-        try:
-            known_ds = (known or {}).get(path)
-            ds = known_ds if known_ds is not None else read_header(path)
-        except (OSError, pydicom.errors.InvalidDicomError):
-            continue
-        series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((ds, path))
+def reference(header: InstanceHeader) -> Dataset:
+    """An instance as a report lists it (study, series, SOP class and instance), from its scanned header."""
+    ds = Dataset()
+    ds.StudyInstanceUID = header.study_uid
+    ds.SeriesInstanceUID = header.series_uid
+    ds.SOPClassUID = header.sop_class_uid
+    ds.SOPInstanceUID = header.sop_instance_uid
+    return ds
+
+
+def study_facts(instances: Sequence[InstanceHeader], source: Dataset) -> StudyFacts:
+    """Identifiers and exam date from ``source`` (a sanitized header), and every series and instance
+    of the study from the scan."""
+    series: dict[str, list[InstanceHeader]] = {}
+    for header in instances:
+        series.setdefault(header.series_uid, []).append(header)
     facts = []
     for uid, items in sorted(series.items()):
-        first = items[0][0]
-        facts.append(SeriesFacts(
-            uid, str(first.get("Modality", "")), _int(first, "SeriesNumber"), str(first.get("SeriesDescription", "")),
-            tuple(InstanceFacts(str(ds.SOPInstanceUID), str(ds.SOPClassUID), _int(ds, "InstanceNumber"))
-                  for ds, _ in items)))
+        first = items[0]
+        facts.append(SeriesFacts(uid, first.modality, first.series_number, first.series_description,
+                                 tuple(InstanceFacts(h.sop_instance_uid, h.sop_class_uid, h.instance_number)
+                                       for h in items)))
     started = fhir_datetime(str(source.get("StudyDate", "")), str(source.get("StudyTime", "")),
                             str(source.get("TimezoneOffsetFromUTC", "")))
     return StudyFacts(str(source.StudyInstanceUID), str(source.get("PatientID", "")), str(source.Modality),
                       str(source.get("AccessionNumber", "")) or None, started, tuple(facts))
-
-
-def _int(ds: Dataset, keyword: str) -> int | None:
-    try:
-        value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
 
 
 def _bundle(conclusion: Conclusion, result: AnalysisResult, pictures: Sequence[np.ndarray], facts: StudyFacts,

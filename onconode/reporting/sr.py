@@ -93,8 +93,9 @@ def outline(mask: np.ndarray) -> np.ndarray | None:
 def build_sr(conclusion: Conclusion, sources: Sequence[Dataset], series_uid: str, sop_instance_uid: str,
              series_number: int, created: datetime, node_id: str, predecessor: Dataset | None = None,
              regions: Mapping[str, np.ndarray] | None = None) -> hd.sr.Comprehensive3DSR:
-    """Build the SR; ``sources`` are the headers of the analysed slices (any order); ``regions`` maps
-    a key slice's SOP Instance UID to the outline (``outline``) of where the model looked on it.
+    """Build the SR; ``sources`` are the headers of the analysed slices (any order): full headers for
+    the key slices and those ``slices_for_groups`` cites, the UIDs alone for the rest. ``regions``
+    maps a key slice's SOP Instance UID to the outline (``outline``) of where the model looked on it.
 
     Raises
     ------
@@ -107,7 +108,10 @@ def build_sr(conclusion: Conclusion, sources: Sequence[Dataset], series_uid: str
     missing = [s.sop_instance_uid for s in conclusion.slices if s.sop_instance_uid not in by_uid]
     if missing:
         raise ValueError(f"{len(missing)} analysed slices have no header among the sources")
-    analysed = [by_uid[uid] for uid in dict.fromkeys(s.sop_instance_uid for s in conclusion.slices)]
+    # The SR takes the patient and study from its first evidence, so that one is a key slice's full
+    # header; the others may be references only (study, series, SOP class and instance UIDs).
+    first = (conclusion.key or conclusion.slices)[0].sop_instance_uid
+    analysed = [by_uid[uid] for uid in dict.fromkeys([first, *(s.sop_instance_uid for s in conclusion.slices)])]
     finding = hd.sr.CodedConcept(conclusion.finding.code, conclusion.finding.scheme, conclusion.finding.meaning)
     algorithm = conclusion.algorithm
     algorithm_id = hd.sr.AlgorithmIdentification(

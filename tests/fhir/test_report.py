@@ -28,7 +28,10 @@ SR_UID = "1.2.826.0.1.3680043.8.498.2"
 def facts(ct_files) -> StudyFacts:
     import pydicom
 
-    return study_facts(ct_files, pydicom.dcmread(ct_files[0], stop_before_pixels=True))
+    from onconode.selection import series
+
+    return study_facts([h for info in series.scan(ct_files).series for h in info.instances],
+                       pydicom.dcmread(ct_files[0], stop_before_pixels=True))
 
 
 def bundle(conclusion, facts: StudyFacts, **changes: object) -> Bundle:
