@@ -36,6 +36,7 @@ from onconode.inference.runner import OnnxRunner, Rows, RunnerPool
 from onconode.models import Manifest, Preprocess, RegisteredModel
 from onconode.selection import match, probe, series, volume
 from onconode.selection.region import body_outline
+from onconode.selection.series import InstanceHeader
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class AnalysisResult:
     slice_paths: Mapping[str, Path] = field(default_factory=dict)  # SOP Instance UID → file, analysed slices
     # Every readable instance of the study as scanned: reports list and cite them without reading the
     # files again.
-    instances: tuple[series.InstanceHeader, ...] = ()
+    instances: tuple[InstanceHeader, ...] = ()
     volume_notes: tuple[str, ...] = ()
     timings_ms: Mapping[str, float] = field(default_factory=dict)
 
