@@ -97,6 +97,10 @@ class Preprocess(_Strict):
     crop_body: CropBody | None = None
     crop: Crop | None = None
     normalize: Normalize
+    # Neighbouring slices as channels: the slices nearest ``context_mm`` before and after the slice
+    # along the series (one intensity plane each) beside the slice itself. A nodule ends within a few
+    # millimetres; a vessel runs on.
+    context_mm: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _parameters_for_kind(self) -> Preprocess:
@@ -108,6 +112,8 @@ class Preprocess(_Strict):
             raise ValueError(f"preprocess.kind {self.kind} needs preprocess.percentiles")
         if self.crop is not None and self.crop_body is not None:
             raise ValueError("preprocess: crop and crop_body exclude each other")
+        if self.context_mm is not None and self.kind == "ct_windows":
+            raise ValueError("preprocess.context_mm needs one intensity plane per slice, not ct_windows")
         return self
 
 

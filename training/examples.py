@@ -29,6 +29,8 @@ import yaml
 from onconode.inference import slices
 from onconode.inference.preprocess import (
     Placement,
+    context_indices,
+    context_offset,
     prepare_slice,
     sample_indices,
     scale_intensities,
@@ -122,6 +124,8 @@ def build(spec: ModelSpec, key: str, root: Path, entry: dict[str, Any]) -> Serie
     hounsfield = spec.modality == "CT"
     scaling = series_scaling([values[i] for i in sample_indices(len(values))], spec.preprocess)
     spacing = float(np.nan_to_num(np.asarray(npz["spacing"], float)[1], nan=0.0))
+    context = spec.preprocess.context_mm
+    offset = context_offset(abs(float(np.asarray(npz["spacing"], float)[0])), context) if context is not None else 0
     mean = np.asarray(spec.preprocess.normalize.mean, np.float32)[:, None, None]
     std = np.asarray(spec.preprocess.normalize.std, np.float32)[:, None, None]
     planes, kept_labels, masks, index, features, scale = [], [], [], [], [], []
@@ -129,7 +133,12 @@ def build(spec: ModelSpec, key: str, root: Path, entry: dict[str, Any]) -> Serie
         seen = slice_values if hounsfield else scale_intensities(slice_values, spec.preprocess, scaling)
         if not slices.is_eligible(slices.tissue_fraction(seen, spec.slices.target, hounsfield), spec.slices.target):
             continue
-        image, placement = prepare_slice(slice_values, spec.preprocess, spec.size, 3, spec.modality, scaling)
+        neighbours = None
+        if offset:
+            before, after = context_indices(z, len(values), offset)
+            neighbours = (values[before], values[after])
+        image, placement = prepare_slice(slice_values, spec.preprocess, spec.size, 3, spec.modality, scaling,
+                                         neighbours)
         planes.append(np.clip((image * std + mean) * 255.0 + 0.5, 0, 255).astype(np.uint8))
         kept_labels.append(labels[z])
         masks.append(_to_model(mask[z], placement))

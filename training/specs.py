@@ -8,7 +8,7 @@ reach the model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from onconode.models import (
     Accepts,
@@ -148,4 +148,11 @@ BRAIN_MR = ModelSpec(
     skull_stripped=False,
 )
 
-SPECS: dict[str, ModelSpec] = {"chest-ct": CHEST_CT, "brain-mr": BRAIN_MR}
+# A candidate: the lung window of the slice and of the slices 5 mm before and after it as the three
+# channels (2.5-D), in place of three windows of the slice alone. Its rule is in models/RELEASE-NOTES.md.
+CHEST_CT_CONTEXT = replace(
+    CHEST_CT, version="2.2.0",
+    preprocess=Preprocess(kind="ct_window", window=LUNG, context_mm=5.0, crop=Crop(region="lungs", margin=0.08),
+                          resize=Resize(keep_aspect=True, pad_value=0.0), normalize=_LITE_NORMALIZE))
+
+SPECS: dict[str, ModelSpec] = {"chest-ct": CHEST_CT, "brain-mr": BRAIN_MR, "chest-ct-context": CHEST_CT_CONTEXT}

@@ -26,6 +26,8 @@ from onconode.inference import gradcam, slices
 from onconode.inference.preprocess import (
     Placement,
     Scaling,
+    context_indices,
+    context_offset,
     display_scale,
     prepare_slice,
     sample_indices,
@@ -229,17 +231,35 @@ def _prepare_and_run(vol: volume.Volume, manifest: Manifest, target: slices.Targ
     """The slices to run (``slices.choose``), their logits and features, and where each sat in its
     slice; None when no slice shows the target organ.
 
-    Decode and preprocess alternate slice by slice, one decoded slice alive at a time. When the
-    series has no more slices than the cap, every eligible slice is chosen, so each is sent to the
-    model as soon as it is prepared (``Streamed``) and the clock's "inference" is only the wait
-    after the last one; a longer series is run once its evenly spread choice is known.
+    Decode and preprocess alternate slice by slice, one decoded slice alive at a time (with context,
+    those between a slice and its neighbours). When the series has no more slices than the cap, every
+    eligible slice is chosen, so each is sent to the model as soon as it is prepared (``Streamed``)
+    and the clock's "inference" is only the wait after the last one; a longer series is run once its
+    evenly spread choice is known.
     """
     spec = manifest.preprocess
     hounsfield = vol.modality == "CT"
+    count = len(vol.slices)
+    offset = context_offset(volume.slice_spacing(vol), spec.context_mm) if spec.context_mm is not None else 0
     inputs: dict[int, np.ndarray] = {}
     placements: dict[int, Placement] = {}
     fractions: list[float] = []
-    eager = len(vol.slices) <= cap
+    decoded: dict[int, np.ndarray] = {}  # the slices a waiting input still needs: 2·offset + 1 at most
+    waiting: list[int] = []              # eligible slices whose later neighbour is not decoded yet
+    eager = count <= cap
+
+    def prepare(index: int) -> None:
+        neighbours = None
+        if offset:
+            before, after = context_indices(index, count, offset)
+            neighbours = (decoded[before], decoded[after])
+        model_input, placements[index] = prepare_slice(
+            decoded[index], spec, manifest.input.size, manifest.input.channels, vol.modality, scaling, neighbours)
+        if eager:
+            stream.add(model_input)
+        else:
+            inputs[index] = model_input
+
     with runner.stream() as stream:
         slice_iter = volume.iter_slices(vol)
         while True:
@@ -252,14 +272,19 @@ def _prepare_and_run(vol: volume.Volume, manifest: Manifest, target: slices.Targ
                 seen = values if hounsfield else scale_intensities(values, spec, scaling)  # CT masks read HU
                 fraction = slices.tissue_fraction(seen, target, hounsfield)
                 fractions.append(fraction)
+                decoded[index] = values
                 if slices.is_eligible(fraction, target):
-                    model_input, placements[index] = prepare_slice(
-                        values, spec, manifest.input.size, manifest.input.channels, vol.modality, scaling)
-                    if eager:
-                        stream.add(model_input)
-                    else:
-                        inputs[index] = model_input
+                    waiting.append(index)
+                while waiting and context_indices(waiting[0], count, offset)[1] <= index:
+                    prepare(waiting.pop(0))
+                oldest = (waiting[0] if waiting else index + 1) - offset
+                for stale in [k for k in decoded if k < oldest]:
+                    del decoded[stale]
             del values, seen
+        with clock.stage("preprocess"):
+            for index in waiting:  # the last slices: their later neighbours are the series' end
+                prepare(index)
+        decoded.clear()
         chosen_idx = slices.choose(fractions, target, cap)
         if not chosen_idx:
             return None

@@ -231,10 +231,35 @@ def to_model_input(image01: np.ndarray, spec: Preprocess, size: tuple[int, int],
 
 
 def prepare_slice(values: np.ndarray, spec: Preprocess, size: tuple[int, int], channels: int, modality: str,
-                  scaling: Scaling | None = None) -> tuple[np.ndarray, Placement]:
-    """One decoded slice (modality units) to the model's input: the one path training and the node share."""
+                  scaling: Scaling | None = None, neighbours: tuple[np.ndarray, np.ndarray] | None = None
+                  ) -> tuple[np.ndarray, Placement]:
+    """One decoded slice (modality units) to the model's input: the one path training and the node share.
+
+    With ``spec.context_mm``, ``neighbours`` are the slices before and after it (``context_indices``);
+    the slice itself stands in for them when they are not given. The crop is the slice's own.
+    """
+    planes = intensity_channels(values, spec, scaling)
     box = crop_box(values, spec.crop, modality) if spec.crop is not None else None
-    return to_model_input(intensity_channels(values, spec, scaling), spec, size, channels, box)
+    if spec.context_mm is not None:
+        before, after = neighbours if neighbours is not None else (values, values)
+        if box is None and spec.crop_body is not None:
+            box = body_box(planes[0], spec.crop_body)
+        planes = np.concatenate([intensity_channels(before, spec, scaling), planes,
+                                 intensity_channels(after, spec, scaling)])
+    return to_model_input(planes, spec, size, channels, box)
+
+
+def context_offset(spacing_mm: float | None, context_mm: float) -> int:
+    """How many slices away the context neighbours are: the nearest to ``context_mm``, at least one
+    (one when the spacing is unknown)."""
+    if spacing_mm is None or not np.isfinite(spacing_mm) or spacing_mm <= 0:
+        return 1
+    return max(1, round(context_mm / spacing_mm))
+
+
+def context_indices(index: int, count: int, offset: int) -> tuple[int, int]:
+    """The neighbours of slice ``index`` of ``count``, ``offset`` away; at the ends the last slice there."""
+    return max(0, index - offset), min(count - 1, index + offset)
 
 
 def to_slice_geometry(model_map: np.ndarray, placement: Placement) -> np.ndarray:

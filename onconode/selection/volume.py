@@ -113,6 +113,14 @@ def build_volume(series: SeriesInfo) -> Volume:
                   tuple(notes))
 
 
+def slice_spacing(volume: Volume) -> float | None:
+    """The median distance between neighbouring slices along the normal; None without positions."""
+    distances = [r.distance for r in volume.slices]
+    if len(distances) < 2 or any(d is None for d in distances):
+        return None
+    return float(np.median(np.diff(np.asarray(distances, dtype=float))))
+
+
 def _with_distance(ref: SliceRef, distance: float) -> SliceRef:
     return SliceRef(ref.path, ref.frame, ref.sop_instance_uid, ref.instance_number, ref.position, distance)
 
