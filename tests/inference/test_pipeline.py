@@ -5,10 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 import pydicom
+import yaml
 
 from onconode.folders import files_under
 from onconode.inference import pipeline
+from onconode.inference.preprocess import context_indices, context_offset, prepare_slice
+from onconode.inference.slices import softmax
+from onconode.models import load_registry
+from onconode.selection import series, volume
+from tests.inference.tiny_model import write_model
 
 
 def test_result_of_a_real_ct_series(dicom_dir: Path, registry, rules) -> None:
@@ -101,3 +109,38 @@ def test_a_thumbnail_series_is_not_offered_to_a_model(dicom_dir: Path, registry,
     result = pipeline.analyze_study(files, registry, [])
     assert result.outcome is pipeline.Outcome.NO_APPLICABLE_MODEL
     assert "matrix 2×2, smaller than 128×128" in result.reason
+
+
+def test_a_context_model_sees_each_slice_between_its_neighbours(dicom_dir: Path, tmp_path: Path) -> None:
+    """The node's streamed path gives a ``context_mm`` model the same input as preparing each slice
+    with its neighbours from the whole decoded series (training's path): every analysed slice's
+    probability is the model's answer on that input."""
+    manifest_path = write_model(tmp_path / "models", "test-context", "CT")
+    manifest = yaml.safe_load(manifest_path.read_text())
+    manifest["preprocess"] |= {"context_mm": 5.0, "crop": {"region": "lungs", "margin": 0.08}}
+    manifest["slices"]["max_analysed"] = 400  # every slice, streamed
+    manifest_path.write_text(yaml.safe_dump(manifest))
+    registry = load_registry(tmp_path / "models")
+    files = sorted((dicom_dir / "lidc-idri-0001").glob("*.dcm"))[40:70]
+    result = pipeline.analyze_study(files, registry, [])
+    assert result.outcome is pipeline.Outcome.ANALYSED and len(result.slice_scores) > 10
+
+    spec = registry["test-context"].manifest
+    vol = volume.build_volume(series.scan(files).series[0])
+    offset = context_offset(volume.slice_spacing(vol), 5.0)
+    assert offset == 2  # 2.5 mm slices
+    values = [volume.read_slice(ref) for ref in vol.slices]
+    inputs = []
+    for score in result.slice_scores:
+        before, after = context_indices(score.index, len(values), offset)
+        model_input, _ = prepare_slice(values[score.index], spec.preprocess, spec.input.size, 3, "CT", None,
+                                       (values[before], values[after]))
+        inputs.append(model_input)
+    session = ort.InferenceSession(str(registry["test-context"].onnx_path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"image": np.stack(inputs)})
+    expected = softmax(logits, spec.decision.temperature)[:, 0]  # "malignant", the positive label
+    assert np.allclose([s.probability for s in result.slice_scores], expected, atol=1e-5)
+    # And the neighbours matter: the slice alone, repeated, gives other answers.
+    alone = [prepare_slice(values[s.index], spec.preprocess, spec.input.size, 3, "CT")[0] for s in result.slice_scores]
+    (alone_logits,) = session.run(["logits"], {"image": np.stack(alone)})
+    assert not np.allclose(softmax(alone_logits, 1.0)[:, 0], expected, atol=1e-5)

@@ -5,18 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydantic
 import pytest
 
 from onconode.inference.preprocess import (
     body_box,
+    context_indices,
+    context_offset,
     percentile_scale,
+    prepare_slice,
     resize_into,
     scale_intensities,
     to_model_input,
     to_slice_geometry,
     window,
 )
-from onconode.models import CropBody, Normalize, Percentiles, Preprocess, Resize, Window
+from onconode.models import Crop, CropBody, Normalize, Percentiles, Preprocess, Resize, Window
 from onconode.selection import series, volume
 
 CT = Preprocess(kind="ct_window", window=Window(center=-600, width=1500),
@@ -122,3 +126,33 @@ def test_mr_volume_scaling_uses_the_series_percentiles_not_the_slice() -> None:
     assert intensity_channels(dim, spec, scaling).max() < intensity_channels(bright, spec, scaling).max()
     with pytest.raises(ValueError, match="series"):
         intensity_channels(dim, spec)
+
+
+def test_context_neighbours_are_the_nearest_slices_to_the_distance_and_stop_at_the_ends() -> None:
+    assert [context_offset(s, 5.0) for s in (0.625, 1.25, 2.5, 5.0, 8.0)] == [8, 4, 2, 1, 1]
+    assert context_offset(None, 5.0) == 1 and context_offset(0.0, 5.0) == 1 and context_offset(float("nan"), 5.0) == 1
+    assert context_indices(0, 10, 2) == (0, 2) and context_indices(5, 10, 2) == (3, 7)
+    assert context_indices(9, 10, 2) == (7, 9) and context_indices(0, 1, 3) == (0, 0)
+
+
+def test_context_channels_are_before_self_after_on_the_slices_own_crop() -> None:
+    lung = Window(center=-600, width=1500)
+    spec = Preprocess(kind="ct_window", window=lung, context_mm=5.0, crop=Crop(region="body", margin=0.0),
+                      normalize=Normalize(mean=(0.0,) * 3, std=(1.0,) * 3))
+    air = np.full((64, 64), -1000.0, np.float32)
+    body = air.copy()
+    body[16:48, 16:48] = 40.0  # the slice: a soft-tissue square
+    before, after = body.copy(), body.copy()
+    before[20:30, 20:30], after[30:40, 30:40] = -800.0, 300.0
+    planes, placement = prepare_slice(body, spec, (32, 32), 3, "CT", None, (before, after))
+    assert placement.crop == (16, 48, 16, 48)  # the slice's own body, not a neighbour's
+    for channel, source in enumerate((before, body, after)):
+        assert np.allclose(planes[channel], window(source, lung)[16:48, 16:48], atol=1e-6)
+    alone, _ = prepare_slice(body, spec, (32, 32), 3, "CT")
+    assert np.allclose(alone, window(body, lung)[16:48, 16:48][None].repeat(3, 0), atol=1e-6)
+
+
+def test_context_needs_one_plane_per_slice() -> None:
+    with pytest.raises(pydantic.ValidationError, match="context_mm"):
+        Preprocess(kind="ct_windows", windows=(Window(center=-600, width=1500),) * 3, context_mm=5.0,
+                   normalize=Normalize(mean=(0.0,) * 3, std=(1.0,) * 3))
