@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from onconode.models import Manifest
+from onconode.models import Manifest, Preprocess
 from training.examples import sources_dir
 from training.specs import ModelSpec
 
@@ -207,10 +207,7 @@ def render_card(spec: ModelSpec, manifest: Manifest, r: Release) -> str:
     by_sequence = "\n".join(f"- {name}: {v['series']} series ({v['lesion']} with a lesion), AUC {_est(v['auc'])}"
                             for name, v in cv["series_by_sequence"].items())
     pre = manifest.preprocess
-    windows = ", ".join(f"C{w.center:g}/W{w.width:g}" for w in pre.windows) if pre.windows else ""
-    scaling = (f"three CT windows as three channels ({windows})" if pre.kind == "ct_windows"
-               else f"the series' own {pre.percentiles.low if pre.percentiles else ''}–"
-                    f"{pre.percentiles.high if pre.percentiles else ''} percentiles")
+    scaling = _input_planes(pre)
     return f"""# {spec.name} {spec.version}
 
 **Research use only — not for diagnosis.** An unverified AI result; every output OncoNode writes
@@ -302,3 +299,20 @@ PyTorch {r.onnx_max_abs_diff:.2e}.
   (1/{spec.feature_stride} of the input); it is not a lesion outline.
 - Not for diagnosis, triage decisions or any clinical use.
 """
+
+
+def _input_planes(pre: Preprocess) -> str:
+    """What the model's channels hold, in words."""
+    if pre.kind == "ct_windows":
+        windows = ", ".join(f"C{w.center:g}/W{w.width:g}" for w in pre.windows)
+        return f"three CT windows as three channels ({windows})"
+    if pre.kind == "ct_window" and pre.window is not None:
+        plane = f"the CT window C{pre.window.center:g}/W{pre.window.width:g}"
+    elif pre.percentiles is not None:
+        plane = f"the series' own {pre.percentiles.low:g}–{pre.percentiles.high:g} percentiles"
+    else:
+        plane = "the manifest's intensity scaling"
+    if pre.context_mm is not None:
+        return (f"{plane}, of the slice and of the slices nearest {pre.context_mm:g} mm before and after it, "
+                "as three channels")
+    return plane
