@@ -155,4 +155,10 @@ CHEST_CT_CONTEXT = replace(
     preprocess=Preprocess(kind="ct_window", window=LUNG, context_mm=5.0, crop=Crop(region="lungs", margin=0.08),
                           resize=Resize(keep_aspect=True, pad_value=0.0), normalize=_LITE_NORMALIZE))
 
-SPECS: dict[str, ModelSpec] = {"chest-ct": CHEST_CT, "brain-mr": BRAIN_MR, "chest-ct-context": CHEST_CT_CONTEXT}
+# A candidate: the slices 5 mm before and after as the two channels that repeat the slice today (the
+# same intensity scaling). Its rule is in models/RELEASE-NOTES.md.
+BRAIN_MR_CONTEXT = replace(BRAIN_MR, version="2.2.0",
+                           preprocess=BRAIN_MR.preprocess.model_copy(update={"context_mm": 5.0}))
+
+SPECS: dict[str, ModelSpec] = {"chest-ct": CHEST_CT, "brain-mr": BRAIN_MR, "chest-ct-context": CHEST_CT_CONTEXT,
+                               "brain-mr-context": BRAIN_MR_CONTEXT}
