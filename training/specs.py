@@ -149,7 +149,8 @@ BRAIN_MR = ModelSpec(
 )
 
 # A candidate: the lung window of the slice and of the slices 5 mm before and after it as the three
-# channels (2.5-D), in place of three windows of the slice alone. Its rule is in models/RELEASE-NOTES.md.
+# channels (2.5-D), in place of three windows of the slice alone. Kept so that its figures can be
+# rebuilt: it failed its rule and did not ship (models/RELEASE-NOTES.md).
 CHEST_CT_CONTEXT = replace(
     CHEST_CT, version="2.2.0",
     preprocess=Preprocess(kind="ct_window", window=LUNG, context_mm=5.0, crop=Crop(region="lungs", margin=0.08),
