@@ -157,7 +157,8 @@ CHEST_CT_CONTEXT = replace(
                           resize=Resize(keep_aspect=True, pad_value=0.0), normalize=_LITE_NORMALIZE))
 
 # A candidate: the slices 5 mm before and after as the two channels that repeat the slice today (the
-# same intensity scaling). Its rule is in models/RELEASE-NOTES.md.
+# same intensity scaling). Kept so that its figures can be rebuilt: it missed its rule by a hair and
+# did not ship (models/RELEASE-NOTES.md).
 BRAIN_MR_CONTEXT = replace(BRAIN_MR, version="2.2.0",
                            preprocess=BRAIN_MR.preprocess.model_copy(update={"context_mm": 5.0}))
 
