@@ -71,6 +71,12 @@ def open_series(page: Any, series_number: int) -> None:
     entry.dblclick()
 
 
+def step_measurement(page: Any, step: int = 1) -> None:
+    """Press the SR viewport's arrow to the next (1) or previous (-1) measurement, as a reader does."""
+    side = "right" if step > 0 else "left"
+    page.locator(f'{VIEWPORT} [data-cy="viewport-action-arrows-{side}"] svg').first.click()
+
+
 def viewport_description(page: Any) -> str:
     return str(page.locator(f'{VIEWPORT} [data-cy="viewport-overlay-top-left"]').inner_text())
 

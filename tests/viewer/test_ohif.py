@@ -22,6 +22,7 @@ from tests.viewer.conftest import COMPREHENSIVE_3D_SR, PARAMETRIC_MAP, SEG, Seri
 
 pytestmark = pytest.mark.peers
 NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSIS"
+FIRST_DRAW_S = 10  # seconds OHIF gets to draw an SR's labels on opening it, before a reader steps on
 # Secondary Capture and its multi-frame variants (PS3.4 B.5)
 SC_CLASSES = ("1.2.840.10008.5.1.4.1.1.7", *(f"1.2.840.10008.5.1.4.1.1.7.{n}" for n in range(1, 5)))
 
@@ -146,10 +147,19 @@ def test_opening_the_sr_shows_its_findings(page: Any, viewer: Viewer, study: Stu
                 return text
             return "(nothing drawn)" if not has_region and skipped else None
 
+        what = f"the SR's labels {labels} in the viewport"
         try:
-            shown = wait_for(drawn_or_dropped, 20, f"the SR's labels {labels} in the viewport", interval=0.25)
-        except AssertionError as err:
-            raise AssertionError(f"{err}; the viewport's text: {ui.svg_text(page)!r}") from None
+            shown = wait_for(drawn_or_dropped, FIRST_DRAW_S, what, interval=0.25)
+        except AssertionError:
+            # OHIF 3.13 at times opens the SR on its first measured image and draws nothing there (seen
+            # in about one full test run in two, never alone; its SR viewport races its annotation
+            # layer, cf. OHIF/Viewers#5635). A reader then steps to the next measurement; so does this.
+            print(f"OHIF drew nothing in {FIRST_DRAW_S} s on opening the SR; stepping to its next measurement")
+            ui.step_measurement(page, 1)
+            try:
+                shown = wait_for(drawn_or_dropped, 20, what, interval=0.25)
+            except AssertionError as err:
+                raise AssertionError(f"{err}; the viewport's text: {ui.svg_text(page)!r}") from None
     finally:
         shoot(page, "sr")
     assert shown and any(label in shown for label in labels), f"OHIF drew none of {labels}; console: {skipped}"
