@@ -123,9 +123,10 @@ def build(spec: ModelSpec, key: str, root: Path, entry: dict[str, Any]) -> Serie
     meta = _meta(spec, key, info, entry, len(values))
     hounsfield = spec.modality == "CT"
     scaling = series_scaling([values[i] for i in sample_indices(len(values))], spec.preprocess)
-    spacing = float(np.nan_to_num(np.asarray(npz["spacing"], float)[1], nan=0.0))
+    spacing_mm = np.asarray(npz["spacing"], float)  # (dz, dy, dx)
+    spacing = float(np.nan_to_num(spacing_mm[1], nan=0.0))
     context = spec.preprocess.context_mm
-    offset = context_offset(abs(float(np.asarray(npz["spacing"], float)[0])), context) if context is not None else 0
+    offset = context_offset(abs(float(spacing_mm[0])), context) if context is not None else 0
     mean = np.asarray(spec.preprocess.normalize.mean, np.float32)[:, None, None]
     std = np.asarray(spec.preprocess.normalize.std, np.float32)[:, None, None]
     planes, kept_labels, masks, index, features, scale = [], [], [], [], [], []

@@ -212,7 +212,7 @@ def _run_model(scan: series.StudyScan, decisions: tuple[series.SeriesDecision, .
         positive_probability=score.positive_probability, threshold=manifest.decision.threshold,
         slices_total=len(vol.slices), slices_analysed=chosen_idx, key_slices=tuple(keys), slice_scores=scores,
         slice_paths={vol.slices[i].sop_instance_uid: vol.slices[i].path for i in chosen_idx},
-        instances=tuple(h for info in scan.series for h in info.instances), volume_notes=vol.notes, timings_ms=dict(clock.ms))
+        instances=scan.instances, volume_notes=vol.notes, timings_ms=dict(clock.ms))
 
 
 def _scaling(vol: volume.Volume, spec: Preprocess, clock: _Clock) -> Scaling | None:

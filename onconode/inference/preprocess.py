@@ -239,11 +239,13 @@ def prepare_slice(values: np.ndarray, spec: Preprocess, size: tuple[int, int], c
     the slice itself stands in for them when they are not given. The crop is the slice's own.
     """
     planes = intensity_channels(values, spec, scaling)
-    box = crop_box(values, spec.crop, modality) if spec.crop is not None else None
+    box: tuple[int, int, int, int] | None
+    if spec.crop is not None:
+        box = crop_box(values, spec.crop, modality)
+    else:
+        box = body_box(planes[0], spec.crop_body) if spec.crop_body is not None else None
     if spec.context_mm is not None:
         before, after = neighbours if neighbours is not None else (values, values)
-        if box is None and spec.crop_body is not None:
-            box = body_box(planes[0], spec.crop_body)
         planes = np.concatenate([intensity_channels(before, spec, scaling), planes,
                                  intensity_channels(after, spec, scaling)])
     return to_model_input(planes, spec, size, channels, box)

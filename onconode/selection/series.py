@@ -116,6 +116,11 @@ class StudyScan:
     series: tuple[SeriesInfo, ...]
     unreadable: tuple[str, ...]  # "<file>: <reason>" for files that are not DICOM
 
+    @property
+    def instances(self) -> tuple[InstanceHeader, ...]:
+        """Every readable instance of the study, series by series."""
+        return tuple(h for info in self.series for h in info.instances)
+
 
 @dataclass(frozen=True)
 class SeriesDecision:

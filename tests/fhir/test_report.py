@@ -30,8 +30,7 @@ def facts(ct_files) -> StudyFacts:
 
     from onconode.selection import series
 
-    return study_facts([h for info in series.scan(ct_files).series for h in info.instances],
-                       pydicom.dcmread(ct_files[0], stop_before_pixels=True))
+    return study_facts(series.scan(ct_files).instances, pydicom.dcmread(ct_files[0], stop_before_pixels=True))
 
 
 def bundle(conclusion, facts: StudyFacts, **changes: object) -> Bundle:
