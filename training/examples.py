@@ -29,7 +29,7 @@ import yaml
 from onconode.inference import slices
 from onconode.inference.preprocess import (
     Placement,
-    context_indices,
+    context_neighbours,
     context_offset,
     prepare_slice,
     sample_indices,
@@ -134,12 +134,8 @@ def build(spec: ModelSpec, key: str, root: Path, entry: dict[str, Any]) -> Serie
         seen = slice_values if hounsfield else scale_intensities(slice_values, spec.preprocess, scaling)
         if not slices.is_eligible(slices.tissue_fraction(seen, spec.slices.target, hounsfield), spec.slices.target):
             continue
-        neighbours = None
-        if offset:
-            before, after = context_indices(z, len(values), offset)
-            neighbours = (values[before], values[after])
         image, placement = prepare_slice(slice_values, spec.preprocess, spec.size, 3, spec.modality, scaling,
-                                         neighbours)
+                                         context_neighbours(z, len(values), offset, values))
         planes.append(np.clip((image * std + mean) * 255.0 + 0.5, 0, 255).astype(np.uint8))
         kept_labels.append(labels[z])
         masks.append(_to_model(mask[z], placement))

@@ -27,6 +27,7 @@ from onconode.inference.preprocess import (
     Placement,
     Scaling,
     context_indices,
+    context_neighbours,
     context_offset,
     display_scale,
     prepare_slice,
@@ -249,12 +250,9 @@ def _prepare_and_run(vol: volume.Volume, manifest: Manifest, target: slices.Targ
     eager = count <= cap
 
     def prepare(index: int) -> None:
-        neighbours = None
-        if offset:
-            before, after = context_indices(index, count, offset)
-            neighbours = (decoded[before], decoded[after])
         model_input, placements[index] = prepare_slice(
-            decoded[index], spec, manifest.input.size, manifest.input.channels, vol.modality, scaling, neighbours)
+            decoded[index], spec, manifest.input.size, manifest.input.channels, vol.modality, scaling,
+            context_neighbours(index, count, offset, decoded))
         if eager:
             stream.add(model_input)
         else:

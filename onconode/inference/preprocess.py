@@ -14,6 +14,7 @@ by construction. Pure functions: no files, no clock.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import cv2
@@ -262,6 +263,15 @@ def context_offset(spacing_mm: float | None, context_mm: float) -> int:
 def context_indices(index: int, count: int, offset: int) -> tuple[int, int]:
     """The neighbours of slice ``index`` of ``count``, ``offset`` away; at the ends the last slice there."""
     return max(0, index - offset), min(count - 1, index + offset)
+
+
+def context_neighbours(index: int, count: int, offset: int, slices: Mapping[int, np.ndarray] | np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The decoded slices ``prepare_slice`` takes as context for slice ``index`` (None without context)."""
+    if not offset:
+        return None
+    before, after = context_indices(index, count, offset)
+    return slices[before], slices[after]
 
 
 def to_slice_geometry(model_map: np.ndarray, placement: Placement) -> np.ndarray:
