@@ -32,7 +32,7 @@ from onconode.dicom_node.tls import listener_context
 from onconode.events import Event, log_event
 from onconode.inference.runner import RunnerPool
 from onconode.models import ModelError, RegisteredModel, installed_models
-from onconode.rehearsal import rehearse
+from onconode.rehearsal import warm_up
 from onconode.reporting.outbox import Outbox
 from onconode.reporting.outputs import destination_for
 from onconode.state import Delivery, open_state
@@ -93,7 +93,7 @@ class Node:
             runners, fhir = RunnerPool(settings.analysis.intra_op_threads), destination_for(settings.destinations.fhir)
             self.worker = Worker(self.db, self.storage, settings.storage.results, self.models, settings.routing,
                                  runners, settings.study.poll_seconds, outbox=outbox, fhir=fhir, lease_seconds=lease)
-            self._rehearsal = threading.Thread(target=rehearse, args=(self.models, runners, fhir),
+            self._rehearsal = threading.Thread(target=warm_up, args=(self.models, runners, fhir),
                                                name="onconode-rehearsal", daemon=True)
         elif Role.API in roles:
             self.models, self.models_note = _listed_models(settings)

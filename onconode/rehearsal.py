@@ -12,10 +12,17 @@ the manifest's preprocessing of a synthetic slice, and ``build_outputs`` (every 
 and FHIR Bundle, with their checks) for a made-up conclusion on three synthetic slices written to a
 temporary folder. Nothing is stored, recorded or sent, and a failure is logged, never raised: the
 node then simply pays on its first study.
+
+After the rehearsal the heap the start built (imported modules, model sessions, the libraries'
+tables: about 350,000 objects) is frozen out of the cyclic garbage collector's view
+(``gc.freeze``). Those objects live as long as the process, yet each full collection walked them
+all: about 95 ms, and a report's build triggers one about every other study; frozen, it takes
+about 15 ms. Objects that become garbage later are collected as before.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import tempfile
 import time
@@ -59,6 +66,14 @@ def rehearse(registry: Mapping[str, RegisteredModel], runners: RunnerPool,
         except Exception:  # a rehearsal must never take the node down; the real study reports the error
             log.exception("event=rehearsal_failed model=%s", model.manifest.name)
     log.info("event=rehearsed models=%d ms=%.0f", len(registry), (time.perf_counter() - started) * 1000)
+
+
+def warm_up(registry: Mapping[str, RegisteredModel], runners: RunnerPool, fhir: Destination | None = None) -> None:
+    """What a node's start does before its first study: ``rehearse``, then freeze the heap it built."""
+    rehearse(registry, runners, fhir)
+    gc.collect()
+    gc.freeze()
+    log.info("event=heap_frozen objects=%d", gc.get_freeze_count())
 
 
 def _rehearse_model(model: RegisteredModel, runners: RunnerPool) -> None:

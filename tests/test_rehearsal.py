@@ -3,6 +3,7 @@ leaves nothing behind, and a failure in it is logged, never raised."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import tempfile
 from pathlib import Path
@@ -54,3 +55,20 @@ def test_a_failing_rehearsal_is_logged_not_raised(
         rehearsal.rehearse(registry, RunnerPool(intra_op_threads=1))
     assert caplog.text.count("event=rehearsal_failed") == len(registry)
     assert "event=rehearsed" in caplog.text
+
+
+def test_the_start_freezes_the_heap_it_built_after_the_rehearsal(
+        registry: dict[str, RegisteredModel], caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    gc.unfreeze()
+    try:
+        with caplog.at_level(logging.INFO, logger="onconode.rehearsal"):
+            rehearsal.warm_up(registry, RunnerPool(intra_op_threads=1))
+        assert gc.get_freeze_count() > 0
+        assert "event=rehearsed" in caplog.text and "event=heap_frozen" in caplog.text
+        # Garbage made after the freeze is still collected.
+        cycle: list[object] = []
+        cycle.append(cycle)
+        del cycle
+        assert gc.collect() >= 1
+    finally:
+        gc.unfreeze()
