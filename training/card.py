@@ -7,6 +7,7 @@ the card, and a figure the run did not measure says so.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -110,6 +111,19 @@ def _within(slices: dict[str, Any]) -> str:
     return (f"\n- Inside lesion series only (lesion against lesion-free slices of the same series: no source "
             f"shortcut):\n  AUC {_est(slices['within_lesion_series_auc'])}; baseline "
             f"{_est(slices['within_lesion_series_baseline_auc'])}.")
+
+
+def _located(series: dict[str, Any]) -> str:
+    """Which lesion series the key-slice shares count: those whose slices say where the lesion is."""
+    if "located_lesion_series" not in series:
+        return "lesion series"
+    left_out = series["lesion"] - series["located_lesion_series"]
+    return (f"{series['located_lesion_series']} lesion series whose slices are labelled"
+            + (f" ({left_out} labelled only as a whole are left out)" if left_out else ""))
+
+
+def _share(value: float | None) -> str:
+    return "(not measured)" if value is None or math.isnan(value) else f"{value:.0%}"
 
 
 def _measured_limits(spec: ModelSpec, r: Release) -> str:
@@ -272,8 +286,9 @@ used for training, tuning or thresholds.
 - Localisation on {cv['localisation']['lesion_slices']} lesion slices: heat-map peak inside the lesion
   (+1 cm) {_est(cv['localisation']['pointing_game'])}; mean share of the heat inside the lesion
   {cv['localisation']['heat_share_mean']:.3f}.
-- The most suspicious slice of a lesion series is a lesion slice in
-  {series['top_slice_is_lesion']:.0%} of them.
+- Key slices, over the {_located(series)}: the most suspicious slice is a lesion slice in
+  {series['top_slice_is_lesion']:.0%} of them, and one of the {series.get('key_slices', 3)} key slices is in
+  {_share(series.get('key_slices_include_lesion'))}.
 
 ![ROC]({spec.name}.roc.png) ![reliability]({spec.name}.reliability.png)
 

@@ -188,8 +188,27 @@ def cross_fitted(series: Sequence[SeriesRecord],
     return out, point
 
 
-def summary(slices: Sequence[SliceRecord], series: Sequence[SeriesRecord]) -> dict[str, object]:
-    """Every number of the card, from out-of-fold records."""
+def key_slice_placement(slices: Sequence[SliceRecord], lesion_series: set[str], key: int) -> tuple[float, float, int]:
+    """(share whose most suspicious slice is a lesion slice, share with a lesion slice among the ``key``
+    most suspicious, how many series) over the lesion series whose slices say where the lesion is.
+
+    A series labelled only as a whole (a diagnosis, every slice -1) cannot place its lesion, so it is
+    left out of both shares rather than counted as a miss."""
+    by_series: dict[str, list[SliceRecord]] = defaultdict(list)
+    for record in slices:
+        if record.series in lesion_series:
+            by_series[record.series].append(record)
+    located = [sorted(rows, key=lambda r: -r.probability) for rows in by_series.values()
+               if any(r.label == 1 for r in rows)]
+    if not located:
+        return float("nan"), float("nan"), 0
+    top = sum(rows[0].label == 1 for rows in located) / len(located)
+    among = sum(any(r.label == 1 for r in rows[:key]) for rows in located) / len(located)
+    return top, among, len(located)
+
+
+def summary(slices: Sequence[SliceRecord], series: Sequence[SeriesRecord], key: int = 3) -> dict[str, object]:
+    """Every number of the card, from out-of-fold records; ``key`` is how many key slices the node shows."""
     counted = [r for r in slices if r.label >= 0]
     s_prob = np.array([r.probability for r in counted])
     s_base = np.array([r.baseline for r in counted])
@@ -210,6 +229,7 @@ def summary(slices: Sequence[SliceRecord], series: Sequence[SeriesRecord]) -> di
     lesion_keys = {s.series for s in lesion_series}
     inside = np.array([r.series in lesion_keys for r in counted], bool)
     inside_groups = [g for g, keep in zip(s_groups, inside) if keep]
+    top_share, key_share, located = key_slice_placement(slices, lesion_keys, key)
     out: dict[str, object] = {
         "slices": {"count": len(counted), "lesion": int(s_pos.sum()), "patients": len(set(s_groups)),
                    "auc": asdict(auc_estimate(s_prob, s_pos, s_groups)),
@@ -224,8 +244,8 @@ def summary(slices: Sequence[SliceRecord], series: Sequence[SeriesRecord]) -> di
                    "ece_raw": ece(scores, positive) if len(series) else float("nan"),
                    "sensitivity": asdict(point.sensitivity), "specificity": asdict(point.specificity),
                    "fold_thresholds": list(point.thresholds),
-                   "top_slice_is_lesion": (sum(s.top_label == 1 for s in lesion_series) / len(lesion_series)
-                                           if lesion_series else float("nan"))},
+                   "top_slice_is_lesion": top_share, "key_slices_include_lesion": key_share,
+                   "key_slices": key, "located_lesion_series": located},
         "localisation": {
             "lesion_slices": len(hits),
             "pointing_game": asdict(patient_bootstrap(lambda i: float(hits[i].mean()), hit_groups))

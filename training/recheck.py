@@ -23,7 +23,7 @@ from onconode.models import load_manifest
 from training.card import render_card
 from training.evaluate import SeriesRecord, SliceRecord, summary
 from training.latency import Latency
-from training.release import ExternalResult, Release, external_check
+from training.release import ExternalResult, Release, external_check, run_folder
 from training.specs import SPECS
 
 
@@ -52,11 +52,11 @@ def main(argv: list[str] | None = None) -> None:
             shutil.copy(args.out / f"{spec.name}{suffix}", Path(folder))
         external = external_check(spec, Path(folder), dicom, args.out)
     cv = report.cv
-    oof = args.runs / spec.name
+    oof = run_folder(args.runs, spec)
     if (oof / "oof-slices.json").exists():
         slices = [SliceRecord(**r) for r in json.loads((oof / "oof-slices.json").read_text())]
         series = [SeriesRecord(**r) for r in json.loads((oof / "oof-series.json").read_text())]
-        cv = summary(slices, series)
+        cv = summary(slices, series, spec.slices.key)
     report = Release(**{**report.__dict__, "external": external, "cv": cv})
     manifest = load_manifest(args.out / f"{spec.name}.yaml")
     (args.out / f"{spec.name}.md").write_text(render_card(spec, manifest, report))

@@ -199,16 +199,22 @@ def _failure_pictures(spec: ModelSpec, series: list[SeriesExamples], slices: lis
     return out
 
 
+def run_folder(runs: Path, spec: ModelSpec) -> Path:
+    """Where a training run keeps its out-of-fold predictions and weights, one folder per version."""
+    return runs / f"{spec.name}-{spec.version}"
+
+
 def release(spec: ModelSpec, series: list[SeriesExamples], out_dir: Path, dicom: Path,
             epochs: int | None = None, max_steps: int | None = None, pretrained: bool = True,
             runs: Path = Path("runs")) -> Manifest:
     """Cross-validate, train the shipped model, export, check externally, write every file; the
-    out-of-fold predictions and the weights go to ``runs/<name>/``."""
+    out-of-fold predictions and the weights go to ``runs/<name>-<version>/`` (a candidate of the next
+    version never overwrites the shipped model's)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     slices, fold_epochs = crossval.run(spec, series, epochs=epochs, max_steps=max_steps, pretrained=pretrained)
     lesion_of = {s.meta.key: s.meta.lesion for s in series}
     records = series_records(slices, lesion_of, spec.slices.key)
-    cv = summary(slices, records)
+    cv = summary(slices, records, spec.slices.key)
     scores = np.array([r.score for r in records])
     positive = np.array([r.lesion for r in records])
     labelled = [r for r in slices if r.label >= 0]
@@ -249,7 +255,7 @@ def release(spec: ModelSpec, series: list[SeriesExamples], out_dir: Path, dicom:
         failures=_failure_pictures(spec, series, slices, records, threshold, calibration, out_dir))
     (out_dir / f"{spec.name}.md").write_text(render_card(spec, manifest, report))
     (out_dir / f"{spec.name}.metrics.json").write_text(json.dumps(asdict(report), indent=1, default=str))
-    run_dir = runs / spec.name
+    run_dir = run_folder(runs, spec)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "oof-series.json").write_text(json.dumps([asdict(r) for r in records], indent=0))
     (run_dir / "oof-slices.json").write_text(json.dumps([asdict(r) for r in slices], indent=0))

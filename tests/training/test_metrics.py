@@ -99,3 +99,21 @@ def test_operating_point_without_any_negative_says_none() -> None:
     from training.evaluate import operating_fit
     ones = np.ones(4, bool)
     assert operating_fit(np.full(4, 0.7), ones, np.full(4, 0.7), ones)[3] == "none"
+
+
+def test_key_slice_placement_counts_only_series_that_say_where_the_lesion_is() -> None:
+    """A series labelled only as a whole (every slice -1) is neither a hit nor a miss; an ignored
+    slice (-1) on top of a located series is a miss, and a lesion slice second of three is a key hit."""
+    from training.evaluate import key_slice_placement
+    slices = [
+        _slice("hit", 0, 1, 0.9), _slice("hit", 0, 0, 0.2),
+        _slice("second", 0, 0, 0.9), _slice("second", 0, 1, 0.8), _slice("second", 0, 0, 0.1),
+        _slice("ignored-top", 1, -1, 0.9), _slice("ignored-top", 1, 0, 0.7), _slice("ignored-top", 1, 0, 0.6),
+        _slice("ignored-top", 1, 0, 0.5), _slice("ignored-top", 1, 1, 0.1),
+        _slice("whole", 1, -1, 0.9), _slice("whole", 1, -1, 0.1),
+        _slice("lesion-free", 2, 0, 0.9),
+    ]
+    top, among, located = key_slice_placement(slices, {"hit", "second", "ignored-top", "whole"}, key=3)
+    assert located == 3
+    assert top == pytest.approx(1 / 3) and among == pytest.approx(2 / 3)
+    assert np.isnan(key_slice_placement(slices, {"whole"}, key=3)[0])

@@ -105,7 +105,7 @@ def test_release_writes_files_the_node_loads_and_cam_equals_gradcam(series, spec
     from training.export import head_initializers, session
     from training.fit import load, normalise
     from training.gradcam import cam_from_features, reference_gradcam
-    from training.release import release
+    from training.release import release, run_folder
 
     manifest = release(spec, series, tmp_path / "models", tmp_path / "no-dicom", max_steps=2, pretrained=False,
                        runs=tmp_path / "runs")
@@ -117,7 +117,7 @@ def test_release_writes_files_the_node_loads_and_cam_equals_gradcam(series, spec
     images = normalise(series[0].planes[:2], spec).contiguous().numpy()
     features = session(onnx_path).run(["features"], {"image": images[:1]})[0][0]
     weights, _ = head_initializers(onnx_path)
-    model = load(spec, torch.load(tmp_path / "runs" / spec.name / "model.pt", weights_only=True))
+    model = load(spec, torch.load(run_folder(tmp_path / "runs", spec) / "model.pt", weights_only=True))
     for class_index in range(2):
         cam = cam_from_features(features, weights, class_index)
         reference = reference_gradcam(model, torch.from_numpy(images[:1]), class_index)
