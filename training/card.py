@@ -286,9 +286,9 @@ used for training, tuning or thresholds.
 - Localisation on {cv['localisation']['lesion_slices']} lesion slices: heat-map peak inside the lesion
   (+1 cm) {_est(cv['localisation']['pointing_game'])}; mean share of the heat inside the lesion
   {cv['localisation']['heat_share_mean']:.3f}.
-- Key slices, over the {_located(series)}: the most suspicious slice is a lesion slice in
-  {series['top_slice_is_lesion']:.0%} of them, and one of the {series.get('key_slices', 3)} key slices is in
-  {_share(series.get('key_slices_include_lesion'))}.
+- Key slices (the {series.get('key_slices', 3)} most suspicious of a series), over the {_located(series)}:
+  the first is a lesion slice in {series['top_slice_is_lesion']:.0%} of them, and at least one is in \
+{_share(series.get('key_slices_include_lesion'))}.
 
 ![ROC]({spec.name}.roc.png) ![reliability]({spec.name}.reliability.png)
 
