@@ -97,6 +97,20 @@ def logits_of(model: LiteClassifier, planes: np.ndarray, spec: ModelSpec, batch_
     return np.concatenate(out) if out else np.zeros((0, 2))
 
 
+def lesion_free_draw(model: LiteClassifier, planes: np.ndarray, clear: np.ndarray, count: int, spec: ModelSpec,
+                     rng: np.random.Generator, epoch: int) -> np.ndarray:
+    """``count`` lesion-free slice indices for one epoch: uniform, except that from the second epoch
+    ``spec.hard_negatives`` of them are the slices the model scores most like a lesion, out of a
+    uniform pool four times as large (the whole set would cost an epoch's time to score)."""
+    hard = round(count * spec.hard_negatives) if epoch > 1 else 0
+    uniform = rng.choice(clear, count - hard, replace=len(clear) < count - hard)
+    if not hard:
+        return uniform
+    pool = rng.choice(clear, min(len(clear), 4 * hard), replace=False)
+    logits = logits_of(model, planes[pool], spec)
+    return np.concatenate([uniform, pool[np.argsort(logits[:, 0] - logits[:, 1], kind="stable")[:hard]]])
+
+
 def fit(spec: ModelSpec, train: Sequence[SeriesExamples], valid: Sequence[SeriesExamples], seed: int,
         epochs: int | None = None, max_steps: int | None = None, pretrained: bool = True) -> FitResult:
     """AdamW + one-cycle schedule; keeps the weights of the epoch with the lowest validation loss, or of
@@ -130,12 +144,12 @@ def fit(spec: ModelSpec, train: Sequence[SeriesExamples], valid: Sequence[Series
     best: tuple[float, int, dict[str, torch.Tensor]] = (float("inf"), -1, {})
     step = 0
     for epoch in range(1, epochs + 1):
-        model.train()
         started, running, batches = time.monotonic(), 0.0, 0
         half = spec.samples_per_epoch // 2
         order = np.concatenate([rng.choice(lesion, half, replace=len(lesion) < half),
-                                rng.choice(clear, half, replace=len(clear) < half)])
+                                lesion_free_draw(model, data.planes, clear, half, spec, rng, epoch)])
         order = order[rng.permutation(len(order))]
+        model.train()
         for b in range(steps_per_epoch):
             if step >= total:
                 break

@@ -64,3 +64,38 @@ def test_augmentation_moves_the_mask_with_the_image(torch_available: None) -> No
     assert not torch.equal(moved_masks, masks)  # the draw did move some of them
     _, none = augment((unit - mean) / std)
     assert none is None
+
+
+def test_hard_negatives_are_the_pools_highest_scored_slices_from_the_second_epoch(torch_available: None) -> None:
+    """Epoch 1 (and a spec without hard negatives) draws exactly as uniform sampling always did, so
+    the shipped models rebuild byte for byte; later epochs take the model's top-scored pool slices."""
+    from dataclasses import replace
+
+    import numpy as np
+    import torch
+
+    from training.fit import lesion_free_draw
+    from training.specs import CHEST_CT
+
+    class Brightness(torch.nn.Module):
+        """Scores a slice by its mean intensity: the brighter, the more lesion-like."""
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            m = x.mean(dim=(1, 2, 3))
+            return torch.stack([-m, m], dim=1), x
+
+    planes = np.repeat(np.arange(200, dtype=np.uint8)[:, None, None, None], 3, axis=1) * np.ones((1, 1, 4, 4), np.uint8)
+    clear = np.arange(0, 200, 2)  # 100 lesion-free slices; slice i has brightness i
+    hard = replace(CHEST_CT, hard_negatives=0.5)
+    first = lesion_free_draw(Brightness(), planes, clear, 20, hard, np.random.default_rng(1), epoch=1)  # type: ignore[arg-type]
+    plain = lesion_free_draw(Brightness(), planes, clear, 20, CHEST_CT, np.random.default_rng(1), epoch=5)  # type: ignore[arg-type]
+    expected = np.random.default_rng(1).choice(clear, 20, replace=False)
+    assert np.array_equal(first, expected) and np.array_equal(plain, expected)
+
+    rng = np.random.default_rng(2)
+    drawn = lesion_free_draw(Brightness(), planes, clear, 20, hard, rng, epoch=2)  # type: ignore[arg-type]
+    replay = np.random.default_rng(2)
+    replay.choice(clear, 10, replace=False)
+    pool = replay.choice(clear, 40, replace=False)
+    assert len(drawn) == 20 and set(drawn) <= set(clear.tolist())
+    assert sorted(drawn[10:].tolist()) == sorted(pool)[-10:]
