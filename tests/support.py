@@ -150,9 +150,9 @@ class NodeProcess:
         """The node's receiver processes (``node.receiver_processes`` > 1): its children that
         multiprocessing spawned, not its resource tracker."""
         assert self.proc is not None
-        children = [int(pid) for task in Path(f"/proc/{self.proc.pid}/task").iterdir()
-                    for pid in (task / "children").read_text().split()]
-        return sorted(pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes())
+        return sorted(pid for task in Path(f"/proc/{self.proc.pid}/task").iterdir()
+                      for pid in map(int, _proc_text(task / "children").split())
+                      if "spawn_main" in _proc_text(Path(f"/proc/{pid}/cmdline")))
 
     def db(self) -> StateDB:
         return StateDB(self.folder / "onconode.db")
@@ -192,3 +192,11 @@ class NodeProcess:
             time.sleep(0.05)
         assert text in log, f"{text!r} not logged within {timeout} s: {log[-1500:]}"
         return log
+
+
+def _proc_text(path: Path) -> str:
+    """A /proc file's text, empty when its thread or process ended between listing and reading."""
+    try:
+        return path.read_bytes().decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
