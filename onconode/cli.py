@@ -78,8 +78,8 @@ def cmd_models_list(args: argparse.Namespace) -> int:
             continue
         labels = ", ".join(label.name + ("*" if label.name in m.decision.positive_labels else "")
                            for label in m.labels)
-        print(f"{m.name:<22} {m.version:<10} {m.modality:<3} {m.file:<28} threshold {m.decision.threshold}  "
-              f"labels: {labels}")
+        decision = f"threshold {m.decision.threshold}" if m.decision.verdict else "no verdict (ranks slices)"
+        print(f"{m.name:<22} {m.version:<10} {m.modality:<3} {m.file:<28} {decision}  labels: {labels}")
         print(f"{'':<22} accepts: {m.accepts.summary(m.modality)}")
     return status
 

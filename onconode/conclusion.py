@@ -22,6 +22,7 @@ from onconode.inference.pipeline import AnalysisResult, SliceScore
 from onconode.models import Manifest
 
 NOT_FOR_DIAGNOSIS = "Research use only - NOT FOR DIAGNOSIS. Unverified AI result."
+NO_VERDICT = "no verdict"
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class Conclusion:
     finding: Finding
     probability: float          # study-level probability that the finding is present
     threshold: float
-    positive: bool              # probability >= threshold
+    positive: bool | None       # probability >= threshold; None: the model states no verdict
     method: str                 # how the study probability comes from the slices
     algorithm: Algorithm
     slices: tuple[SliceScore, ...]   # every analysed slice, in volume order
@@ -51,13 +52,26 @@ class Conclusion:
 
     @property
     def verdict(self) -> str:
+        if self.positive is None:
+            return NO_VERDICT
         return "positive" if self.positive else "negative"
 
     def headline(self) -> str:
         """The one sentence every output leads with."""
+        model = f"{self.algorithm.name} {self.algorithm.version}"
+        if self.positive is None:
+            return (f"{self.finding.display}: {NO_VERDICT.upper()} (study probability {self.probability:.2f}; "
+                    f"{model} ranks the slices only: its study decision was never measured on studies "
+                    "without the finding)")
         relation = ">=" if self.positive else "<"
         return (f"{self.finding.display}: {self.verdict.upper()} (study probability {self.probability:.2f} "
-                f"{relation} threshold {self.threshold:.2f}; {self.algorithm.name} {self.algorithm.version})")
+                f"{relation} threshold {self.threshold:.2f}; {model})")
+
+    def probability_line(self) -> str:
+        """The study probability against the threshold, or said to be a ranking when there is no verdict."""
+        if self.positive is None:
+            return f"study probability {self.probability:.2f} (no threshold: slices ranked only)"
+        return f"study probability {self.probability:.2f} {'>=' if self.positive else '<'} threshold {self.threshold:.2f}"
 
     def slice_line(self, score: SliceScore) -> str:
         """How one slice's own value is named wherever it is shown."""
@@ -78,7 +92,8 @@ def from_dict(data: Mapping[str, Any]) -> Conclusion:
     return Conclusion(
         study_uid=data["study_uid"], series_uid=data["series_uid"], modality=data["modality"],
         finding=Finding(**data["finding"]), probability=float(data["probability"]),
-        threshold=float(data["threshold"]), positive=bool(data["positive"]), method=data["method"],
+        threshold=float(data["threshold"]), positive=None if data["positive"] is None else bool(data["positive"]),
+        method=data["method"],
         algorithm=Algorithm(**data["algorithm"]), slices=scores[0], key=scores[1],
         slices_total=int(data["slices_total"]))
 
@@ -91,7 +106,8 @@ def conclude(result: AnalysisResult, manifest: Manifest) -> Conclusion:
     ValueError
         When the result is not an analysis by this manifest's model (no slices, another model).
     """
-    if result.model != manifest.name or result.positive_probability is None or result.positive is None:
+    if result.model != manifest.name or result.positive_probability is None \
+            or (result.positive is None and manifest.decision.verdict):
         raise ValueError(f"result of model {result.model!r} is no analysis by {manifest.name}")
     if not result.slice_scores or result.series_uid is None:
         raise ValueError("result has no analysed slices")
@@ -102,7 +118,7 @@ def conclude(result: AnalysisResult, manifest: Manifest) -> Conclusion:
         study_uid=result.study_uid, series_uid=result.series_uid, modality=manifest.modality,
         finding=Finding(spec.code, spec.scheme, spec.meaning, spec.display),
         probability=float(result.positive_probability), threshold=float(manifest.decision.threshold),
-        positive=bool(result.positive),
+        positive=None if result.positive is None else bool(result.positive),
         method=f"mean of the {len(result.key_slices)} highest per-slice probabilities of "
                f"{len(result.slice_scores)} analysed slices",
         algorithm=Algorithm.from_model(manifest.name, manifest.version, manifest.sha256),

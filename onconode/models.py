@@ -170,10 +170,18 @@ class Calibration(_Strict):
 
 
 class Decision(_Strict):
+    """How a study probability becomes a decision.
+
+    ``verdict`` false: the threshold was never measured on studies without the finding (e.g. every
+    training series showed it), so the node states the study probability and the ranked key slices
+    but no positive or negative; a verdict no one measured would be a number dressed as a finding.
+    """
+
     positive_labels: tuple[str, ...]
     threshold: float = Field(0.5, gt=0, lt=1)
     temperature: float = Field(1.0, gt=0)
     calibration: Calibration | None = None
+    verdict: bool = True
 
 
 Plane = Literal["axial", "coronal", "sagittal", "oblique"]

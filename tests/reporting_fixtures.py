@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from onconode.conclusion import Conclusion, conclude
 from onconode.config import Caller, DestinationSettings
 from onconode.inference.pipeline import AnalysisResult, analyze_study
-from onconode.models import RegisteredModel
+from onconode.models import Manifest, RegisteredModel
 from onconode.reporting.outbox import Outbox, Prepared
 from onconode.reporting.outputs import build_outputs, destination_for, read_header
 from onconode.state import ReceivedInstance, StateDB, StudyState
@@ -103,3 +104,13 @@ def ct_conclusion(ct_result: AnalysisResult, registry: dict[str, RegisteredModel
 @pytest.fixture(scope="session")
 def mr_conclusion(mr_result: AnalysisResult, registry: dict[str, RegisteredModel]) -> Conclusion:  # noqa: F811
     return conclude(mr_result, registry[mr_result.model or ""].manifest)
+
+
+@pytest.fixture(scope="session")
+def no_verdict(ct_result: AnalysisResult, registry: dict[str, RegisteredModel]  # noqa: F811
+               ) -> tuple[AnalysisResult, Manifest, Conclusion]:
+    """The CT analysis by a model whose manifest states no verdict (``Decision.verdict`` false)."""
+    manifest = registry[ct_result.model or ""].manifest
+    manifest = manifest.model_copy(update={"decision": manifest.decision.model_copy(update={"verdict": False})})
+    result = replace(ct_result, positive=None, predicted_label=None)
+    return result, manifest, conclude(result, manifest)

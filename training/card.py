@@ -82,11 +82,15 @@ def _basis(r: Release) -> str:
         return ("\n\n**No lesion-free series or slice in the data**: the threshold 0.5 and the identity "
                 "calibration are placeholders, not measurements; do not act on the decision.")
     return ("\n\n**Every training series shows a lesion**, so no series-level specificity, calibration or "
-            "threshold can be measured: the calibration and the threshold above are fit on out-of-fold "
-            "slices (lesion against lesion-free) and applied to the study score, and the cross-validated "
-            "operating point below is fit the same way on the other folds. The study probability is therefore "
+            "threshold can be measured, and **the node states no verdict** for this model (manifest "
+            "`decision.verdict: false`): every output gives the study probability and the ranked key slices, "
+            "and says that the study decision was never measured. The calibration and the threshold above are "
+            "fit on out-of-fold slices (lesion against lesion-free) and applied to the study score, and the "
+            "cross-validated operating point below is fit the same way on the other folds, for comparison "
+            "only. The study probability is therefore "
             "calibrated as a slice's probability, not as the probability that the study holds a lesion (see "
-            "the per-series ECE), and how often a lesion-free study is flagged is unknown.")
+            "the per-series ECE), and how often a lesion-free study is flagged is measured only on a proxy: "
+            "the lesion-free remainders of the lesion series (see Results).")
 
 
 def _fusion(spec: ModelSpec) -> str:
@@ -122,6 +126,26 @@ def _located(series: dict[str, Any]) -> str:
             + (f" ({left_out} labelled only as a whole are left out)" if left_out else ""))
 
 
+def _remainder(series: dict[str, Any]) -> str:
+    """The lesion series scored again on their lesion-free slices alone (``lesion_free_remainders``)."""
+    rest = series.get("lesion_free_remainder")
+    if not rest:
+        return ""
+    return (f"\n- Lesion-free remainders (each of {rest['series']} lesion series with slice labels scored again on "
+            "its lesion-free slices\n  alone and decided with its fold's cross-fitted fit: a same-patient proxy "
+            f"for a lesion-free study):\n  flagged {rest['flagged']} of {rest['series']} "
+            f"({_est(rest['flagged_share'])}); AUC of each series against its own remainder\n  "
+            f"{_est(rest['auc'])}, baseline {_est(rest['baseline_auc'])}.")
+
+
+def _same_source(rest: dict[str, Any] | None) -> str:
+    if not rest:
+        return ""
+    return (f" Against its own lesion-free remainder (same patient, scanner and protocol) a lesion series "
+            f"ranks higher with AUC {rest['auc']['value']:.3f}, where the baseline reaches "
+            f"{rest['baseline_auc']['value']:.3f}.")
+
+
 def _share(value: float | None) -> str:
     return "(not measured)" if value is None or math.isnan(value) else f"{value:.0%}"
 
@@ -135,15 +159,27 @@ def _measured_limits(spec: ModelSpec, r: Release) -> str:
                      f"spacing, intensity statistics) separates the same series with AUC {base:.3f}: lesion and "
                      "lesion-free series differ by source in these data, so the series AUC measures the source "
                      "at least as much as the lesion. The slice-level AUC against its baseline, the "
-                     "localisation and the external check are the better guides.")
+                     "localisation, the lesion-free remainders and the external check are the better guides."
+                     + _same_source(r.cv["series"].get("lesion_free_remainder")))
+    rest = r.cv["series"].get("lesion_free_remainder")
+    if rest and rest["flagged"] * 2 >= rest["series"]:
+        lines.append(f"- **The study decision does not tell a study without the lesion apart.** Scored on its "
+                     f"lesion-free slices alone, {rest['flagged']} of {rest['series']} lesion series are still "
+                     f"flagged, and a series ranks above its own remainder with AUC only "
+                     f"{rest['auc']['value']:.2f}: the slices that drive the study score are usually lesion-free. "
+                     + ("So the node states no verdict for this model: the per-slice probabilities and the key "
+                        "slices are a ranking of where to look, and the study probability is not evidence that "
+                        "the study holds a lesion." if r.decision_basis != "series" else
+                        "Expect most studies of this kind to be called positive; read the per-slice probabilities "
+                        "and the key slices as a ranking of where to look, not the verdict as a finding."))
     with_lesion = {c.folder for c in spec.external if c.lesion_slices}
-    lesion_cases = [e for e in r.external if e.folder in with_lesion and e.positive is not None]
+    lesion_cases = [e for e in r.external if e.folder in with_lesion and e.probability is not None]
     missed = [e for e in lesion_cases if not any(e.key_on_lesion)]
     if missed:
         lines.append(f"- On {len(missed)} of {len(lesion_cases)} external lesion studies no key slice shows the "
                      f"lesion ({', '.join(e.folder for e in missed)}): a positive decision there is not evidence "
                      "that the model saw the lesion.")
-    negatives = [e for e in r.external if e.positive is not None and e.folder not in with_lesion]
+    negatives = [e for e in r.external if e.probability is not None and e.folder not in with_lesion]
     if not negatives:
         if r.cv["series"]["count"] > r.cv["series"]["lesion"]:
             lines.append("- The external check holds no lesion-free study: how often this model flags a study "
@@ -195,7 +231,8 @@ def _data(r: Release) -> str:
 def _external(r: Release, spec: ModelSpec) -> str:
     rows, pictures = [], []
     for x in r.external:
-        decision = "—" if x.positive is None else ("POSITIVE" if x.positive else "negative")
+        decision = "—" if x.probability is None else "no verdict" if x.positive is None else \
+            ("POSITIVE" if x.positive else "negative")
         prob = "—" if x.probability is None else f"{x.probability:.3f}"
         keys = ", ".join(f"{f}{' (lesion)' if on else ''}" for f, on in zip(x.key_files, x.key_on_lesion)) or "—"
         peaks = ", ".join("in box" if p else "outside box" for p in x.peak_in_box if p is not None) or "no box"
@@ -288,7 +325,7 @@ used for training, tuning or thresholds.
   {cv['localisation']['heat_share_mean']:.3f}.
 - Key slices (the {series.get('key_slices', 3)} most suspicious of a series), over the {_located(series)}:
   the first is a lesion slice in {series['top_slice_is_lesion']:.0%} of them, and at least one is in \
-{_share(series.get('key_slices_include_lesion'))}.
+{_share(series.get('key_slices_include_lesion'))}.{_remainder(series)}
 
 ![ROC]({spec.name}.roc.png) ![reliability]({spec.name}.reliability.png)
 

@@ -45,8 +45,6 @@ class SeriesRecord:
     lesion: bool
     score: float            # mean of the k highest per-slice probabilities (the node's aggregation)
     baseline: float
-    top_index: int          # the most suspicious slice (the first key slice)
-    top_label: int
 
 
 def series_records(slices: Sequence[SliceRecord], lesion_of: dict[str, bool], k: int) -> list[SeriesRecord]:
@@ -57,10 +55,8 @@ def series_records(slices: Sequence[SliceRecord], lesion_of: dict[str, bool], k:
     for key, rows in sorted(by_series.items()):
         probs = np.array([r.probability for r in rows])
         base = np.array([r.baseline for r in rows])
-        top = int(np.argmax(probs))
         out.append(SeriesRecord(key, rows[0].patient, rows[0].sequence, rows[0].fold, lesion_of[key],
-                                float(np.sort(probs)[-k:].mean()), float(np.sort(base)[-k:].mean()),
-                                rows[top].index, rows[top].label))
+                                float(np.sort(probs)[-k:].mean()), float(np.sort(base)[-k:].mean())))
     return out
 
 
@@ -152,6 +148,24 @@ def operating_fit(scores: np.ndarray, positive: np.ndarray, slice_scores: np.nda
     return slope, intercept, youden_threshold(calibrated(scores, slope, intercept), positive), "series"
 
 
+def fold_fits(series: Sequence[SeriesRecord],
+              slices: Sequence[SliceRecord] = ()) -> dict[int, tuple[float, float, float]]:
+    """Each fold's (slope, intercept, threshold), fitted by ``operating_fit`` on the other folds only."""
+    scores = np.array([s.score for s in series])
+    positive = np.array([s.lesion for s in series])
+    folds = np.array([s.fold for s in series])
+    labelled = [r for r in slices if r.label >= 0]
+    slice_scores = np.array([r.probability for r in labelled])
+    slice_lesion = np.array([r.label == 1 for r in labelled], bool)
+    slice_folds = np.array([r.fold for r in labelled])
+    fits = {}
+    for fold in sorted(set(folds.tolist())):
+        other, other_slices = folds != fold, slice_folds != fold
+        fits[fold] = operating_fit(scores[other], positive[other], slice_scores[other_slices],
+                                   slice_lesion[other_slices])[:3]
+    return fits
+
+
 def cross_fitted(series: Sequence[SeriesRecord],
                  slices: Sequence[SliceRecord] = ()) -> tuple[np.ndarray, OperatingPoint]:
     """Each fold's series probabilities calibrated and thresholded by fits on the other folds, the
@@ -162,18 +176,11 @@ def cross_fitted(series: Sequence[SeriesRecord],
     scores = np.array([s.score for s in series])
     positive = np.array([s.lesion for s in series])
     folds = np.array([s.fold for s in series])
-    labelled = [r for r in slices if r.label >= 0]
-    slice_scores = np.array([r.probability for r in labelled])
-    slice_lesion = np.array([r.label == 1 for r in labelled], bool)
-    slice_folds = np.array([r.fold for r in labelled])
     out = np.full(len(series), np.nan)
     decided = np.zeros(len(series), bool)
     thresholds = []
-    for fold in sorted(set(folds.tolist())):
-        inside, other = folds == fold, folds != fold
-        other_slices = slice_folds != fold
-        slope, intercept, threshold, _ = operating_fit(scores[other], positive[other], slice_scores[other_slices],
-                                                       slice_lesion[other_slices])
+    for fold, (slope, intercept, threshold) in fold_fits(series, slices).items():
+        inside = folds == fold
         out[inside] = calibrated(scores[inside], slope, intercept)
         decided[inside] = out[inside] >= threshold
         thresholds.append(threshold)
@@ -205,6 +212,48 @@ def key_slice_placement(slices: Sequence[SliceRecord], lesion_series: set[str], 
     top = sum(rows[0].label == 1 for rows in located) / len(located)
     among = sum(any(r.label == 1 for r in rows[:key]) for rows in located) / len(located)
     return top, among, len(located)
+
+
+def lesion_free_remainders(slices: Sequence[SliceRecord], series: Sequence[SeriesRecord], key: int
+                           ) -> dict[str, object] | None:
+    """Each located lesion series again without its lesion: the study its lesion-free slices alone
+    make, scored, calibrated and thresholded as the node would (the fold's cross-fitted fit).
+
+    Why: where the data hold no lesion-free series (or only ones from another source), this is the
+    one series-level negative from the same patient, scanner and protocol. How often such a remainder
+    is flagged estimates how often a lesion-free study is; the AUC of each series against its own
+    remainder is a series-level AUC no source shortcut can reach (the baseline beside it says how
+    much the remaining slices alone still tell). The remainders come from patients with a lesion
+    and are shorter than their series, so this is a proxy, not a measurement on lesion-free
+    patients. None when no lesion series has slice labels.
+    """
+    fits = fold_fits(series, slices)
+    by_series: dict[str, list[SliceRecord]] = defaultdict(list)
+    for record in slices:
+        by_series[record.series].append(record)
+    pairs = []
+    for s in series:
+        rows = by_series[s.series]
+        free = [r for r in rows if r.label == 0]
+        if not s.lesion or not any(r.label == 1 for r in rows) or len(free) < key:
+            continue
+        slope, intercept, threshold = fits[s.fold]
+        score = float(np.sort([r.probability for r in free])[-key:].mean())
+        base = float(np.sort([r.baseline for r in free])[-key:].mean())
+        flagged = bool(calibrated(np.array([score]), slope, intercept)[0] >= threshold)
+        pairs.append((s.patient, s.score, score, s.baseline, base, flagged))
+    if not pairs:
+        return None
+    groups = [p[0] for p in pairs]
+    flags = np.array([p[5] for p in pairs], float)
+    paired_groups = groups + groups
+    positive = np.r_[np.ones(len(pairs), bool), np.zeros(len(pairs), bool)]
+    return {"series": len(pairs), "flagged": int(flags.sum()),
+            "flagged_share": asdict(patient_bootstrap(lambda i: float(flags[i].mean()), groups)),
+            "auc": asdict(auc_estimate(np.array([p[1] for p in pairs] + [p[2] for p in pairs]), positive,
+                                       paired_groups)),
+            "baseline_auc": asdict(auc_estimate(np.array([p[3] for p in pairs] + [p[4] for p in pairs]), positive,
+                                                paired_groups))}
 
 
 def summary(slices: Sequence[SliceRecord], series: Sequence[SeriesRecord], key: int = 3) -> dict[str, object]:
@@ -245,7 +294,8 @@ def summary(slices: Sequence[SliceRecord], series: Sequence[SeriesRecord], key: 
                    "sensitivity": asdict(point.sensitivity), "specificity": asdict(point.specificity),
                    "fold_thresholds": list(point.thresholds),
                    "top_slice_is_lesion": top_share, "key_slices_include_lesion": key_share,
-                   "key_slices": key, "located_lesion_series": located},
+                   "key_slices": key, "located_lesion_series": located,
+                   "lesion_free_remainder": lesion_free_remainders(slices, series, key)},
         "localisation": {
             "lesion_slices": len(hits),
             "pointing_game": asdict(patient_bootstrap(lambda i: float(hits[i].mean()), hit_groups))

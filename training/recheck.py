@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from onconode.models import load_manifest
@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     oof = run_folder(args.runs, spec)
     if (oof / "oof-slices.json").exists():
         slices = [SliceRecord(**r) for r in json.loads((oof / "oof-slices.json").read_text())]
-        series = [SeriesRecord(**r) for r in json.loads((oof / "oof-series.json").read_text())]
+        known = {f.name for f in fields(SeriesRecord)}  # files of earlier runs may hold more keys
+        series = [SeriesRecord(**{k: v for k, v in r.items() if k in known})
+                  for r in json.loads((oof / "oof-series.json").read_text())]
         cv = summary(slices, series, spec.slices.key)
     report = Release(**{**report.__dict__, "external": external, "cv": cv})
     manifest = load_manifest(args.out / f"{spec.name}.yaml")

@@ -102,8 +102,10 @@ def data_facts(series: list[SeriesExamples]) -> dict[str, Any]:
             "sequences": sorted({s.meta.sequence for s in series})}
 
 
-def build_manifest(spec: ModelSpec, onnx_path: Path, calibration: tuple[float, float], threshold: float
-                   ) -> Manifest:
+def build_manifest(spec: ModelSpec, onnx_path: Path, calibration: tuple[float, float], threshold: float,
+                   basis: str = "series") -> Manifest:
+    """The shipped manifest; a study verdict only where ``basis`` says the threshold was fit on series
+    with and without the finding (``evaluate.operating_fit``)."""
     finding = spec.finding
     return Manifest(
         name=spec.name, version=spec.version, modality=spec.modality, file=onnx_path.name,  # type: ignore[arg-type]
@@ -113,7 +115,8 @@ def build_manifest(spec: ModelSpec, onnx_path: Path, calibration: tuple[float, f
         labels=(Label(name=spec.labels[0], cancer=False, snomed=SnomedCode(code="260413007", display="None")),
                 Label(name=spec.labels[1], cancer=True, snomed=SnomedCode(code=finding.code, display=finding.meaning))),
         decision=Decision(positive_labels=(spec.labels[1],), threshold=threshold,
-                          calibration=Calibration(slope=calibration[0], intercept=calibration[1])),
+                          calibration=Calibration(slope=calibration[0], intercept=calibration[1]),
+                          verdict=basis == "series"),
         accepts=spec.accepts, slices=spec.slices, finding=spec.finding, display=spec.display,
         card=f"{spec.name}.md", metrics=f"{spec.name}.metrics.json")
 
@@ -232,7 +235,7 @@ def release(spec: ModelSpec, series: list[SeriesExamples], out_dir: Path, dicom:
     sample = np.concatenate([s.planes[:16] for s in series[:4]])
     onnx_logits, _ = onnx_outputs(session(onnx_path), normalise(sample, spec).contiguous().numpy())
     diff = float(np.abs(logits_of(model, sample, spec) - onnx_logits).max())
-    manifest = build_manifest(spec, onnx_path, calibration, threshold)
+    manifest = build_manifest(spec, onnx_path, calibration, threshold, decision_basis)
     (out_dir / f"{spec.name}.yaml").write_text(yaml.safe_dump(manifest.model_dump(mode="json", exclude_none=True),
                                                               sort_keys=False))
     with tempfile.TemporaryDirectory() as folder:

@@ -83,7 +83,7 @@ class ModelSpec:
 
 CHEST_CT = ModelSpec(
     name="chest-ct-nodule",
-    version="2.1.0",
+    version="2.1.1",
     modality="CT",
     data="chest-ct",
     finding=FindingSpec(code="786838002", scheme="SCT", meaning="Pulmonary nodule",
@@ -166,9 +166,9 @@ BRAIN_MR_CONTEXT = replace(BRAIN_MR, version="2.2.0",
                            preprocess=BRAIN_MR.preprocess.model_copy(update={"context_mm": 5.0}))
 
 # A candidate: half of each epoch's lesion-free slices are the ones the model scores highest at the
-# epoch's start. Out of fold, 2.1.0's most suspicious slice is usually a lesion-free slice at the apex
-# or the base, far from the nodule, and uniform sampling shows the model such slices rarely. Version
-# 2.3.0 because the context candidate was 2.2.0 (models/RELEASE-NOTES.md).
+# epoch's start. Out of fold, 2.1.0's most suspicious slice is usually a lesion-free slice (mid-lung,
+# a few slices from the nodule; see models/RELEASE-NOTES.md, 2.1.1), and uniform sampling shows the
+# model its hardest ones rarely. Version 2.3.0 because the context candidate was 2.2.0.
 CHEST_CT_HARD = replace(CHEST_CT, version="2.3.0", hard_negatives=0.5)
 
 SPECS: dict[str, ModelSpec] = {"chest-ct": CHEST_CT, "brain-mr": BRAIN_MR, "chest-ct-context": CHEST_CT_CONTEXT,

@@ -45,7 +45,7 @@ def models(runtime: RuntimeDep) -> schemas.Models:
         out.append(schemas.ModelOut(name=m.name, version=m.version, modality=m.modality, file=m.file,
                                     sha256=m.sha256, labels=[label.name for label in m.labels],
                                     positive_labels=list(m.decision.positive_labels),
-                                    threshold=m.decision.threshold,
+                                    threshold=m.decision.threshold, verdict=m.decision.verdict,
                                     finding=schemas.FindingOut(**m.finding.model_dump()),
                                     accepts=m.accepts.summary(m.modality)))
     return schemas.Models(models=out, note=runtime.models_note)

@@ -104,11 +104,12 @@ class ConclusionOut(_Out):
     """What the node concluded about the study; the SR, the FHIR report and the captions say the same."""
 
     headline: str
-    verdict: str = Field(description="positive or negative")
+    verdict: str = Field(description="positive, negative, or 'no verdict' when the model's study decision was "
+                                     "never measured on studies without the finding (slices ranked only)")
     finding: FindingOut
     probability: float = Field(description="study probability that the finding is present (calibrated)")
     threshold: float
-    positive: bool
+    positive: bool | None = Field(description="None when the model states no verdict")
     method: str = Field(description="how the study probability comes from the per-slice probabilities")
     model: str
     model_version: str
@@ -171,6 +172,8 @@ class ModelOut(_Out):
     labels: list[str]
     positive_labels: list[str]
     threshold: float
+    verdict: bool = Field(default=True, description="false: the model states no positive or negative, its study "
+                                                    "decision never having been measured (slices ranked only)")
     finding: FindingOut | None = None
     accepts: str | None = Field(default=None, description="the series it reads")
 

@@ -12,7 +12,8 @@ Output: a validated ``fhir.resources.R4B.bundle.Bundle`` holding
   instances, start and endpoint, so the EHR can open the images;
 - two Observations: the study probability (code "Probability", DICOM 122157; the threshold as a
   component) and the decision (code = the finding the model looks for, value Present/Absent,
-  interpretation POS/NEG), both with the exam's date as ``effectiveDateTime``;
+  interpretation POS/NEG), both with the exam's date as ``effectiveDateTime``; a model that states
+  no verdict (``Decision.verdict``) gets the probability alone, without threshold or decision;
 - one Media per key image (PNG), and the DiagnosticReport (preliminary: nobody verified it),
   identified by the SR's UID, with the headline as ``conclusion`` and no ``conclusionCode``: a
   coded disorder there would reach problem lists, and an AI probability is not a diagnosis;
@@ -173,23 +174,30 @@ def build_bundle(conclusion: Conclusion, study: StudyFacts, sr_uid: str, issued:
               **effective, "issued": issued.isoformat(), "device": device_ref,
               "derivedFrom": [{"reference": url["study"]}], "note": note}
     finding = conclusion.finding
-    entries.append(_observation(url["probability"], {
+    probability: dict[str, Any] = {
         **common,
         "code": {"coding": [PROBABILITY], "text": f"AI probability of {finding.display} (whole study)"},
         "valueQuantity": {"value": round(conclusion.probability, 6), "unit": "1", "system": UCUM, "code": "1"},
         "method": {"text": f"{algorithm.name} {algorithm.version}: {conclusion.method}"},
-        "component": [{"code": {"text": "decision threshold"},
-                       "valueQuantity": {"value": round(conclusion.threshold, 6), "unit": "1", "system": UCUM,
-                                         "code": "1"}}],
-    }))
-    entries.append(_observation(url["decision"], {
-        **common,
-        "code": {"coding": [{"system": SYSTEMS.get(finding.scheme, finding.scheme), "code": finding.code,
-                             "display": finding.meaning}], "text": f"AI: {finding.display}"},
-        "valueCodeableConcept": {"coding": [PRESENT if conclusion.positive else ABSENT]},
-        "interpretation": [{"coding": [POSITIVE if conclusion.positive else NEGATIVE]}],
-        "hasMember": [{"reference": url["probability"]}],
-    }))
+    }
+    results = [{"reference": url["probability"]}]
+    # A model that states no verdict (``Decision.verdict``) gets no decision Observation and no
+    # threshold: the probability stands alone, and the conclusion text says why.
+    if conclusion.positive is not None:
+        probability["component"] = [{"code": {"text": "decision threshold"},
+                                     "valueQuantity": {"value": round(conclusion.threshold, 6), "unit": "1",
+                                                       "system": UCUM, "code": "1"}}]
+    entries.append(_observation(url["probability"], probability))
+    if conclusion.positive is not None:
+        entries.append(_observation(url["decision"], {
+            **common,
+            "code": {"coding": [{"system": SYSTEMS.get(finding.scheme, finding.scheme), "code": finding.code,
+                                 "display": finding.meaning}], "text": f"AI: {finding.display}"},
+            "valueCodeableConcept": {"coding": [PRESENT if conclusion.positive else ABSENT]},
+            "interpretation": [{"coding": [POSITIVE if conclusion.positive else NEGATIVE]}],
+            "hasMember": [{"reference": url["probability"]}],
+        }))
+        results.insert(0, {"reference": url["decision"]})
     media_refs = []
     for n, image in enumerate(key_images, start=1):
         media_url = _urn(sr_uid, f"media-{n}")
@@ -205,7 +213,7 @@ def build_bundle(conclusion: Conclusion, study: StudyFacts, sr_uid: str, issued:
         "resourceType": "DiagnosticReport", "identifier": identifiers, "status": "preliminary",
         "category": [{"coding": [CATEGORY_RAD]}], "code": {"coding": [REPORT_CODE]}, "subject": subject,
         **effective, "issued": issued.isoformat(),
-        "result": [{"reference": url["decision"]}, {"reference": url["probability"]}],
+        "result": results,
         "imagingStudy": [{"reference": url["study"]}],
         "conclusion": f"{conclusion.headline()}. {NOT_FOR_DIAGNOSIS}",
     }

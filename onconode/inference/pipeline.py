@@ -87,7 +87,9 @@ class AnalysisResult:
     labels: tuple[str, ...] = ()
     probabilities: tuple[float, ...] = ()  # per label, same order as ``labels``
     predicted_label: str | None = None
-    positive: bool | None = None         # decision: positive_probability >= threshold
+    # decision: positive_probability >= threshold; None when not analysed, or when the manifest states
+    # no verdict (``Decision.verdict``), and then no predicted label either
+    positive: bool | None = None
     positive_probability: float | None = None
     threshold: float | None = None
     slices_total: int = 0
@@ -209,7 +211,9 @@ def _run_model(scan: series.StudyScan, decisions: tuple[series.SeriesDecision, .
     return AnalysisResult(
         study_uid, Outcome.ANALYSED, reason, decisions, rule=rule.name if rule else None, model=manifest.name,
         model_version=manifest.version, series_uid=chosen.series_uid, labels=tuple(labels),
-        probabilities=score.probabilities, predicted_label=labels[score.predicted], positive=score.positive,
+        probabilities=score.probabilities,
+        predicted_label=labels[score.predicted] if manifest.decision.verdict else None,
+        positive=score.positive if manifest.decision.verdict else None,
         positive_probability=score.positive_probability, threshold=manifest.decision.threshold,
         slices_total=len(vol.slices), slices_analysed=chosen_idx, key_slices=tuple(keys), slice_scores=scores,
         slice_paths={vol.slices[i].sop_instance_uid: vol.slices[i].path for i in chosen_idx},

@@ -35,10 +35,9 @@ def caption_lines(conclusion: Conclusion, score: SliceScore) -> tuple[str, ...]:
     def ascii_only(text: str) -> str:
         return text.encode("ascii", "replace").decode()
 
-    relation = ">=" if conclusion.positive else "<"
     return (NOT_FOR_DIAGNOSIS,
             ascii_only(f"{conclusion.finding.display}: {conclusion.verdict.upper()} (whole study)"),
-            f"study probability {conclusion.probability:.2f} {relation} threshold {conclusion.threshold:.2f}",
+            conclusion.probability_line(),
             f"this slice: probability {score.probability:.2f} (per slice)",
             ascii_only(f"{conclusion.algorithm.name} {conclusion.algorithm.version}"))
 

@@ -20,7 +20,8 @@ Content (PS3.16), saying one thing:
   group citing its image. The algorithm is identified once per group, on its measurement;
 - TID 1500's Qualitative Evaluations container with the decision, one coded item "<finding> =
   Present" or "Absent", and a comment with the headline that reads "research use only, not for
-  diagnosis", where every SR viewer shows the report's text.
+  diagnosis", where every SR viewer shows the report's text. A model that states no verdict
+  (``Decision.verdict``) gets the comment only, which says so.
 Evidence (Current Requested Procedure Evidence) is the analysed slices only; OncoNode's own
 outputs are never listed as evidence. A revision references the SR it replaces (PS3.3 C.17.2), and
 the groups keep their tracking UIDs across revisions of the same study by the same model.
@@ -116,7 +117,8 @@ def build_sr(conclusion: Conclusion, sources: Sequence[Dataset], series_uid: str
     algorithm = conclusion.algorithm
     algorithm_id = hd.sr.AlgorithmIdentification(
         name=algorithm.name, version=algorithm.version, family=ALGORITHM_FAMILY,
-        parameters=[f"decision threshold {conclusion.threshold:.4g} on the study probability",
+        parameters=[f"decision threshold {conclusion.threshold:.4g} on the study probability"
+                    if conclusion.positive is not None else "no decision threshold: slices ranked only",
                     f"study probability: {conclusion.method}"[:1024]])
 
     def refs(scores: Sequence[SliceScore]) -> list[hd.sr.SourceImageForMeasurementGroup]:
@@ -205,11 +207,14 @@ def _tid1604_row_order(root: Dataset) -> None:
 
 
 def _qualitative_evaluations(conclusion: Conclusion, finding: hd.sr.CodedConcept) -> hd.sr.ContainerContentItem:
-    """TID 1500's Qualitative Evaluations: the decision, and the notice a reader sees with it."""
+    """TID 1500's Qualitative Evaluations: the decision, and the notice a reader sees with it. A model
+    that states no verdict gets no present/absent code: only the comment, which says why."""
+    items: list[hd.sr.ContentItem] = []
+    if conclusion.positive is not None:
+        items.append(hd.sr.CodeContentItem(finding, PRESENT if conclusion.positive else ABSENT,
+                                           relationship_type="CONTAINS"))
+    items.append(hd.sr.TextContentItem(COMMENT, f"{conclusion.headline()}. {NOT_FOR_DIAGNOSIS}"[:1024],
+                                       relationship_type="CONTAINS"))
     container = hd.sr.ContainerContentItem(QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
-    container.ContentSequence = hd.sr.ContentSequence([
-        hd.sr.CodeContentItem(finding, PRESENT if conclusion.positive else ABSENT, relationship_type="CONTAINS"),
-        hd.sr.TextContentItem(COMMENT, f"{conclusion.headline()}. {NOT_FOR_DIAGNOSIS}"[:1024],
-                              relationship_type="CONTAINS"),
-    ])
+    container.ContentSequence = hd.sr.ContentSequence(items)
     return container

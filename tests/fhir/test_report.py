@@ -149,3 +149,23 @@ def test_sekmet_stores_the_bundle_once_and_reads_it_back(ct_conclusion, facts, t
         assert kinds == ["DiagnosticReport", "Observation", "Observation"]
     finally:
         server.stop()
+
+
+def test_without_a_verdict_the_report_carries_the_probability_alone(no_verdict, facts) -> None:
+    """No decision Observation and no threshold component; the conclusion text says why."""
+    _, _, c = no_verdict
+    b = bundle(c, facts)
+    (report,) = resources(b, "DiagnosticReport")
+    (probability,) = resources(b, "Observation")
+    assert probability["code"]["coding"][0]["code"] == "122157" and "component" not in probability
+    assert probability["valueQuantity"]["value"] == round(c.probability, 6)
+    assert len(report["result"]) == 1 and report["conclusion"].startswith(c.headline())
+    assert "NO VERDICT" in report["conclusion"]
+
+
+@pytest.mark.peers
+def test_medplum_validates_a_bundle_without_a_verdict(no_verdict, facts, tmp_path: Path) -> None:
+    path = tmp_path / "bundle.json"
+    path.write_text(bundle(no_verdict[2], facts).model_dump_json(exclude_none=True))
+    ok, output = peers.medplum_validate(path)
+    assert ok, output

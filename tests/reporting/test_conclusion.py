@@ -36,3 +36,19 @@ def test_only_an_analysis_by_the_model_concludes(ct_result, registry) -> None:
         conclude(none, registry["test-ct"].manifest)
     with pytest.raises(ValueError):
         conclude(ct_result, registry["test-mr"].manifest)
+
+
+def test_a_model_that_states_no_verdict_concludes_with_its_probability_alone(no_verdict, ct_result,
+                                                                              registry) -> None:
+    """A manifest with ``decision.verdict: false``: the conclusion keeps the study probability and the
+    key slices, and says in every form that there is no positive or negative."""
+    result, _, c = no_verdict
+    assert c.positive is None and c.verdict == "no verdict"
+    assert c.probability == result.positive_probability and c.key
+    headline = c.headline()
+    assert "NO VERDICT" in headline and f"{c.probability:.2f}" in headline and "threshold" not in headline
+    assert "no threshold" in c.probability_line()
+    assert from_dict(c.to_dict()) == c
+    # A result without its decision is no analysis by a model that states one.
+    with pytest.raises(ValueError):
+        conclude(result, registry["test-ct"].manifest)

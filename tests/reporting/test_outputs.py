@@ -180,3 +180,28 @@ def test_sc_refuses_a_non_rgb_array(ct_files, ct_conclusion) -> None:
     with pytest.raises(ValueError, match="uint8"):
         build_sc(source, np.zeros((4, 4), np.uint8), ct_conclusion, generate_uid(), 1, 1, generate_uid(),
                  datetime.now(UTC), "node")
+
+
+@pytest.mark.peers
+def test_without_a_verdict_the_outputs_state_none_and_stay_valid(ct_files, no_verdict, tmp_path: Path) -> None:
+    """No Present/Absent anywhere, no threshold named, the headline saying why; still valid DICOM."""
+    from onconode.reporting.sc import caption_lines
+
+    result, manifest, conclusion = no_verdict
+    outputs = build_outputs(conclusion, result, ct_files, manifest, "node")
+    for output in outputs.files:
+        (tmp_path / output.name).write_bytes(output.data)
+    path = tmp_path / "sr.dcm"
+    assert peers.dciodvfy_errors(path) == []
+    assert peers.pixelmed_sr_problems(path) == []
+    ds = pydicom.dcmread(path)
+    (container,) = [i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
+    assert [i.ValueType for i in container.ContentSequence] == ["TEXT"]
+    assert "NO VERDICT" in container.ContentSequence[0].TextValue
+    texts = [e.value for e in ds.iterall() if e.keyword == "TextValue"]
+    assert "no decision threshold: slices ranked only" in texts
+    assert not any("decision threshold " in t for t in texts if t != "no decision threshold: slices ranked only")
+    sc = pydicom.dcmread(tmp_path / "sc-1.dcm")
+    assert conclusion.headline() in sc.ImageComments
+    lines = caption_lines(conclusion, conclusion.key[0])
+    assert any("NO VERDICT" in line for line in lines) and not any(">=" in line or " < " in line for line in lines)

@@ -69,7 +69,7 @@ def _slice(series: str, fold: int, label: int, probability: float):
 
 def _series(name: str, fold: int, lesion: bool, score: float):
     from training.evaluate import SeriesRecord
-    return SeriesRecord(name, name, "ct", fold, lesion, score, 0.5, 0, 1)
+    return SeriesRecord(name, name, "ct", fold, lesion, score, 0.5)
 
 
 def test_operating_point_of_one_class_series_comes_from_the_slices() -> None:
@@ -117,3 +117,33 @@ def test_key_slice_placement_counts_only_series_that_say_where_the_lesion_is() -
     assert located == 3
     assert top == pytest.approx(1 / 3) and among == pytest.approx(2 / 3)
     assert np.isnan(key_slice_placement(slices, {"whole"}, key=3)[0])
+
+
+def test_lesion_free_remainders_score_each_lesion_series_without_its_lesion() -> None:
+    """The remainder of a series keeps only its lesion-free slices and is decided with the fold's
+    cross-fitted fit; a model that fires on lesion-free slices flags its remainders, one that does not
+    ranks every series above its own remainder; series without slice labels are left out."""
+    from training.evaluate import lesion_free_remainders
+
+    def data(clear_high: float) -> tuple[list, list]:
+        rng = np.random.default_rng(1)
+        slices, series = [], []
+        for i in range(9):
+            fold = i % 3
+            lesion = rng.uniform(0.6, 0.9, 4)
+            clear = np.r_[rng.uniform(0.02, 0.2, 20), [clear_high] * 3]
+            slices += [_slice(f"s{i}", fold, 1, p) for p in lesion] + [_slice(f"s{i}", fold, 0, p) for p in clear]
+            probs = np.r_[lesion, clear]
+            series.append(_series(f"s{i}", fold, True, float(np.sort(probs)[-3:].mean())))
+        slices += [_slice("whole", 0, -1, 0.9)] * 5
+        series.append(_series("whole", 0, True, 0.9))
+        return slices, series
+
+    quiet = lesion_free_remainders(*data(0.1), key=3)
+    assert quiet is not None and quiet["series"] == 9
+    assert quiet["flagged"] == 0 and quiet["auc"]["value"] == 1.0
+    noisy = lesion_free_remainders(*data(0.95), key=3)
+    assert noisy is not None and noisy["flagged"] == 9
+    assert noisy["auc"]["value"] <= 0.5 and noisy["flagged_share"]["value"] == 1.0
+    slices, series = data(0.1)
+    assert lesion_free_remainders([r for r in slices if r.label != 1], series, key=3) is None

@@ -31,6 +31,9 @@ def test_registry_accepts_the_shipped_models_and_nothing_else() -> None:
         assert [label.name for label in manifest.labels] == ["none", "lesion"]
         assert manifest.decision.positive_labels == ("lesion",)
         assert 0.0 < manifest.decision.threshold < 1.0
+        # A study verdict only where the threshold was fit on series with and without the finding.
+        basis = json.loads((MODELS / str(manifest.metrics)).read_text())["decision_basis"]
+        assert manifest.decision.verdict == (basis == "series"), name
 
 
 def test_features_have_the_shape_gradcam_weights_expect() -> None:

@@ -29,9 +29,12 @@ function text(tag, value, cls) {
 }
 
 function finding(s) {
-  if (s.positive == null) return text("span", s.state === "no_model" ? "no applicable model" : "—");
-  const verdict = s.positive ? "positive" : "negative";
-  const cell = text("span", s.finding + ": " + verdict, verdict);
+  if (s.positive == null && s.positive_probability == null) {
+    return text("span", s.state === "no_model" ? "no applicable model" : "—");
+  }
+  // An analysed study without a positive or negative: the model states no verdict (slices ranked only).
+  const verdict = s.positive == null ? "no verdict" : s.positive ? "positive" : "negative";
+  const cell = text("span", s.finding + ": " + verdict, s.positive == null ? "no-verdict" : verdict);
   cell.title = s.headline || "";
   return cell;
 }
