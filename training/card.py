@@ -146,6 +146,13 @@ def _same_source(rest: dict[str, Any] | None) -> str:
             f"{rest['baseline_auc']['value']:.3f}.")
 
 
+def _ece_ci(series: dict[str, Any]) -> str:
+    ci = series.get("ece_calibrated_ci")
+    if not ci or ci["low"] != ci["low"]:
+        return ""
+    return f" (95% CI {ci['low']:.3f}–{ci['high']:.3f}, patient bootstrap; a resampled ECE is biased upwards)"
+
+
 def _share(value: float | None) -> str:
     return "(not measured)" if value is None or math.isnan(value) else f"{value:.0%}"
 
@@ -210,7 +217,8 @@ def _targets(r: Release, manifest: Manifest) -> str:
          _met(None if loc is None else loc["value"] >= TARGET_POINTING)],
         ["key slice on a lesion slice on every lesion study of the external check",
          f"{sum(external_keys)} of {len(external_keys)}", _met(bool(external_keys) and all(external_keys))],
-        [f"ECE ≤ {TARGET_ECE} per series after calibration (cross-fitted)", f"{series['ece_calibrated']:.3f}",
+        [f"ECE ≤ {TARGET_ECE} per series after calibration (cross-fitted)",
+         _est(series.get("ece_calibrated_ci")) if series.get("ece_calibrated_ci") else f"{series['ece_calibrated']:.3f}",
          _met(series["ece_calibrated"] <= TARGET_ECE)],
         [f"ONNX ≤ {TARGET_MS:g} ms per slice, batch 1, 2 threads",
          f"{r.latency.onnx_ms:.1f} ms (PyTorch eager {r.latency.torch_ms:.1f} ms)", _met(r.latency.onnx_ms <= TARGET_MS)],
@@ -319,7 +327,8 @@ used for training, tuning or thresholds.
   baseline {_est(slices_['baseline_auc'])}.{_within(slices_)}
 - Operating point (cross-fitted thresholds {', '.join(f'{t:.3f}' for t in series['fold_thresholds'])}):
   sensitivity {_est(series['sensitivity'])}, specificity {_est(series['specificity'])}.
-- Calibration per series: ECE {series['ece_raw']:.3f} before, {series['ece_calibrated']:.3f} after.
+- Calibration per series: ECE {series['ece_raw']:.3f} before, {series['ece_calibrated']:.3f} after\
+{_ece_ci(series)}.
 - Localisation on {cv['localisation']['lesion_slices']} lesion slices: heat-map peak inside the lesion
   (+1 cm) {_est(cv['localisation']['pointing_game'])}; mean share of the heat inside the lesion
   {cv['localisation']['heat_share_mean']:.3f}.

@@ -290,6 +290,9 @@ def summary(slices: Sequence[SliceRecord], series: Sequence[SeriesRecord], key: 
                    "auc": asdict(auc_estimate(scores, positive, groups)),
                    "baseline_auc": asdict(auc_estimate(base, positive, groups)),
                    "ece_calibrated": ece(calibrated_probs, positive) if len(series) else float("nan"),
+                   # Few series fill few bins: the interval says how far the point can be trusted.
+                   "ece_calibrated_ci": asdict(patient_bootstrap(lambda i: ece(calibrated_probs[i], positive[i]),
+                                                                groups)) if len(series) else None,
                    "ece_raw": ece(scores, positive) if len(series) else float("nan"),
                    "sensitivity": asdict(point.sensitivity), "specificity": asdict(point.specificity),
                    "fold_thresholds": list(point.thresholds),
