@@ -88,3 +88,18 @@ def test_with_a_token_the_page_asks_for_it_then_lists_studies(browser, tmp_path:
         page.close()
     finally:
         node.stop()
+
+
+def test_a_study_without_a_verdict_reads_no_verdict(browser, processed: Processed) -> None:  # type: ignore[no-untyped-def]
+    """A model that states no verdict (``Decision.verdict`` false): the row names the finding with
+    "no verdict", never positive or negative; a study never analysed keeps its own wording."""
+    page = browser.new_page()
+    page.goto(f"{processed.node.api_url}/status/")
+    page.locator("#ready").wait_for(timeout=15000)
+    cell = page.evaluate("() => { const c = finding({positive: null, positive_probability: 0.31, state: 'reported', "
+                         "finding: 'suspicious lung nodule or mass', headline: 'h'}); "
+                         "return [c.textContent, c.className]; }")
+    assert cell == ["suspicious lung nodule or mass: no verdict", "no-verdict"]
+    assert page.evaluate("() => finding({positive: null, positive_probability: null, state: 'no_model'})"
+                         ".textContent") == "no applicable model"
+    page.close()
