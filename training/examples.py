@@ -100,7 +100,7 @@ def _volume(npz: Any, spec: ModelSpec, info: dict[str, Any]) -> tuple[np.ndarray
     positive = set(info.get("positive_labels") or [])
     mask = np.isin(npz["mask"], list(positive)) if positive else npz["mask"] > 0
     labels = mask.reshape(mask.shape[0], -1).any(axis=1).astype(np.int8)
-    return values, labels, mask
+    return values, np.asarray(labels), np.asarray(mask)
 
 
 def _to_model(mask: np.ndarray, placement: Placement) -> np.ndarray:

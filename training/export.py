@@ -39,7 +39,7 @@ def export(model: LiteClassifier, size: tuple[int, int], path: Path) -> None:
     OnnxExportError
         If ``classifier.weight``/``classifier.bias`` are not graph initializers.
     """
-    model = model.eval().to(memory_format=torch.contiguous_format)
+    model = model.eval().to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # stubs lack memory_format
     dummy = torch.zeros(1, 3, *size)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():

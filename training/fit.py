@@ -132,7 +132,7 @@ def fit(spec: ModelSpec, train: Sequence[SeriesExamples], valid: Sequence[Series
     model = LiteClassifier(2, spec.size[0], pretrained=pretrained, feature_stride=spec.feature_stride,
                            fused=spec.feature_fusion)
     model.freeze_early(spec.frozen_blocks)
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs lack memory_format
     augment = Augmenter(spec.preprocess, generator)
     steps_per_epoch = max(1, spec.samples_per_epoch // spec.batch_size)
     total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)

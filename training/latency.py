@@ -47,7 +47,7 @@ def measure(onnx_path: Path, model: LiteClassifier, size: tuple[int, int], threa
     torch.set_num_threads(threads)
     image = np.random.default_rng(0).standard_normal((1, 3, *size)).astype(np.float32)
     sess = session(onnx_path, threads)
-    model = model.eval().to(memory_format=torch.channels_last)
+    model = model.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs lack memory_format
     tensor = torch.from_numpy(image).contiguous(memory_format=torch.channels_last)
 
     def run_torch() -> None:

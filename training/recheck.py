@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Any
 
 from onconode.models import load_manifest
 from training.card import render_card
@@ -29,8 +30,11 @@ from training.specs import SPECS
 
 def load_release(path: Path) -> Release:
     data = json.loads(path.read_text())
-    data["external"] = [ExternalResult(**{k: tuple(v) if isinstance(v, list) else v for k, v in e.items()})
-                        for e in data["external"]]
+    def external(entry: dict[str, Any]) -> ExternalResult:
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()}
+        return ExternalResult(**values)
+
+    data["external"] = [external(e) for e in data["external"]]
     data["latency"] = Latency(**data["latency"])
     data["calibration"] = tuple(data["calibration"])
     return Release(**data)

@@ -178,7 +178,7 @@ def _failure_pictures(spec: ModelSpec, series: list[SeriesExamples], slices: lis
     probs = calibrated(np.array([r.score for r in records]), *calibration)
     false_pos = sorted((p, r) for p, r in zip(probs, records) if not r.lesion and p >= threshold)[::-1][:3]
     false_neg = sorted((p, r) for p, r in zip(probs, records) if r.lesion and p < threshold)[:3]
-    out = []
+    out: list[dict[str, Any]] = []
     for kind, chosen in (("false positive", false_pos), ("false negative", false_neg)):
         for probability, record in chosen:
             examples = by_key[record.series]
