@@ -118,7 +118,8 @@ def conclude(result: AnalysisResult, manifest: Manifest) -> Conclusion:
         study_uid=result.study_uid, series_uid=result.series_uid, modality=manifest.modality,
         finding=Finding(spec.code, spec.scheme, spec.meaning, spec.display),
         probability=float(result.positive_probability), threshold=float(manifest.decision.threshold),
-        positive=None if result.positive is None else bool(result.positive),
+        # The manifest decides whether there is a verdict at all; the result only which one.
+        positive=bool(result.positive) if manifest.decision.verdict else None,
         method=f"mean of the {len(result.key_slices)} highest per-slice probabilities of "
                f"{len(result.slice_scores)} analysed slices",
         algorithm=Algorithm.from_model(manifest.name, manifest.version, manifest.sha256),
