@@ -4,8 +4,9 @@
 (what ``training.train`` measured), runs ``release.external_check`` with the files in ``<out>`` as
 they are, and writes the card and the metrics again. Nothing is retrained: the node-side figures
 (the external studies, the pictures) are measured anew, e.g. after a change to the node's selection
-or heat maps, and where the run's out-of-fold predictions are kept (``runs/<name>/oof-*.json``) the
-cross-validated summary is recomputed from them, e.g. after a change to how it is summarised.
+or heat maps, and where the run's out-of-fold predictions are kept (``runs/<name>-<version>/oof-*.json``)
+the cross-validated summary is recomputed from them, e.g. after a change to how it is summarised, and
+with the prepared training data at hand, so are the failure pictures.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from typing import Any
 from onconode.models import load_manifest
 from training.card import render_card
 from training.evaluate import SeriesRecord, SliceRecord, summary
+from training.examples import load_all
 from training.latency import Latency
-from training.release import ExternalResult, Release, external_check, run_folder
+from training.release import ExternalResult, Release, external_check, failure_pictures, run_folder
 from training.specs import SPECS
 
 
@@ -63,6 +65,11 @@ def main(argv: list[str] | None = None) -> None:
         series = [SeriesRecord(**{k: v for k, v in r.items() if k in known})
                   for r in json.loads((oof / "oof-series.json").read_text())]
         cv = summary(slices, series, spec.slices.key)
+        examples = load_all(spec)
+        if examples:  # the prepared data is here: the failure pictures are drawn again too
+            failures = failure_pictures(spec, examples, slices, series, report.threshold, report.calibration,
+                                        args.out)
+            report = Release(**{**report.__dict__, "failures": failures})
     report = Release(**{**report.__dict__, "external": external, "cv": cv})
     manifest = load_manifest(args.out / f"{spec.name}.yaml")
     (args.out / f"{spec.name}.md").write_text(render_card(spec, manifest, report))

@@ -14,6 +14,7 @@ import logging
 import shutil
 import statistics
 import tempfile
+from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -169,25 +170,48 @@ def _external(case: ExternalCase, files: list[Path], result: AnalysisResult, reg
                           tuple(stem in case.lesion_slices for stem in key_files), tuple(peaks), picture)
 
 
-def _failure_pictures(spec: ModelSpec, series: list[SeriesExamples], slices: list[SliceRecord],
+def _first(pair: tuple[float, SeriesRecord]) -> float:
+    """Sort key of (probability, record) pairs: records themselves have no order."""
+    return pair[0]
+
+
+def failure_pictures(spec: ModelSpec, series: list[SeriesExamples], slices: list[SliceRecord],
                       records: list[SeriesRecord], threshold: float, calibration: tuple[float, float],
                       out_dir: Path) -> list[dict[str, Any]]:
     """The worst out-of-fold errors, as pictures: lesion-free series scored highest, lesion series
-    scored lowest, each shown on its most suspicious slice (or its lesion slice the model scored lowest)."""
+    scored lowest, each shown on its most suspicious slice (or its lesion slice the model scored lowest),
+    and the lesion series still flagged on their lesion-free slices alone
+    (``evaluate.lesion_free_remainders``), shown on the lesion-free slice that drives the score."""
     by_key = {s.meta.key: s for s in series}
+    by_series: dict[str, list[SliceRecord]] = defaultdict(list)
+    for r in slices:
+        by_series[r.series].append(r)
     probs = calibrated(np.array([r.score for r in records]), *calibration)
-    false_pos = sorted((p, r) for p, r in zip(probs, records) if not r.lesion and p >= threshold)[::-1][:3]
-    false_neg = sorted((p, r) for p, r in zip(probs, records) if r.lesion and p < threshold)[:3]
+    false_pos = sorted(((p, r) for p, r in zip(probs, records) if not r.lesion and p >= threshold), key=_first,
+                       reverse=True)[:3]
+    false_neg = sorted(((p, r) for p, r in zip(probs, records) if r.lesion and p < threshold), key=_first)[:3]
+    key = spec.slices.key
+    flagged_rest = []
+    for record in records:
+        free = [r for r in by_series[record.series] if r.label == 0]
+        if record.lesion and any(r.label == 1 for r in by_series[record.series]) and len(free) >= key:
+            score = calibrated(np.array([np.sort([r.probability for r in free])[-key:].mean()]), *calibration)[0]
+            if score >= threshold:
+                flagged_rest.append((float(score), record))
+    flagged_rest = sorted(flagged_rest, key=_first, reverse=True)[:3]
     out: list[dict[str, Any]] = []
-    for kind, chosen in (("false positive", false_pos), ("false negative", false_neg)):
+    for kind, chosen in (("false positive", false_pos), ("false negative", false_neg),
+                         ("lesion-free remainder flagged", flagged_rest)):
         for probability, record in chosen:
             examples = by_key[record.series]
-            rows = [r for r in slices if r.series == record.series]
+            rows = by_series[record.series]
             if kind == "false negative":
                 lesion_rows = [r for r in rows if r.label == 1] or rows
                 row = min(lesion_rows, key=lambda r: r.probability)
-            else:
+            elif kind == "false positive":
                 row = max(rows, key=lambda r: r.probability)
+            else:
+                row = max((r for r in rows if r.label == 0), key=lambda r: r.probability)
             i = int(np.flatnonzero(examples.index == row.index)[0])
             image = examples.planes[i, 0].astype(np.float32) / 255.0
             picture = np.repeat((image * 255).astype(np.uint8)[:, :, None], 3, axis=2)
@@ -255,7 +279,7 @@ def release(spec: ModelSpec, series: list[SeriesExamples], out_dir: Path, dicom:
         spec_name=spec.name, data=data_facts(series), cv=cv, epochs=fold_epochs, final_epochs=final_epochs,
         calibration=calibration, threshold=threshold, decision_basis=decision_basis, external=external,
         latency=measure(onnx_path, model, spec.size), onnx_bytes=onnx_path.stat().st_size, onnx_max_abs_diff=diff,
-        failures=_failure_pictures(spec, series, slices, records, threshold, calibration, out_dir))
+        failures=failure_pictures(spec, series, slices, records, threshold, calibration, out_dir))
     (out_dir / f"{spec.name}.md").write_text(render_card(spec, manifest, report))
     (out_dir / f"{spec.name}.metrics.json").write_text(json.dumps(asdict(report), indent=1, default=str))
     run_dir = run_folder(runs, spec)

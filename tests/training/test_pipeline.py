@@ -140,3 +140,25 @@ def test_localisation_is_peak_within_a_centimetre_and_heat_share() -> None:
     cam[31, 40], cam[5, 5] = 0.0, 1.0         # far away
     assert localisation(cam, mask, mm_per_px=1.0)[0] == 0.0
     assert np.isnan(localisation(np.zeros((64, 64), np.float32), mask, 1.0)[0])
+
+
+def test_failure_pictures_show_a_flagged_lesion_free_remainder_on_its_top_slice(series, spec,  # type: ignore[no-untyped-def]
+                                                                                tmp_path: Path) -> None:
+    """A lesion series whose lesion-free slices alone still pass the threshold is a failure, drawn on
+    the lesion-free slice that scores highest, never on a lesion slice."""
+    from training.evaluate import SeriesRecord, SliceRecord
+    from training.release import failure_pictures
+
+    lesion = next(s for s in series if (s.labels == 1).any() and (s.labels == 0).sum() >= spec.slices.key)
+    top = int(lesion.index[np.flatnonzero(lesion.labels == 0)[0]])
+    slices = [SliceRecord(lesion.meta.key, lesion.meta.patient, "ct", 0, int(i), int(label),
+                          0.95 if i == top else (0.6 if label == 0 else 0.3), 0.5, float("nan"), float("nan"))
+              for i, label in zip(lesion.index, lesion.labels)]
+    record = SeriesRecord(lesion.meta.key, lesion.meta.patient, "ct", 0, True, 0.7, 0.5)
+    out = failure_pictures(spec, [lesion], slices, [record], 0.5, (1.0, 0.0), tmp_path)
+    assert [f["kind"] for f in out] == ["lesion-free remainder flagged"]
+    assert out[0]["slice"] == top + 1 and out[0]["slice_probability"] == 0.95
+    assert (tmp_path / out[0]["picture"]).stat().st_size > 0
+    # Under a higher threshold the remainder is no failure (and the series itself is missed).
+    higher = failure_pictures(spec, [lesion], slices, [record], 0.9, (1.0, 0.0), tmp_path)
+    assert [f["kind"] for f in higher] == ["false negative"]
