@@ -15,9 +15,9 @@ Content (PS3.16), saying one thing:
   (TID 4019). The inferred-from regions also let a viewer that shows only spatial measurements
   (OHIF) draw the study's value on the most suspicious slice;
 - one group per slice for the key slices and the most suspicious other slices at or over the
-  threshold (``MAX_SLICE_GROUPS`` in all), named "per slice": on a key slice a planar ROI (TID
-  1410) outlining where the model looked, so a viewer draws the value on the image; on the others a
-  group citing its image. The algorithm is identified once per group, on its measurement;
+  threshold (``MAX_SLICE_GROUPS`` in all; the key slices only for a model that states no verdict),
+  named "per slice": on a key slice a planar ROI (TID 1410) outlining where the model looked, so a
+  viewer draws the value on the image; on the others a group citing its image. The algorithm is identified once per group, on its measurement;
 - TID 1500's Qualitative Evaluations container with the decision, one coded item "<finding> =
   Present" or "Absent", and a comment with the headline that reads "research use only, not for
   diagnosis", where every SR viewer shows the report's text. A model that states no verdict
@@ -70,10 +70,12 @@ def _tracking_uid(conclusion: Conclusion, what: str) -> str:
 
 
 def slices_for_groups(conclusion: Conclusion) -> list[SliceScore]:
-    """Key slices plus the slices at or over the threshold, in volume order, at most MAX_SLICE_GROUPS."""
+    """Key slices plus the slices at or over the threshold, in volume order, at most MAX_SLICE_GROUPS.
+    A model that states no verdict has no threshold to be over: its key slices only."""
     keys = {s.index for s in conclusion.key}
-    over = sorted((s for s in conclusion.slices if s.index not in keys and s.probability >= conclusion.threshold),
-                  key=lambda s: -s.probability)
+    over = [] if conclusion.positive is None else sorted(
+        (s for s in conclusion.slices if s.index not in keys and s.probability >= conclusion.threshold),
+        key=lambda s: -s.probability)
     chosen = list(conclusion.key) + over[:max(0, MAX_SLICE_GROUPS - len(conclusion.key))]
     return sorted(chosen, key=lambda s: s.index)
 

@@ -205,3 +205,11 @@ def test_without_a_verdict_the_outputs_state_none_and_stay_valid(ct_files, no_ve
     assert conclusion.headline() in sc.ImageComments
     lines = caption_lines(conclusion, conclusion.key[0])
     assert any("NO VERDICT" in line for line in lines) and not any(">=" in line or " < " in line for line in lines)
+
+
+def test_without_a_verdict_the_sr_groups_only_the_key_slices(no_verdict, ct_conclusion) -> None:
+    """No threshold, so no "at or over the threshold" slices: the per-slice groups are the key slices."""
+    conclusion = no_verdict[2]
+    assert [s.index for s in sr.slices_for_groups(conclusion)] == sorted(s.index for s in conclusion.key)
+    over = [s for s in ct_conclusion.slices if s.probability >= ct_conclusion.threshold]
+    assert len(sr.slices_for_groups(ct_conclusion)) == min(sr.MAX_SLICE_GROUPS, len({*over, *ct_conclusion.key}))
