@@ -59,6 +59,15 @@ def test_models_list_and_verify_a_good_model(tmp_path: Path) -> None:
     assert verified.stdout.startswith("ok      test-mr 0.0.1-test")
 
 
+def test_models_list_says_which_shipped_model_states_no_verdict() -> None:
+    shipped = Path(__file__).resolve().parents[1] / "models"
+    listed = onconode("models", "list", "--models", str(shipped))
+    assert listed.returncode == 0, listed.stderr
+    lines = {line.split()[0]: line for line in listed.stdout.splitlines() if line and not line[0].isspace()}
+    assert "no verdict (ranks slices)" in lines["chest-ct-nodule"]
+    assert "threshold " in lines["brain-mr-tumour"] and "no verdict" not in lines["brain-mr-tumour"]
+
+
 def test_models_verify_fails_on_a_changed_onnx_file(tmp_path: Path) -> None:
     config = _config(tmp_path)
     onnx = tmp_path / "models" / "test-mr.onnx"
