@@ -93,6 +93,16 @@ def _basis(r: Release) -> str:
             "the lesion-free remainders of the lesion series (see Results).")
 
 
+def _study_output(manifest: Manifest, r: Release) -> str:
+    """What the node says per series: a decision, or a study probability alone (``Decision.verdict``)."""
+    score = (f"the mean of the {manifest.slices.key} highest per-slice probabilities, calibrated (Platt, slope "
+             f"{r.calibration[0]}, intercept {r.calibration[1]})")
+    if manifest.decision.verdict:
+        return f"one decision: {score}, against the threshold {r.threshold}"
+    return (f"a study probability, {score}, with no positive or negative (the threshold {r.threshold} is kept "
+            "for comparison only)")
+
+
 def _fusion(spec: ModelSpec) -> str:
     if not spec.feature_fusion:
         return ""
@@ -291,9 +301,7 @@ from it says so.
 {spec.intended_use}
 
 It reads: {manifest.accepts.summary(manifest.modality)}. It says, per analysed slice, the
-probability that the slice shows {spec.finding.display}, and per series one decision: the mean of
-the {manifest.slices.key} highest per-slice probabilities, calibrated (Platt, slope
-{r.calibration[0]}, intercept {r.calibration[1]}), against the threshold {r.threshold}.{_basis(r)}
+probability that the slice shows {spec.finding.display}, and per series {_study_output(manifest, r)}.{_basis(r)}
 
 {WITHDRAWN}
 ## Targets
