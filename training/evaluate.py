@@ -47,16 +47,31 @@ class SeriesRecord:
     baseline: float
 
 
-def series_records(slices: Sequence[SliceRecord], lesion_of: dict[str, bool], k: int) -> list[SeriesRecord]:
-    by_series: dict[str, list[SliceRecord]] = defaultdict(list)
+def by_series(slices: Sequence[SliceRecord]) -> dict[str, list[SliceRecord]]:
+    """The slice records of each series, in their order."""
+    out: dict[str, list[SliceRecord]] = defaultdict(list)
     for record in slices:
-        by_series[record.series].append(record)
+        out[record.series].append(record)
+    return out
+
+
+def top_mean(values: Sequence[float], k: int) -> float:
+    """Mean of the ``k`` highest values: the node's study score from its slices."""
+    return float(np.sort(np.asarray(values, float))[-k:].mean())
+
+
+def lesion_free_part(rows: Sequence[SliceRecord], key: int) -> list[SliceRecord] | None:
+    """A series' lesion-free slices when it has a located lesion and at least ``key`` of them (enough
+    for a study score); None otherwise. See ``lesion_free_remainders``."""
+    free = [r for r in rows if r.label == 0]
+    return free if any(r.label == 1 for r in rows) and len(free) >= key else None
+
+
+def series_records(slices: Sequence[SliceRecord], lesion_of: dict[str, bool], k: int) -> list[SeriesRecord]:
     out = []
-    for key, rows in sorted(by_series.items()):
-        probs = np.array([r.probability for r in rows])
-        base = np.array([r.baseline for r in rows])
+    for key, rows in sorted(by_series(slices).items()):
         out.append(SeriesRecord(key, rows[0].patient, rows[0].sequence, rows[0].fold, lesion_of[key],
-                                float(np.sort(probs)[-k:].mean()), float(np.sort(base)[-k:].mean())))
+                                top_mean([r.probability for r in rows], k), top_mean([r.baseline for r in rows], k)))
     return out
 
 
@@ -201,12 +216,8 @@ def key_slice_placement(slices: Sequence[SliceRecord], lesion_series: set[str], 
 
     A series labelled only as a whole (a diagnosis, every slice -1) cannot place its lesion, so it is
     left out of both shares rather than counted as a miss."""
-    by_series: dict[str, list[SliceRecord]] = defaultdict(list)
-    for record in slices:
-        if record.series in lesion_series:
-            by_series[record.series].append(record)
-    located = [sorted(rows, key=lambda r: -r.probability) for rows in by_series.values()
-               if any(r.label == 1 for r in rows)]
+    located = [sorted(rows, key=lambda r: -r.probability) for name, rows in by_series(slices).items()
+               if name in lesion_series and any(r.label == 1 for r in rows)]
     if not located:
         return float("nan"), float("nan"), 0
     top = sum(rows[0].label == 1 for rows in located) / len(located)
@@ -228,18 +239,15 @@ def lesion_free_remainders(slices: Sequence[SliceRecord], series: Sequence[Serie
     patients. None when no lesion series has slice labels.
     """
     fits = fold_fits(series, slices)
-    by_series: dict[str, list[SliceRecord]] = defaultdict(list)
-    for record in slices:
-        by_series[record.series].append(record)
+    grouped = by_series(slices)
     pairs = []
     for s in series:
-        rows = by_series[s.series]
-        free = [r for r in rows if r.label == 0]
-        if not s.lesion or not any(r.label == 1 for r in rows) or len(free) < key:
+        free = lesion_free_part(grouped[s.series], key) if s.lesion else None
+        if free is None:
             continue
         slope, intercept, threshold = fits[s.fold]
-        score = float(np.sort([r.probability for r in free])[-key:].mean())
-        base = float(np.sort([r.baseline for r in free])[-key:].mean())
+        score = top_mean([r.probability for r in free], key)
+        base = top_mean([r.baseline for r in free], key)
         flagged = bool(calibrated(np.array([score]), slope, intercept)[0] >= threshold)
         pairs.append((s.patient, s.score, score, s.baseline, base, flagged))
     if not pairs:

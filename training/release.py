@@ -14,7 +14,6 @@ import logging
 import shutil
 import statistics
 import tempfile
-from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,17 @@ from onconode.models import (
 from onconode.reporting import overlay
 from training import crossval
 from training.card import render_card
-from training.evaluate import SeriesRecord, SliceRecord, calibrated, operating_fit, series_records, summary
+from training.evaluate import (
+    SeriesRecord,
+    SliceRecord,
+    by_series,
+    calibrated,
+    lesion_free_part,
+    operating_fit,
+    series_records,
+    summary,
+    top_mean,
+)
 from training.examples import SeriesExamples
 from training.export import FEATURES, HEAD_BIAS, HEAD_WEIGHT, INPUT, LOGITS, export, onnx_outputs, session
 from training.fit import fit, load, logits_of, normalise
@@ -183,19 +192,16 @@ def failure_pictures(spec: ModelSpec, series: list[SeriesExamples], slices: list
     and the lesion series still flagged on their lesion-free slices alone
     (``evaluate.lesion_free_remainders``), shown on the lesion-free slice that drives the score."""
     by_key = {s.meta.key: s for s in series}
-    by_series: dict[str, list[SliceRecord]] = defaultdict(list)
-    for r in slices:
-        by_series[r.series].append(r)
+    grouped = by_series(slices)
     probs = calibrated(np.array([r.score for r in records]), *calibration)
     false_pos = sorted(((p, r) for p, r in zip(probs, records) if not r.lesion and p >= threshold), key=_first,
                        reverse=True)[:3]
     false_neg = sorted(((p, r) for p, r in zip(probs, records) if r.lesion and p < threshold), key=_first)[:3]
-    key = spec.slices.key
     flagged_rest = []
     for record in records:
-        free = [r for r in by_series[record.series] if r.label == 0]
-        if record.lesion and any(r.label == 1 for r in by_series[record.series]) and len(free) >= key:
-            score = calibrated(np.array([np.sort([r.probability for r in free])[-key:].mean()]), *calibration)[0]
+        free = lesion_free_part(grouped[record.series], spec.slices.key) if record.lesion else None
+        if free is not None:
+            score = calibrated(np.array([top_mean([r.probability for r in free], spec.slices.key)]), *calibration)[0]
             if score >= threshold:
                 flagged_rest.append((float(score), record))
     flagged_rest = sorted(flagged_rest, key=_first, reverse=True)[:3]
@@ -204,7 +210,7 @@ def failure_pictures(spec: ModelSpec, series: list[SeriesExamples], slices: list
                          ("lesion-free remainder flagged", flagged_rest)):
         for probability, record in chosen:
             examples = by_key[record.series]
-            rows = by_series[record.series]
+            rows = grouped[record.series]
             if kind == "false negative":
                 lesion_rows = [r for r in rows if r.label == 1] or rows
                 row = min(lesion_rows, key=lambda r: r.probability)
