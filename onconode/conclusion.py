@@ -63,9 +63,7 @@ class Conclusion:
             return (f"{self.finding.display}: {NO_VERDICT.upper()} (study probability {self.probability:.2f}; "
                     f"{model} ranks the slices only: its study decision was never measured on studies "
                     "without the finding)")
-        relation = ">=" if self.positive else "<"
-        return (f"{self.finding.display}: {self.verdict.upper()} (study probability {self.probability:.2f} "
-                f"{relation} threshold {self.threshold:.2f}; {model})")
+        return f"{self.finding.display}: {self.verdict.upper()} ({self.probability_line()}; {model})"
 
     def probability_line(self) -> str:
         """The study probability against the threshold, or said to be a ranking when there is no verdict."""

@@ -170,6 +170,7 @@ def _share(value: float | None) -> str:
 def _measured_limits(spec: ModelSpec, r: Release) -> str:
     """The limits this run measured, each said where a reader of the card looks for them."""
     lines = []
+    rest = r.cv["series"].get("lesion_free_remainder")
     base = _value(r.cv["series"].get("baseline_auc"))
     if base is not None and base > TARGET_BASELINE:
         lines.append(f"- **The series score is not evidence of the finding.** A metadata-only baseline (matrix, "
@@ -177,8 +178,7 @@ def _measured_limits(spec: ModelSpec, r: Release) -> str:
                      "lesion-free series differ by source in these data, so the series AUC measures the source "
                      "at least as much as the lesion. The slice-level AUC against its baseline, the "
                      "localisation, the lesion-free remainders and the external check are the better guides."
-                     + _same_source(r.cv["series"].get("lesion_free_remainder")))
-    rest = r.cv["series"].get("lesion_free_remainder")
+                     + _same_source(rest))
     if rest and rest["flagged"] * 2 >= rest["series"]:
         lines.append(f"- **The study decision does not tell a study without the lesion apart.** Scored on its "
                      f"lesion-free slices alone, {rest['flagged']} of {rest['series']} lesion series are still "

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         for suffix in (".onnx", ".yaml"):
             shutil.copy(args.out / f"{spec.name}{suffix}", Path(folder))
         external = external_check(spec, Path(folder), dicom, args.out)
-    cv = report.cv
+    cv, failures = report.cv, report.failures
     oof = run_folder(args.runs, spec)
     if (oof / "oof-slices.json").exists():
         slices = [SliceRecord(**r) for r in json.loads((oof / "oof-slices.json").read_text())]
@@ -69,8 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         if examples:  # the prepared data is here: the failure pictures are drawn again too
             failures = failure_pictures(spec, examples, slices, series, report.threshold, report.calibration,
                                         args.out)
-            report = Release(**{**report.__dict__, "failures": failures})
-    report = Release(**{**report.__dict__, "external": external, "cv": cv})
+    report = Release(**{**report.__dict__, "external": external, "cv": cv, "failures": failures})
     manifest = load_manifest(args.out / f"{spec.name}.yaml")
     (args.out / f"{spec.name}.md").write_text(render_card(spec, manifest, report))
     metrics.write_text(json.dumps(asdict(report), indent=1, default=str))

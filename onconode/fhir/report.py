@@ -174,20 +174,18 @@ def build_bundle(conclusion: Conclusion, study: StudyFacts, sr_uid: str, issued:
               **effective, "issued": issued.isoformat(), "device": device_ref,
               "derivedFrom": [{"reference": url["study"]}], "note": note}
     finding = conclusion.finding
-    probability: dict[str, Any] = {
+    # A model that states no verdict (``Decision.verdict``) gets no decision Observation and no
+    # threshold: the probability stands alone, and the conclusion text says why.
+    threshold = [{"code": {"text": "decision threshold"},
+                  "valueQuantity": {"value": round(conclusion.threshold, 6), "unit": "1", "system": UCUM, "code": "1"}}]
+    entries.append(_observation(url["probability"], {
         **common,
         "code": {"coding": [PROBABILITY], "text": f"AI probability of {finding.display} (whole study)"},
         "valueQuantity": {"value": round(conclusion.probability, 6), "unit": "1", "system": UCUM, "code": "1"},
         "method": {"text": f"{algorithm.name} {algorithm.version}: {conclusion.method}"},
-    }
+        **({"component": threshold} if conclusion.positive is not None else {}),
+    }))
     results = [{"reference": url["probability"]}]
-    # A model that states no verdict (``Decision.verdict``) gets no decision Observation and no
-    # threshold: the probability stands alone, and the conclusion text says why.
-    if conclusion.positive is not None:
-        probability["component"] = [{"code": {"text": "decision threshold"},
-                                     "valueQuantity": {"value": round(conclusion.threshold, 6), "unit": "1",
-                                                       "system": UCUM, "code": "1"}}]
-    entries.append(_observation(url["probability"], probability))
     if conclusion.positive is not None:
         entries.append(_observation(url["decision"], {
             **common,

@@ -17,7 +17,8 @@ Content (PS3.16), saying one thing:
 - one group per slice for the key slices and the most suspicious other slices at or over the
   threshold (``MAX_SLICE_GROUPS`` in all; the key slices only for a model that states no verdict),
   named "per slice": on a key slice a planar ROI (TID 1410) outlining where the model looked, so a
-  viewer draws the value on the image; on the others a group citing its image. The algorithm is identified once per group, on its measurement;
+  viewer draws the value on the image; on the others a group citing its image. The algorithm is
+  identified once per group, on its measurement;
 - TID 1500's Qualitative Evaluations container with the decision, one coded item "<finding> =
   Present" or "Absent", and a comment with the headline that reads "research use only, not for
   diagnosis", where every SR viewer shows the report's text. A model that states no verdict
