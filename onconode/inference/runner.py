@@ -21,7 +21,10 @@ from onconode.models import RegisteredModel
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH = 16
+# Slices per run. Per slice, batches of 4 to 32 cost the same (about 13 CPU-ms for the chest model
+# on 2 threads); a smaller batch starts sooner and leaves a shorter tail after a streamed series'
+# last slice: 8 took a median 0.1 s off a 133-slice CT's analysis against 16 (2 cores).
+DEFAULT_BATCH = 8
 
 
 class OnnxRunner:
@@ -37,6 +40,10 @@ class OnnxRunner:
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # onnxruntime's pool threads spin between runs by default; while a series streams, the
+        # caller decodes the next slices on the same cores, and the spinning took their CPU: off,
+        # a 133-slice CT's analysis used 0.35 CPU-s less and finished a median 0.15 s sooner.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.model = model
         self.session = ort.InferenceSession(str(model.onnx_path), options, providers=["CPUExecutionProvider"])
         fixed = self.session.get_inputs()[0].shape[0]

@@ -25,6 +25,12 @@ def test_batches_give_the_same_answer_as_one_run(registry) -> None:
     np.testing.assert_allclose(feats_1, feats_all, atol=1e-5)
 
 
+def test_the_session_uses_the_stated_threads_and_does_not_spin(registry) -> None:
+    options = OnnxRunner(registry["test-ct"], intra_op_threads=1).session.get_session_options()
+    assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_a_graph_with_a_fixed_batch_of_one_is_run_slice_by_slice(tmp_path: Path) -> None:
     manifest = write_model(tmp_path)
     path = tmp_path / "test-ct.onnx"
