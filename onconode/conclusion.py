@@ -41,10 +41,10 @@ class Conclusion:
     series_uid: str
     modality: str
     finding: Finding
-    probability: float          # study-level probability that the finding is present
+    probability: float          # with a verdict, the study probability; without, see ``value_name``
     threshold: float
     positive: bool | None       # probability >= threshold; None: the model states no verdict
-    method: str                 # how the study probability comes from the slices
+    method: str                 # how ``probability`` comes from the slices
     algorithm: Algorithm
     slices: tuple[SliceScore, ...]   # every analysed slice, in volume order
     key: tuple[SliceScore, ...]      # the key slices, most suspicious first
@@ -56,19 +56,34 @@ class Conclusion:
             return NO_VERDICT
         return "positive" if self.positive else "negative"
 
+    @property
+    def value_name(self) -> str:
+        """What ``probability`` is, in words. Without a verdict it is no study probability: the
+        calibration is a slice's, so the value is the mean of the key slices' own values."""
+        if self.positive is None:
+            return f"mean probability of the {len(self.key)} key slices"
+        return "study probability"
+
+    @property
+    def value_scope(self) -> str:
+        """What the value is about, for a coded observation's text."""
+        if self.positive is None:
+            return f"mean of the {len(self.key)} key slices, each per slice; not a probability for the study"
+        return "whole study"
+
     def headline(self) -> str:
         """The one sentence every output leads with."""
         model = f"{self.algorithm.name} {self.algorithm.version}"
         if self.positive is None:
-            return (f"{self.finding.display}: {NO_VERDICT.upper()} (study probability {self.probability:.2f}; "
+            return (f"{self.finding.display}: {NO_VERDICT.upper()} ({self.value_name} {self.probability:.2f}; "
                     f"{model} ranks the slices only: its study decision was never measured on studies "
                     "without the finding)")
         return f"{self.finding.display}: {self.verdict.upper()} ({self.probability_line()}; {model})"
 
     def probability_line(self) -> str:
-        """The study probability against the threshold, or said to be a ranking when there is no verdict."""
+        """The study value against the threshold, or said to be a ranking when there is no verdict."""
         if self.positive is None:
-            return f"study probability {self.probability:.2f} (no threshold: slices ranked only)"
+            return f"{self.value_name} {self.probability:.2f} (no threshold: slices ranked only)"
         return f"study probability {self.probability:.2f} {'>=' if self.positive else '<'} threshold {self.threshold:.2f}"
 
     def slice_line(self, score: SliceScore) -> str:
@@ -80,6 +95,7 @@ class Conclusion:
         data = asdict(self)
         data["verdict"] = self.verdict
         data["headline"] = self.headline()
+        data["value_name"] = self.value_name
         data["not_for_diagnosis"] = NOT_FOR_DIAGNOSIS
         return data
 
@@ -119,6 +135,12 @@ def conclude(result: AnalysisResult, manifest: Manifest) -> Conclusion:
         # The manifest decides whether there is a verdict at all; the result only which one.
         positive=bool(result.positive) if manifest.decision.verdict else None,
         method=f"mean of the {len(result.key_slices)} highest per-slice probabilities of "
-               f"{len(result.slice_scores)} analysed slices",
+               f"{len(result.slice_scores)} analysed slices{_calibration_phrase(manifest)}",
         algorithm=Algorithm.from_model(manifest.name, manifest.version, manifest.sha256),
         slices=result.slice_scores, key=key, slices_total=result.slices_total)
+
+
+def _calibration_phrase(manifest: Manifest) -> str:
+    if manifest.decision.calibration is None:
+        return ""
+    return ", calibrated on training series" if manifest.decision.verdict else ", each calibrated on training slices"

@@ -162,19 +162,28 @@ class DisplaySpec(_Strict):
 
 
 class Calibration(_Strict):
-    """Platt scaling of the study probability: sigmoid(slope · logit(p) + intercept), fitted on
-    cross-validated series scores, so that "0.8" means about 8 in 10 such studies have the finding."""
+    """Platt scaling: sigmoid(slope · logit(p) + intercept), and what it was fitted on.
+
+    ``series``: on cross-validated series scores; it maps the study score (the mean of the key
+    slices), so that "0.8" means about 8 in 10 such studies have the finding. ``slices``: on
+    cross-validated slices, lesion against lesion-free, because no series without the finding was
+    there to fit a study calibration on; it maps each slice's probability, and the study value is
+    the mean of the key slices' calibrated values, which is no study probability.
+    """
 
     slope: float = Field(gt=0)
     intercept: float
+    fitted_on: Literal["series", "slices"] = "series"
 
 
 class Decision(_Strict):
     """How a study probability becomes a decision.
 
     ``verdict`` false: the threshold was never measured on studies without the finding (e.g. every
-    training series showed it), so the node states the study probability and the ranked key slices
-    but no positive or negative; a verdict no one measured would be a number dressed as a finding.
+    training series showed it), so the node states the ranked key slices and the mean of their
+    probabilities, but no positive or negative and no study probability; a verdict no one measured
+    would be a number dressed as a finding. A calibration fitted on slices goes with no verdict,
+    one fitted on series with a verdict: a study decision rests on studies or on nothing.
     """
 
     positive_labels: tuple[str, ...]
@@ -182,6 +191,13 @@ class Decision(_Strict):
     temperature: float = Field(1.0, gt=0)
     calibration: Calibration | None = None
     verdict: bool = True
+
+    @model_validator(mode="after")
+    def _calibration_fits_the_verdict(self) -> Decision:
+        if self.calibration is not None and (self.calibration.fitted_on == "series") != self.verdict:
+            raise ValueError(f"decision: a calibration fitted on {self.calibration.fitted_on} goes with "
+                             f"verdict: {'false' if self.verdict else 'true'}")
+        return self
 
 
 Plane = Literal["axial", "coronal", "sagittal", "oblique"]

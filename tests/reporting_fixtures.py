@@ -15,7 +15,7 @@ import pytest
 from onconode.conclusion import Conclusion, conclude
 from onconode.config import Caller, DestinationSettings
 from onconode.inference.pipeline import AnalysisResult, analyze_study
-from onconode.models import Manifest, RegisteredModel
+from onconode.models import Calibration, Manifest, RegisteredModel
 from onconode.reporting.outbox import Outbox, Prepared
 from onconode.reporting.outputs import build_outputs, destination_for, read_header
 from onconode.state import ReceivedInstance, StateDB, StudyState
@@ -107,10 +107,14 @@ def mr_conclusion(mr_result: AnalysisResult, registry: dict[str, RegisteredModel
 
 
 @pytest.fixture(scope="session")
-def no_verdict(ct_result: AnalysisResult, registry: dict[str, RegisteredModel]  # noqa: F811
-               ) -> tuple[AnalysisResult, Manifest, Conclusion]:
-    """The CT analysis by a model whose manifest states no verdict (``Decision.verdict`` false)."""
-    manifest = registry[ct_result.model or ""].manifest
-    manifest = manifest.model_copy(update={"decision": manifest.decision.model_copy(update={"verdict": False})})
-    result = replace(ct_result, positive=None, predicted_label=None)
+def no_verdict(ct_result: AnalysisResult, ct_files: list[Path], registry: dict[str, RegisteredModel],  # noqa: F811
+               rules) -> tuple[AnalysisResult, Manifest, Conclusion]:  # noqa: F811
+    """The CT analysis by a model whose manifest states no verdict (``Decision.verdict`` false), with
+    a slice calibration as such a model ships: the same series analysed again, so its slice values
+    are calibrated."""
+    model = registry[ct_result.model or ""]
+    decision = model.manifest.decision.model_copy(
+        update={"verdict": False, "calibration": Calibration(slope=0.35, intercept=-1.3, fitted_on="slices")})
+    manifest = model.manifest.model_copy(update={"decision": decision})
+    result = analyze_study(ct_files, {**registry, manifest.name: replace(model, manifest=manifest)}, rules)
     return result, manifest, conclude(result, manifest)

@@ -163,3 +163,17 @@ def test_reader_refuses_an_unknown_wire_type(tmp_path: Path) -> None:
     path.write_bytes(b"\x0b")  # field 1, wire type 3 (start group): never used by ONNX
     with pytest.raises(InitializerError, match="wire type 3"):
         read_initializers(path, {"w"})
+
+
+def test_a_calibration_is_fitted_on_what_the_verdict_rests_on() -> None:
+    """A verdict rests on a calibration fitted on series; a model without one was calibrated on slices
+    (the node then calibrates each slice), and a manifest that mixes them is refused."""
+    from onconode.models import Calibration, Decision
+
+    Decision(positive_labels=("x",), calibration=Calibration(slope=1, intercept=0))
+    Decision(positive_labels=("x",), verdict=False, calibration=Calibration(slope=1, intercept=0, fitted_on="slices"))
+    Decision(positive_labels=("x",), verdict=False)
+    with pytest.raises(ValueError, match="fitted on series goes with verdict: true"):
+        Decision(positive_labels=("x",), verdict=False, calibration=Calibration(slope=1, intercept=0))
+    with pytest.raises(ValueError, match="fitted on slices goes with verdict: false"):
+        Decision(positive_labels=("x",), calibration=Calibration(slope=1, intercept=0, fitted_on="slices"))

@@ -83,24 +83,31 @@ def _basis(r: Release) -> str:
                 "calibration are placeholders, not measurements; do not act on the decision.")
     return ("\n\n**Every training series shows a lesion**, so no series-level specificity, calibration or "
             "threshold can be measured, and **the node states no verdict** for this model (manifest "
-            "`decision.verdict: false`): every output gives the study probability and the ranked key slices, "
-            "and says that the study decision was never measured. The calibration and the threshold above are "
-            "fit on out-of-fold slices (lesion against lesion-free) and applied to the study score, and the "
+            "`decision.verdict: false`): every output gives the ranked key slices and the mean of their "
+            "probabilities, and says that the study decision was never measured. The calibration above is fit "
+            "on out-of-fold slices (lesion against lesion-free) and maps each slice, so every slice value the "
+            "node shows is calibrated as a slice's probability and the study value is the mean of the key "
+            "slices' values; the threshold above is fit on the same slices and applied to that mean, and the "
             "cross-validated operating point below is fit the same way on the other folds, for comparison "
-            "only. The study probability is therefore "
-            "calibrated as a slice's probability, not as the probability that the study holds a lesion (see "
-            "the per-series ECE), and how often a lesion-free study is flagged is measured only on a proxy: "
+            "only. The mean of the key slices is not the probability that the study holds a lesion (see the "
+            "per-series ECE), and how often a lesion-free study is flagged is measured only on a proxy: "
             "the lesion-free remainders of the lesion series (see Results).")
 
 
+def _value_name(r: Release, key: int) -> str:
+    """What the node's study value is, as every output names it (``Conclusion.value_name``)."""
+    return "study probability (calibrated)" if r.decision_basis == "series" else \
+        f"mean probability of the {key} key slices (each calibrated)"
+
+
 def _study_output(manifest: Manifest, r: Release) -> str:
-    """What the node says per series: a decision, or a study probability alone (``Decision.verdict``)."""
-    score = (f"the mean of the {manifest.slices.key} highest per-slice probabilities, calibrated (Platt, slope "
-             f"{r.calibration[0]}, intercept {r.calibration[1]})")
+    """What the node says per series: a decision, or the mean of the key slices alone (``Decision.verdict``)."""
+    platt = f"(Platt, slope {r.calibration[0]}, intercept {r.calibration[1]})"
     if manifest.decision.verdict:
-        return f"one decision: {score}, against the threshold {r.threshold}"
-    return (f"a study probability, {score}, with no positive or negative (the threshold {r.threshold} is kept "
-            "for comparison only)")
+        return (f"one decision: the mean of the {manifest.slices.key} highest per-slice probabilities, "
+                f"calibrated {platt}, against the threshold {r.threshold}")
+    return (f"the mean of the {manifest.slices.key} highest per-slice probabilities, each calibrated as a slice's "
+            f"{platt}, with no positive or negative (the threshold {r.threshold} is kept for comparison only)")
 
 
 def _fusion(spec: ModelSpec) -> str:
@@ -185,8 +192,8 @@ def _measured_limits(spec: ModelSpec, r: Release) -> str:
                      f"flagged, and a series ranks above its own remainder with AUC only "
                      f"{rest['auc']['value']:.2f}: the slices that drive the study score are usually lesion-free. "
                      + ("So the node states no verdict for this model: the per-slice probabilities and the key "
-                        "slices are a ranking of where to look, and the study probability is not evidence that "
-                        "the study holds a lesion." if r.decision_basis != "series" else
+                        "slices are a ranking of where to look, and their mean is not evidence that the study "
+                        "holds a lesion." if r.decision_basis != "series" else
                         "Expect most studies of this kind to be called positive; read the per-slice probabilities "
                         "and the key slices as a ranking of where to look, not the verdict as a finding."))
     with_lesion = {c.folder for c in spec.external if c.lesion_slices}
@@ -272,16 +279,16 @@ def _external(r: Release, spec: ModelSpec) -> str:
         rows.append([x.description, decision, prob, keys, peaks])
         if x.picture:
             pictures.append(f"![{x.folder}]({x.picture})")
-    return _table(["study", "decision", "study probability", "key slices (most suspicious first)",
+    return _table(["study", "decision", _value_name(r, spec.slices.key), "key slices (most suspicious first)",
                    "heat peak vs the collection's box"], rows) + "\n\n" + "\n".join(pictures)
 
 
-def _failures(r: Release) -> str:
+def _failures(r: Release, spec: ModelSpec) -> str:
     if not r.failures:
         return "No out-of-fold series was misclassified at the threshold."
     rows = [[f["kind"], f["series"], f["sequence"], f"{f['study_probability']:.3f}", f["slice"],
              f"{f['slice_probability']:.3f}", f"![]({f['picture']})"] for f in r.failures]
-    return _table(["error", "series", "sequence", "study probability (calibrated)", "slice shown",
+    return _table(["error", "series", "sequence", _value_name(r, spec.slices.key), "slice shown",
                    "its per-slice probability", "picture (lesion outline green)"], rows)
 
 
@@ -367,7 +374,7 @@ Run with the shipped files and no routing rules, exactly as `onconode analyze` r
 {_external(r, spec)}
 
 ## Failure cases (out of fold)
-{_failures(r)}
+{_failures(r, spec)}
 
 ## Runtime
 ONNX (opset 17) {r.onnx_bytes / 1e6:.1f} MB; {r.latency.onnx_ms:.1f} ms per slice at batch 1 on

@@ -55,7 +55,7 @@ def by_series(slices: Sequence[SliceRecord]) -> dict[str, list[SliceRecord]]:
     return out
 
 
-def top_mean(values: Sequence[float], k: int) -> float:
+def top_mean(values: Sequence[float] | np.ndarray, k: int) -> float:
     """Mean of the ``k`` highest values: the node's study score from its slices."""
     return float(np.sort(np.asarray(values, float))[-k:].mean())
 
@@ -101,6 +101,17 @@ def platt(scores: np.ndarray, positive: np.ndarray, ridge: float = 1e-2) -> tupl
 
 def calibrated(scores: np.ndarray, slope: float, intercept: float) -> np.ndarray:
     return 1 / (1 + np.exp(-(slope * logit(scores) + intercept)))
+
+
+def study_value(probabilities: Sequence[float], slope: float, intercept: float, basis: str, key: int) -> float:
+    """A series' study value as the node computes it (``onconode.inference.slices.aggregate``) from
+    its slice probabilities and a fit of ``operating_fit``: a series fit calibrates the mean of the
+    ``key`` highest; a slice fit (the model then states no verdict) calibrates each slice, and the
+    value is the mean of the ``key`` highest of those."""
+    values = np.asarray(probabilities, float)
+    if basis == "slices":
+        return top_mean(calibrated(values, slope, intercept), key)
+    return float(calibrated(np.array([top_mean(values, key)]), slope, intercept)[0])
 
 
 def ece(probabilities: np.ndarray, positive: np.ndarray, bins: int = 10) -> float:
@@ -164,8 +175,8 @@ def operating_fit(scores: np.ndarray, positive: np.ndarray, slice_scores: np.nda
 
 
 def fold_fits(series: Sequence[SeriesRecord],
-              slices: Sequence[SliceRecord] = ()) -> dict[int, tuple[float, float, float]]:
-    """Each fold's (slope, intercept, threshold), fitted by ``operating_fit`` on the other folds only."""
+              slices: Sequence[SliceRecord] = ()) -> dict[int, tuple[float, float, float, str]]:
+    """Each fold's (slope, intercept, threshold, basis), fitted by ``operating_fit`` on the other folds only."""
     scores = np.array([s.score for s in series])
     positive = np.array([s.lesion for s in series])
     folds = np.array([s.fold for s in series])
@@ -177,28 +188,30 @@ def fold_fits(series: Sequence[SeriesRecord],
     for fold in sorted(set(folds.tolist())):
         other, other_slices = folds != fold, slice_folds != fold
         fits[fold] = operating_fit(scores[other], positive[other], slice_scores[other_slices],
-                                   slice_lesion[other_slices])[:3]
+                                   slice_lesion[other_slices])
     return fits
 
 
-def cross_fitted(series: Sequence[SeriesRecord],
-                 slices: Sequence[SliceRecord] = ()) -> tuple[np.ndarray, OperatingPoint]:
-    """Each fold's series probabilities calibrated and thresholded by fits on the other folds, the
-    same way the shipped operating point is fit on all of them (``operating_fit``).
+def cross_fitted(series: Sequence[SeriesRecord], slices: Sequence[SliceRecord] = (),
+                 key: int = 3) -> tuple[np.ndarray, OperatingPoint]:
+    """Each fold's series values (``study_value``) calibrated and thresholded by fits on the other
+    folds, the same way the shipped operating point is fit on all of them (``operating_fit``).
 
-    Returns the calibrated probabilities (series order) and the operating point they give.
+    Returns the calibrated values (series order) and the operating point they give.
     """
-    scores = np.array([s.score for s in series])
     positive = np.array([s.lesion for s in series])
-    folds = np.array([s.fold for s in series])
-    out = np.full(len(series), np.nan)
-    decided = np.zeros(len(series), bool)
-    thresholds = []
-    for fold, (slope, intercept, threshold) in fold_fits(series, slices).items():
-        inside = folds == fold
-        out[inside] = calibrated(scores[inside], slope, intercept)
-        decided[inside] = out[inside] >= threshold
-        thresholds.append(threshold)
+    grouped = by_series(slices)
+    fits = fold_fits(series, slices)
+
+    def value(record: SeriesRecord) -> float:
+        slope, intercept, _, basis = fits[record.fold]
+        if basis == "slices" and record.series in grouped:
+            return study_value([r.probability for r in grouped[record.series]], slope, intercept, basis, key)
+        return float(calibrated(np.array([record.score]), slope, intercept)[0])  # the same for a series fit
+
+    out = np.array([value(s) for s in series], float)
+    decided = out >= np.array([fits[s.fold][2] for s in series], float)
+    thresholds = [fit[2] for fit in fits.values()]
     groups = [s.patient for s in series]
 
     def rate(i: np.ndarray, wanted: bool) -> float:
@@ -245,10 +258,10 @@ def lesion_free_remainders(slices: Sequence[SliceRecord], series: Sequence[Serie
         free = lesion_free_part(grouped[s.series], key) if s.lesion else None
         if free is None:
             continue
-        slope, intercept, threshold = fits[s.fold]
+        slope, intercept, threshold, basis = fits[s.fold]
         score = top_mean([r.probability for r in free], key)
         base = top_mean([r.baseline for r in free], key)
-        flagged = bool(calibrated(np.array([score]), slope, intercept)[0] >= threshold)
+        flagged = study_value([r.probability for r in free], slope, intercept, basis, key) >= threshold
         pairs.append((s.patient, s.score, score, s.baseline, base, flagged))
     if not pairs:
         return None
@@ -275,7 +288,7 @@ def summary(slices: Sequence[SliceRecord], series: Sequence[SeriesRecord], key: 
     base = np.array([s.baseline for s in series])
     positive = np.array([s.lesion for s in series])
     groups = [s.patient for s in series]
-    calibrated_probs, point = cross_fitted(series, slices)
+    calibrated_probs, point = cross_fitted(series, slices, key)
     hits = np.array([r.pointing_hit for r in slices if r.label == 1 and not np.isnan(r.pointing_hit)])
     shares = np.array([r.heat_share for r in slices if r.label == 1 and not np.isnan(r.heat_share)])
     hit_groups = [r.patient for r in slices if r.label == 1 and not np.isnan(r.pointing_hit)]

@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         examples = load_all(spec)
         if examples:  # the prepared data is here: the failure pictures are drawn again too
             failures = failure_pictures(spec, examples, slices, series, report.threshold, report.calibration,
+                                        report.decision_basis,
                                         args.out)
     report = Release(**{**report.__dict__, "external": external, "cv": cv, "failures": failures})
     manifest = load_manifest(args.out / f"{spec.name}.yaml")

@@ -50,8 +50,8 @@ from training.evaluate import (
     lesion_free_part,
     operating_fit,
     series_records,
+    study_value,
     summary,
-    top_mean,
 )
 from training.examples import SeriesExamples
 from training.export import FEATURES, HEAD_BIAS, HEAD_WEIGHT, INPUT, LOGITS, export, onnx_outputs, session
@@ -125,7 +125,8 @@ def build_manifest(spec: ModelSpec, onnx_path: Path, calibration: tuple[float, f
         labels=(Label(name=spec.labels[0], cancer=False, snomed=SnomedCode(code="260413007", display="None")),
                 Label(name=spec.labels[1], cancer=True, snomed=SnomedCode(code=finding.code, display=finding.meaning))),
         decision=Decision(positive_labels=(spec.labels[1],), threshold=threshold,
-                          calibration=Calibration(slope=calibration[0], intercept=calibration[1]),
+                          calibration=Calibration(slope=calibration[0], intercept=calibration[1],
+                                                  fitted_on="series" if basis == "series" else "slices"),
                           verdict=basis == "series"),
         accepts=spec.accepts, slices=spec.slices, finding=spec.finding, display=spec.display,
         card=f"{spec.name}.md", metrics=f"{spec.name}.metrics.json")
@@ -186,14 +187,15 @@ def _first(pair: tuple[float, SeriesRecord]) -> float:
 
 def failure_pictures(spec: ModelSpec, series: list[SeriesExamples], slices: list[SliceRecord],
                       records: list[SeriesRecord], threshold: float, calibration: tuple[float, float],
-                      out_dir: Path) -> list[dict[str, Any]]:
+                      basis: str, out_dir: Path) -> list[dict[str, Any]]:
     """The worst out-of-fold errors, as pictures: lesion-free series scored highest, lesion series
     scored lowest, each shown on its most suspicious slice (or its lesion slice the model scored lowest),
     and the lesion series still flagged on their lesion-free slices alone
     (``evaluate.lesion_free_remainders``), shown on the lesion-free slice that drives the score."""
     by_key = {s.meta.key: s for s in series}
     grouped = by_series(slices)
-    probs = calibrated(np.array([r.score for r in records]), *calibration)
+    key = spec.slices.key
+    probs = [study_value([r.probability for r in grouped[s.series]], *calibration, basis, key) for s in records]
     false_pos = sorted(((p, r) for p, r in zip(probs, records) if not r.lesion and p >= threshold), key=_first,
                        reverse=True)[:3]
     false_neg = sorted(((p, r) for p, r in zip(probs, records) if r.lesion and p < threshold), key=_first)[:3]
@@ -201,7 +203,7 @@ def failure_pictures(spec: ModelSpec, series: list[SeriesExamples], slices: list
     for record in records:
         free = lesion_free_part(grouped[record.series], spec.slices.key) if record.lesion else None
         if free is not None:
-            score = calibrated(np.array([top_mean([r.probability for r in free], spec.slices.key)]), *calibration)[0]
+            score = study_value([r.probability for r in free], *calibration, basis, key)
             if score >= threshold:
                 flagged_rest.append((float(score), record))
     flagged_rest = sorted(flagged_rest, key=_first, reverse=True)[:3]
@@ -228,7 +230,9 @@ def failure_pictures(spec: ModelSpec, series: list[SeriesExamples], slices: list
             cv2.imwrite(str(out_dir / name), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
             out.append({"kind": kind, "series": record.series, "sequence": record.sequence,
                         "study_probability": float(probability), "slice": row.index + 1,
-                        "slice_probability": row.probability, "picture": name})
+                        # As the node shows it: calibrated too when the calibration is a slice's.
+                        "slice_probability": study_value([row.probability], *calibration, basis, 1)
+                        if basis == "slices" else row.probability, "picture": name})
     return out
 
 
@@ -285,7 +289,7 @@ def release(spec: ModelSpec, series: list[SeriesExamples], out_dir: Path, dicom:
         spec_name=spec.name, data=data_facts(series), cv=cv, epochs=fold_epochs, final_epochs=final_epochs,
         calibration=calibration, threshold=threshold, decision_basis=decision_basis, external=external,
         latency=measure(onnx_path, model, spec.size), onnx_bytes=onnx_path.stat().st_size, onnx_max_abs_diff=diff,
-        failures=failure_pictures(spec, series, slices, records, threshold, calibration, out_dir))
+        failures=failure_pictures(spec, series, slices, records, threshold, calibration, decision_basis, out_dir))
     (out_dir / f"{spec.name}.md").write_text(render_card(spec, manifest, report))
     (out_dir / f"{spec.name}.metrics.json").write_text(json.dumps(asdict(report), indent=1, default=str))
     run_dir = run_folder(runs, spec)

@@ -83,7 +83,7 @@ class ModelSpec:
 
 CHEST_CT = ModelSpec(
     name="chest-ct-nodule",
-    version="2.1.1",
+    version="2.1.2",
     modality="CT",
     data="chest-ct",
     finding=FindingSpec(code="786838002", scheme="SCT", meaning="Pulmonary nodule",

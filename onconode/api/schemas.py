@@ -48,7 +48,8 @@ class StudySummary(_Out):
     headline: str | None = Field(default=None, description="the conclusion in one sentence, as every output says it")
     finding: str | None = Field(default=None, description="what the model looks for")
     positive: bool | None = None
-    positive_probability: float | None = Field(default=None, description="the study probability (calibrated)")
+    positive_probability: float | None = Field(default=None, description="the conclusion's probability (see "
+                                                                         "ConclusionOut.value_name)")
     threshold: float | None = None
 
 
@@ -107,10 +108,13 @@ class ConclusionOut(_Out):
     verdict: str = Field(description="positive, negative, or 'no verdict' when the model's study decision was "
                                      "never measured on studies without the finding (slices ranked only)")
     finding: FindingOut
-    probability: float = Field(description="study probability that the finding is present (calibrated)")
+    probability: float = Field(description="with a verdict, the study probability that the finding is present "
+                                           "(calibrated); without one, the mean of the key slices' calibrated "
+                                           "probabilities: value_name says which")
+    value_name: str = Field(description="what probability is, as every output names it")
     threshold: float
     positive: bool | None = Field(description="None when the model states no verdict")
-    method: str = Field(description="how the study probability comes from the per-slice probabilities")
+    method: str = Field(description="how probability comes from the per-slice probabilities")
     model: str
     model_version: str
     device_uid: str

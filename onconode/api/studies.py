@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from onconode.api import schemas
 from onconode.api.deps import DB, MAX_OFFSET, SettingsDep, StudyUID
+from onconode.conclusion import from_dict
 from onconode.state import Delivery, StateDB, Study, StudyState
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,8 @@ def _add_result(detail: schemas.StudyDetail, study_uid: str, result: dict[str, A
         if c:
             detail.conclusion = schemas.ConclusionOut(
                 headline=c["headline"], verdict=c["verdict"], finding=schemas.FindingOut(**c["finding"]),
-                probability=c["probability"], threshold=c["threshold"], positive=c["positive"], method=c["method"],
+                probability=c["probability"], value_name=from_dict(c).value_name, threshold=c["threshold"],
+                positive=c["positive"], method=c["method"],
                 model=c["algorithm"]["name"], model_version=c["algorithm"]["version"],
                 device_uid=c["algorithm"]["device_uid"], slices_total=c["slices_total"],
                 slices_analysed=len(c["slices"]), not_for_diagnosis=c["not_for_diagnosis"])

@@ -13,7 +13,8 @@ Output: a validated ``fhir.resources.R4B.bundle.Bundle`` holding
 - two Observations: the study probability (code "Probability", DICOM 122157; the threshold as a
   component) and the decision (code = the finding the model looks for, value Present/Absent,
   interpretation POS/NEG), both with the exam's date as ``effectiveDateTime``; a model that states
-  no verdict (``Decision.verdict``) gets the probability alone, without threshold or decision;
+  no verdict (``Decision.verdict``) gets the probability alone, without threshold or decision,
+  its text saying it is the key slices' mean and not a probability for the study;
 - one Media per key image (PNG), and the DiagnosticReport (preliminary: nobody verified it),
   identified by the SR's UID, with the headline as ``conclusion`` and no ``conclusionCode``: a
   coded disorder there would reach problem lists, and an AI probability is not a diagnosis;
@@ -180,7 +181,7 @@ def build_bundle(conclusion: Conclusion, study: StudyFacts, sr_uid: str, issued:
                   "valueQuantity": {"value": round(conclusion.threshold, 6), "unit": "1", "system": UCUM, "code": "1"}}]
     entries.append(_observation(url["probability"], {
         **common,
-        "code": {"coding": [PROBABILITY], "text": f"AI probability of {finding.display} (whole study)"},
+        "code": {"coding": [PROBABILITY], "text": f"AI probability of {finding.display} ({conclusion.value_scope})"},
         "valueQuantity": {"value": round(conclusion.probability, 6), "unit": "1", "system": UCUM, "code": "1"},
         "method": {"text": f"{algorithm.name} {algorithm.version}: {conclusion.method}"},
         **({"component": threshold} if conclusion.positive is not None else {}),

@@ -98,11 +98,15 @@ class StudyScore:
 
 def aggregate(logits: np.ndarray, labels: Sequence[str], decision: Decision, key_count: int) -> StudyScore:
     """Study probabilities = mean of the ``key_count`` slices with the highest positive probability,
-    then the manifest's calibration of that study probability.
+    with the manifest's calibration.
 
     A tumour shows on a few slices; the mean over every slice would dilute it by the normal ones,
     while the single maximum follows one noisy slice. Averaging the top k is the compromise; the
     same k slices are the key slices shown with Grad-CAM.
+
+    A calibration fitted on series maps that mean; one fitted on slices (``Calibration``) maps each
+    slice, so every slice value shown is calibrated and the study value is exactly the mean of the
+    key slices' shown values.
 
     Raises
     ------
@@ -113,21 +117,31 @@ def aggregate(logits: np.ndarray, labels: Sequence[str], decision: Decision, key
         raise ValueError(f"logits: expected (N>=1, {len(labels)}), got {logits.shape}")
     probs = softmax(logits, decision.temperature)
     positive_cols = [labels.index(name) for name in decision.positive_labels]
-    positive = probs[:, positive_cols].sum(axis=1)
-    order = np.argsort(-positive, kind="stable")[:max(1, key_count)]
+    per_slice = decision.calibration is not None and decision.calibration.fitted_on == "slices"
+    if per_slice:
+        probs = _recalibrated(probs, positive_cols, decision.calibration)
+    order = np.argsort(-probs[:, positive_cols].sum(axis=1), kind="stable")[:max(1, key_count)]
     study = probs[order].mean(axis=0)
-    positive_probability = calibrate(float(study[positive_cols].sum()), decision.calibration)
-    if decision.calibration is not None and len(positive_cols) < len(labels):
-        # The label probabilities follow the calibrated decision: positive mass first, the rest scaled.
-        raw_positive = float(study[positive_cols].sum())
-        rest = [i for i in range(len(labels)) if i not in positive_cols]
-        scale_pos = positive_probability / raw_positive if raw_positive > 0 else 0.0
-        scale_neg = (1 - positive_probability) / (1 - raw_positive) if raw_positive < 1 else 0.0
-        study = study.copy()
-        study[positive_cols] *= scale_pos
-        study[rest] *= scale_neg
+    if not per_slice:
+        study = _recalibrated(study[None], positive_cols, decision.calibration)[0]
+    positive_probability = float(study[positive_cols].sum())
     return StudyScore(tuple(float(p) for p in study), int(np.argmax(study)), positive_probability,
                       positive_probability >= decision.threshold, probs, tuple(int(i) for i in order))
+
+
+def _recalibrated(rows: np.ndarray, positive_cols: list[int], calibration: Calibration | None) -> np.ndarray:
+    """Label probabilities (N, L) whose positive mass is calibrated, the other labels scaled to
+    the rest, so that each row still sums to one."""
+    rest = [i for i in range(rows.shape[1]) if i not in positive_cols]
+    if calibration is None or not rest:
+        return rows
+    raw = rows[:, positive_cols].sum(axis=1)
+    calibrated = np.array([calibrate(float(p), calibration) for p in raw])
+    out = rows.astype(np.float64, copy=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out[:, positive_cols] *= np.where(raw > 0, calibrated / raw, 0.0)[:, None]
+        out[:, rest] *= np.where(raw < 1, (1 - calibrated) / (1 - raw), 0.0)[:, None]
+    return out
 
 
 def calibrate(probability: float, calibration: Calibration | None) -> float:

@@ -10,8 +10,9 @@ Content (PS3.16), saying one thing:
   cite (every analysed slice is evidence, below; describing all of them in the library too made
   the SR several times larger and slower to build, check and send, for nothing a viewer shows);
 - one measurement group (TID 1501) for the study: the finding the model looks for as the finding
-  type and its study probability (UCUM "1", derivation "Mean", inferred from the key slices'
-  outlined regions), with the threshold and the aggregation named in the algorithm's parameters
+  type and its study value (UCUM "1", derivation "Mean", inferred from the key slices' outlined
+  regions; ``Conclusion.value_name`` says which probability it is, the study's or, without a
+  verdict, the key slices' mean), with the threshold and the aggregation named in the algorithm's parameters
   (TID 4019). The inferred-from regions also let a viewer that shows only spatial measurements
   (OHIF) draw the study's value on the most suspicious slice;
 - one group per slice for the key slices and the most suspicious other slices at or over the
@@ -122,7 +123,7 @@ def build_sr(conclusion: Conclusion, sources: Sequence[Dataset], series_uid: str
         name=algorithm.name, version=algorithm.version, family=ALGORITHM_FAMILY,
         parameters=[f"decision threshold {conclusion.threshold:.4g} on the study probability"
                     if conclusion.positive is not None else "no decision threshold: slices ranked only",
-                    f"study probability: {conclusion.method}"[:1024]])
+                    f"{conclusion.value_name}: {conclusion.method}"[:1024]])
 
     def refs(scores: Sequence[SliceScore]) -> list[hd.sr.SourceImageForMeasurementGroup]:
         return [hd.sr.SourceImageForMeasurementGroup.from_source_image(

@@ -100,6 +100,7 @@ def test_study_detail_has_history_series_choice_result_timings_and_overlays(proc
     assert detail["result"]["key_slices"]
     conclusion = detail["conclusion"]
     assert conclusion["headline"] == detail["headline"] and conclusion["verdict"] in ("positive", "negative")
+    assert conclusion["value_name"] == "study probability"
     assert conclusion["probability"] == detail["positive_probability"] == detail["result"]["positive_probability"]
     assert conclusion["model"] == "test-mr" and "per-slice probabilities" in conclusion["method"]
     assert conclusion["slices_analysed"] == detail["result"]["slices_analysed"]

@@ -159,6 +159,7 @@ def test_without_a_verdict_the_report_carries_the_probability_alone(no_verdict, 
     (probability,) = resources(b, "Observation")
     assert probability["code"]["coding"][0]["code"] == "122157" and "component" not in probability
     assert probability["valueQuantity"]["value"] == round(c.probability, 6)
+    assert "key slices" in probability["code"]["text"] and "whole study" not in probability["code"]["text"]
     assert len(report["result"]) == 1 and report["conclusion"].startswith(c.headline())
     assert "NO VERDICT" in report["conclusion"]
 

@@ -68,3 +68,29 @@ def test_calibration_maps_the_study_probability_and_keeps_the_order() -> None:
     c = Calibration(slope=2.0, intercept=-1.0)
     values = [calibrate(p, c) for p in (0.1, 0.3, 0.5, 0.9)]
     assert values == sorted(values) and abs(values[2] - 1 / (1 + np.exp(1.0))) < 1e-9
+
+
+def test_with_a_verdict_the_calibration_maps_the_mean_of_the_key_slices() -> None:
+    from onconode.models import Calibration
+
+    logits = np.log(np.array([[0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.6, 0.2, 0.2]]))
+    c = Calibration(slope=0.5, intercept=-1.0)
+    score = slices.aggregate(logits, LABELS, Decision(positive_labels=("malignant",), calibration=c), 2)
+    assert score.positive_probability == pytest.approx(slices.calibrate(0.7, c))
+    assert sum(score.probabilities) == pytest.approx(1.0)
+    np.testing.assert_allclose(score.slice_probabilities, np.exp(logits))  # the slices stay as the model gave them
+
+
+def test_without_a_verdict_each_slice_is_calibrated_and_the_study_value_is_their_mean() -> None:
+    from onconode.models import Calibration
+
+    raw = np.array([[0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.6, 0.2, 0.2], [0.3, 0.3, 0.4]])
+    c = Calibration(slope=0.5, intercept=-1.0, fitted_on="slices")
+    score = slices.aggregate(np.log(raw), LABELS,
+                             Decision(positive_labels=("malignant",), calibration=c, verdict=False), 2)
+    positive = score.slice_probabilities[:, 0]
+    np.testing.assert_allclose(positive, [slices.calibrate(p, c) for p in raw[:, 0]])
+    np.testing.assert_allclose(score.slice_probabilities.sum(axis=1), 1.0)
+    assert score.key == (0, 2)  # a calibration never reorders the slices
+    assert score.positive_probability == pytest.approx(positive[[0, 2]].mean())
+    assert score.positive_probability != pytest.approx(slices.calibrate(0.7, c))

@@ -45,9 +45,14 @@ def test_a_model_that_states_no_verdict_concludes_with_its_probability_alone(no_
     result, _, c = no_verdict
     assert c.positive is None and c.verdict == "no verdict"
     assert c.probability == result.positive_probability and c.key
+    # The value is the mean of the key slices' own (calibrated) values, and is named so.
+    assert c.probability == pytest.approx(sum(k.probability for k in c.key) / len(c.key))
+    assert c.value_name == f"mean probability of the {len(c.key)} key slices"
+    assert "each calibrated on training slices" in c.method
     headline = c.headline()
-    assert "NO VERDICT" in headline and f"{c.probability:.2f}" in headline and "threshold" not in headline
-    assert "no threshold" in c.probability_line()
+    assert "NO VERDICT" in headline and f"{c.value_name} {c.probability:.2f}" in headline
+    assert "threshold" not in headline and "study probability" not in headline
+    assert "no threshold" in c.probability_line() and "study probability" not in c.probability_line()
     assert from_dict(c.to_dict()) == c
     # A result without its decision is no analysis by a model that states one.
     with pytest.raises(ValueError):

@@ -147,3 +147,21 @@ def test_lesion_free_remainders_score_each_lesion_series_without_its_lesion() ->
     assert noisy["auc"]["value"] <= 0.5 and noisy["flagged_share"]["value"] == 1.0
     slices, series = data(0.1)
     assert lesion_free_remainders([r for r in slices if r.label != 1], series, key=3) is None
+
+
+@pytest.mark.parametrize("verdict", [True, False])
+def test_the_study_value_of_training_is_the_nodes(verdict: bool) -> None:
+    """What the card measures is what the node states: a series fit (with a verdict) calibrates the
+    mean of the key slices, a slice fit (without one) averages the calibrated key slices."""
+    from onconode.inference.slices import aggregate
+    from onconode.models import Calibration, Decision
+    from training.evaluate import study_value
+
+    lesion = np.random.default_rng(3).uniform(0.01, 0.99, 40)
+    logits = np.log(np.c_[1 - lesion, lesion])
+    decision = Decision(positive_labels=("lesion",), verdict=verdict, calibration=Calibration(
+        slope=0.35, intercept=-1.3, fitted_on="series" if verdict else "slices"))
+    node = aggregate(logits, ["none", "lesion"], decision, 3).positive_probability
+    basis = "series" if verdict else "slices"
+    assert study_value(lesion, 0.35, -1.3, basis, 3) == pytest.approx(node, abs=1e-9)
+    assert study_value(lesion, 0.35, -1.3, "slices", 3) != pytest.approx(study_value(lesion, 0.35, -1.3, "series", 3))

@@ -155,10 +155,10 @@ def test_failure_pictures_show_a_flagged_lesion_free_remainder_on_its_top_slice(
                           0.95 if i == top else (0.6 if label == 0 else 0.3), 0.5, float("nan"), float("nan"))
               for i, label in zip(lesion.index, lesion.labels)]
     record = SeriesRecord(lesion.meta.key, lesion.meta.patient, "ct", 0, True, 0.7, 0.5)
-    out = failure_pictures(spec, [lesion], slices, [record], 0.5, (1.0, 0.0), tmp_path)
+    out = failure_pictures(spec, [lesion], slices, [record], 0.5, (1.0, 0.0), "series", tmp_path)
     assert [f["kind"] for f in out] == ["lesion-free remainder flagged"]
     assert out[0]["slice"] == top + 1 and out[0]["slice_probability"] == 0.95
     assert (tmp_path / out[0]["picture"]).stat().st_size > 0
     # Under a higher threshold the remainder is no failure (and the series itself is missed).
-    higher = failure_pictures(spec, [lesion], slices, [record], 0.9, (1.0, 0.0), tmp_path)
+    higher = failure_pictures(spec, [lesion], slices, [record], 0.9, (1.0, 0.0), "series", tmp_path)
     assert [f["kind"] for f in higher] == ["false negative"]
