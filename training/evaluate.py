@@ -125,6 +125,25 @@ def ece(probabilities: np.ndarray, positive: np.ndarray, bins: int = 10) -> floa
     return float(total)
 
 
+def ece_if_calibrated(probabilities: np.ndarray, observed: float, draws: int = 2000, seed: int = 0
+                      ) -> dict[str, float] | None:
+    """The ECE a perfectly calibrated model would show on these series: each outcome drawn as a coin
+    with the series' own calibrated probability, the ECE computed as for the real outcomes.
+
+    Why: with a few dozen series most bins hold a handful of them, so even a perfect model's ECE is
+    far from zero; where that floor lies above a target, the data cannot show the target met, and
+    ``at_or_above`` (the share of draws reaching the observed ECE) says whether the observed value
+    is any evidence of miscalibration at all. None without series.
+    """
+    if not len(probabilities):
+        return None
+    rng = np.random.default_rng(seed)
+    values = np.array([ece(probabilities, rng.random(len(probabilities)) < probabilities) for _ in range(draws)])
+    low, median, high = np.percentile(values, [2.5, 50, 97.5])
+    return {"median": float(median), "low": float(low), "high": float(high),
+            "at_or_above": float((values >= observed).mean())}
+
+
 def patient_bootstrap(statistic: object, groups: Sequence[str], resamples: int = 2000, seed: int = 0) -> Estimate:
     """Percentile bootstrap resampling patients: ``statistic(indices)`` over the rows of the drawn patients."""
     assert callable(statistic)
@@ -314,6 +333,8 @@ def summary(slices: Sequence[SliceRecord], series: Sequence[SeriesRecord], key: 
                    # Few series fill few bins: the interval says how far the point can be trusted.
                    "ece_calibrated_ci": asdict(patient_bootstrap(lambda i: ece(calibrated_probs[i], positive[i]),
                                                                 groups)) if len(series) else None,
+                   "ece_if_calibrated": ece_if_calibrated(calibrated_probs, ece(calibrated_probs, positive))
+                   if len(series) else None,
                    "ece_raw": ece(scores, positive) if len(series) else float("nan"),
                    "sensitivity": asdict(point.sensitivity), "specificity": asdict(point.specificity),
                    "fold_thresholds": list(point.thresholds),

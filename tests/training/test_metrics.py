@@ -165,3 +165,19 @@ def test_the_study_value_of_training_is_the_nodes(verdict: bool) -> None:
     basis = "series" if verdict else "slices"
     assert study_value(lesion, 0.35, -1.3, basis, 3) == pytest.approx(node, abs=1e-9)
     assert study_value(lesion, 0.35, -1.3, "slices", 3) != pytest.approx(study_value(lesion, 0.35, -1.3, "series", 3))
+
+
+def test_the_ece_floor_is_what_a_perfectly_calibrated_model_shows_on_as_many_series() -> None:
+    """Certain probabilities have no floor; a few dozen uncertain ones have one well above zero,
+    which an honestly drawn outcome reaches often and a model confidently wrong never does."""
+    from training.evaluate import ece, ece_if_calibrated
+
+    certain = ece_if_calibrated(np.r_[np.zeros(10), np.ones(10)], observed=0.0)
+    assert certain is not None and certain["median"] == 0.0 and certain["at_or_above"] == 1.0
+    p = np.random.default_rng(5).uniform(0.2, 0.8, 40)
+    floor = ece_if_calibrated(p, observed=ece(p, np.random.default_rng(6).random(40) < p))
+    assert floor is not None and 0.05 < floor["low"] <= floor["median"] <= floor["high"]
+    assert floor["at_or_above"] > 0.025
+    wrong = ece_if_calibrated(p, observed=ece(p, p < 0.5))
+    assert wrong is not None and wrong["at_or_above"] == 0.0
+    assert ece_if_calibrated(np.zeros(0), observed=0.0) is None
