@@ -129,9 +129,15 @@ def _within(slices: dict[str, Any]) -> str:
     """The slice AUC inside lesion series only, where scanner and patient cannot tell the classes apart."""
     if "within_lesion_series_auc" not in slices:
         return ""
+    position = slices.get("within_lesion_series_position_auc")
     return (f"\n- Inside lesion series only (lesion against lesion-free slices of the same series: no source "
             f"shortcut):\n  AUC {_est(slices['within_lesion_series_auc'])}; baseline "
-            f"{_est(slices['within_lesion_series_baseline_auc'])}.")
+            f"{_est(slices['within_lesion_series_baseline_auc'])}"
+            + (f"; the slice's position in its series alone (the other folds' lesion rate at that level) "
+               f"{_est(position)}" if position else "")
+            + (f".\n  Among slices of the same series at the same level (the same tenth of its slices), the "
+               f"model's AUC is {_est(slices['same_level_auc'])} (0.5: it ranks by level alone)"
+               if slices.get("same_level_auc") else "") + ".")
 
 
 def _located(series: dict[str, Any]) -> str:
@@ -211,6 +217,17 @@ def _measured_limits(spec: ModelSpec, r: Release) -> str:
                         "holds a lesion." if r.decision_basis != "series" else
                         "Expect most studies of this kind to be called positive; read the per-slice probabilities "
                         "and the key slices as a ranking of where to look, not the verdict as a finding."))
+    within, level = (_value(r.cv["slices"].get(k)) for k in ("within_lesion_series_auc",
+                                                              "within_lesion_series_position_auc"))
+    if within is not None and level is not None and level >= within:
+        lines.append(f"- **Inside a series the model ranks slices no better than their level does.** Lesion "
+                     f"against lesion-free slices of the same series: the model {within:.3f}, the slice's position "
+                     f"in its series alone {level:.3f} (the other folds' lesion rate at that level)"
+                     + (f", and among slices of the same series at the same level the model reaches only "
+                        f"{_est(r.cv['slices']['same_level_auc'])}" if r.cv["slices"].get("same_level_auc") else "")
+                     + ". Out of fold, the ranking comes mostly from where lesions usually lie in these data, not "
+                     "from what the slice shows; the localisation and the external check say how often the key "
+                     "slices still land on the lesion.")
     with_lesion = {c.folder for c in spec.external if c.lesion_slices}
     lesion_cases = [e for e in r.external if e.folder in with_lesion and e.probability is not None]
     missed = [e for e in lesion_cases if not any(e.key_on_lesion)]

@@ -242,6 +242,67 @@ def cross_fitted(series: Sequence[SeriesRecord], slices: Sequence[SliceRecord] =
     return out, point
 
 
+def _levels(rows: Sequence[SliceRecord], bins: int) -> dict[int, int]:
+    """Each slice record's level in its series (by ``id``): the tenth (for 10 bins) of the series'
+    analysed slices, in slice order, that it falls in."""
+    ranked = sorted(rows, key=lambda r: r.index)
+    last = max(1, len(ranked) - 1)
+    return {id(r): min(int(rank / last * bins), bins - 1) for rank, r in enumerate(ranked)}
+
+
+def position_baseline(slices: Sequence[SliceRecord], bins: int = 10) -> np.ndarray:
+    """Each slice scored by where it lies in its series alone: the lesion rate of its position bin
+    (its rank among the series' analysed slices, in tenths) among the other folds' labelled slices,
+    cross-fitted like everything else.
+
+    Why: a tumour is likelier at some levels of the brain or chest than at others, so a model can rank
+    slices by level rather than by what they show; inside a lesion series no source shortcut exists,
+    but this one does. The metadata-only baseline cannot see it (each slice alone has no position).
+    """
+    levels: dict[int, int] = {}
+    for rows in by_series(slices).values():
+        levels |= _levels(rows, bins)
+    cell = np.array([levels[id(r)] for r in slices], int)
+    folds = np.array([r.fold for r in slices])
+    label = np.array([r.label for r in slices])
+    out = np.zeros(len(slices))
+    for fold in set(folds.tolist()):
+        other = (folds != fold) & (label >= 0)
+        lesions = np.bincount(cell[other], weights=(label[other] == 1).astype(float), minlength=bins)
+        counts = np.bincount(cell[other], minlength=bins)
+        rate = (lesions + 1) / (counts + 2)  # Laplace: an empty bin is a coin
+        out[folds == fold] = rate[cell[folds == fold]]
+    return out
+
+
+def same_level_auc(slices: Sequence[SliceRecord], bins: int = 10) -> Estimate:
+    """The model's AUC over pairs of a lesion and a lesion-free slice of the same series at the same
+    level (the same tenth of its analysed slices), with a patient-bootstrap CI.
+
+    Why: ``position_baseline`` says how far level alone goes; this says what the model sees beyond
+    it, among neighbours that share the patient, the scanner and the level. 0.5 means level is all
+    the model ranks by.
+    """
+    wins: dict[str, float] = defaultdict(float)
+    pairs: dict[str, int] = defaultdict(int)
+    for rows in by_series(slices).values():
+        level = _levels(rows, bins)
+        for cell in range(bins):
+            inside = [r for r in rows if r.label >= 0 and level[id(r)] == cell]
+            lesion = np.array([r.probability for r in inside if r.label == 1])
+            free = np.array([r.probability for r in inside if r.label == 0])
+            if len(lesion) and len(free):
+                patient = rows[0].patient
+                wins[patient] += float((lesion[:, None] > free[None, :]).sum()
+                                       + 0.5 * (lesion[:, None] == free[None, :]).sum())
+                pairs[patient] += len(lesion) * len(free)
+    names = sorted(pairs)
+    won, counted = np.array([wins[n] for n in names]), np.array([pairs[n] for n in names], float)
+    if not names:
+        return Estimate(float("nan"), float("nan"), float("nan"))
+    return patient_bootstrap(lambda i: float(won[i].sum() / counted[i].sum()), names)
+
+
 def key_slice_placement(slices: Sequence[SliceRecord], lesion_series: set[str], key: int) -> tuple[float, float, int]:
     """(share whose most suspicious slice is a lesion slice, share with a lesion slice among the ``key``
     most suspicious, how many series) over the lesion series whose slices say where the lesion is.
@@ -319,13 +380,17 @@ def summary(slices: Sequence[SliceRecord], series: Sequence[SeriesRecord], key: 
     inside = np.array([r.series in lesion_keys for r in counted], bool)
     inside_groups = [g for g, keep in zip(s_groups, inside) if keep]
     top_share, key_share, located = key_slice_placement(slices, lesion_keys, key)
+    s_position = position_baseline(slices)[[r.label >= 0 for r in slices]]
     out: dict[str, object] = {
         "slices": {"count": len(counted), "lesion": int(s_pos.sum()), "patients": len(set(s_groups)),
                    "auc": asdict(auc_estimate(s_prob, s_pos, s_groups)),
                    "baseline_auc": asdict(auc_estimate(s_base, s_pos, s_groups)),
                    "within_lesion_series_auc": asdict(auc_estimate(s_prob[inside], s_pos[inside], inside_groups)),
                    "within_lesion_series_baseline_auc": asdict(auc_estimate(s_base[inside], s_pos[inside],
-                                                                            inside_groups))},
+                                                                            inside_groups)),
+                   "within_lesion_series_position_auc": asdict(auc_estimate(s_position[inside], s_pos[inside],
+                                                                            inside_groups)),
+                   "same_level_auc": asdict(same_level_auc(slices))},
         "series": {"count": len(series), "lesion": int(positive.sum()), "patients": len(set(groups)),
                    "auc": asdict(auc_estimate(scores, positive, groups)),
                    "baseline_auc": asdict(auc_estimate(base, positive, groups)),

@@ -181,3 +181,31 @@ def test_the_ece_floor_is_what_a_perfectly_calibrated_model_shows_on_as_many_ser
     wrong = ece_if_calibrated(p, observed=ece(p, p < 0.5))
     assert wrong is not None and wrong["at_or_above"] == 0.0
     assert ece_if_calibrated(np.zeros(0), observed=0.0) is None
+
+
+def test_level_alone_and_what_the_model_sees_beyond_it() -> None:
+    """Lesions always at the same level: the position baseline finds them without looking; a model
+    scoring by level alone ties its neighbours at that level (0.5), one that sees the lesion wins."""
+    from training.evaluate import SliceRecord, position_baseline, same_level_auc, series_records, summary
+
+    def data(sees: bool) -> list[SliceRecord]:
+        rng = np.random.default_rng(2)
+        rows = []
+        for i in range(12):
+            for index in range(40):
+                lesion = index in (21, 22)  # the same tenth as slices 20..23
+                level = 0.8 if 20 <= index <= 23 else 0.1
+                p = (0.9 if lesion else level) if sees else level
+                rows.append(SliceRecord(f"s{i}", f"p{i}", "ct", i % 3, index, int(lesion), p + rng.uniform(0, 0.01),
+                                        0.5, float("nan"), float("nan")))
+        return rows
+
+    blind, seeing = data(False), data(True)
+    position = position_baseline(blind)
+    labels = np.array([r.label == 1 for r in blind])
+    assert roc_auc(position, labels) > 0.9
+    assert abs(same_level_auc(blind).value - 0.5) < 0.15
+    assert same_level_auc(seeing).value == 1.0
+    series = series_records(seeing, {f"s{i}": True for i in range(12)}, 3)
+    assert summary(seeing, series, 3)["slices"]["same_level_auc"]["value"] == 1.0
+    assert np.isnan(same_level_auc([r for r in blind if r.label != 1]).value)
