@@ -97,13 +97,47 @@ def logits_of(model: LiteClassifier, planes: np.ndarray, spec: ModelSpec, batch_
     return np.concatenate(out) if out else np.zeros((0, 2))
 
 
+LEVELS = 10  # a series' eligible slices in tenths, as ``evaluate.position_baseline`` reads them
+
+
+def levels(series: Sequence[SeriesExamples], bins: int = LEVELS) -> np.ndarray:
+    """Each stacked slice's level: the tenth of its series' eligible slices, in slice order, it falls in."""
+    out = []
+    for s in series:
+        rank = np.argsort(np.argsort(s.index, kind="stable"), kind="stable")
+        out.append(np.minimum((rank / max(1, len(rank) - 1) * bins).astype(int), bins - 1))
+    return np.concatenate(out) if out else np.zeros(0, int)
+
+
+def level_matched(level: np.ndarray, labels: np.ndarray, share: float) -> np.ndarray:
+    """Drawing weights of the lesion-free slices (``labels == 0``, in order) under which ``share`` of
+    the draws follow the lesion slices' levels and the rest are uniform.
+
+    Why: lesions sit at some levels more than others, and a single slice shows its level (apex, hilum,
+    base), so with uniform lesion-free slices a model can rank by level instead of by the lesion. The
+    uniform rest keeps every level, the apex and the base included, among the negatives it sees."""
+    clear = labels == 0
+    bins = int(level.max()) + 1 if len(level) else 1
+    lesion_at = np.bincount(level[labels == 1], minlength=bins).astype(float)
+    clear_at = np.bincount(level[clear], minlength=bins).astype(float)
+    uniform = np.full(int(clear.sum()), 1.0 / max(1, int(clear.sum())))
+    if not lesion_at.sum():
+        return uniform
+    matched = lesion_at[level[clear]] / clear_at[level[clear]] / lesion_at.sum()
+    return share * matched / matched.sum() + (1 - share) * uniform
+
+
 def lesion_free_draw(model: LiteClassifier, planes: np.ndarray, clear: np.ndarray, count: int, spec: ModelSpec,
-                     rng: np.random.Generator, epoch: int) -> np.ndarray:
-    """``count`` lesion-free slice indices for one epoch: uniform, except that from the second epoch
-    ``spec.hard_negatives`` of them are the slices the model scores most like a lesion, out of a
-    uniform pool four times as large (the whole set would cost an epoch's time to score)."""
+                     rng: np.random.Generator, epoch: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """``count`` lesion-free slice indices for one epoch: by ``weights`` (``level_matched``) or uniform,
+    except that from the second epoch ``spec.hard_negatives`` of them are the slices the model scores
+    most like a lesion, out of a uniform pool four times as large (the whole set would cost an epoch's
+    time to score)."""
     hard = round(count * spec.hard_negatives) if epoch > 1 else 0
-    uniform = rng.choice(clear, count - hard, replace=len(clear) < count - hard)
+    if weights is not None:
+        uniform = rng.choice(clear, count - hard, replace=True, p=weights)
+    else:
+        uniform = rng.choice(clear, count - hard, replace=len(clear) < count - hard)
     if not hard:
         return uniform
     pool = rng.choice(clear, min(len(clear), 4 * hard), replace=False)
@@ -129,6 +163,7 @@ def fit(spec: ModelSpec, train: Sequence[SeriesExamples], valid: Sequence[Series
     clear = np.flatnonzero(data.labels == 0)
     if len(lesion) == 0 or len(clear) == 0:
         raise ValueError(f"training needs lesion and lesion-free slices, found {len(lesion)} and {len(clear)}")
+    weights = level_matched(levels(train), data.labels, spec.level_matched) if spec.level_matched else None
     model = LiteClassifier(2, spec.size[0], pretrained=pretrained, feature_stride=spec.feature_stride,
                            fused=spec.feature_fusion)
     model.freeze_early(spec.frozen_blocks)
@@ -147,7 +182,7 @@ def fit(spec: ModelSpec, train: Sequence[SeriesExamples], valid: Sequence[Series
         started, running, batches = time.monotonic(), 0.0, 0
         half = spec.samples_per_epoch // 2
         order = np.concatenate([rng.choice(lesion, half, replace=len(lesion) < half),
-                                lesion_free_draw(model, data.planes, clear, half, spec, rng, epoch)])
+                                lesion_free_draw(model, data.planes, clear, half, spec, rng, epoch, weights)])
         order = order[rng.permutation(len(order))]
         model.train()
         for b in range(steps_per_epoch):

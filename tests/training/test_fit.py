@@ -99,3 +99,27 @@ def test_hard_negatives_are_the_pools_highest_scored_slices_from_the_second_epoc
     pool = replay.choice(clear, 40, replace=False)
     assert len(drawn) == 20 and set(drawn) <= set(clear.tolist())
     assert sorted(drawn[10:].tolist()) == sorted(pool)[-10:]
+
+
+def test_level_matched_negatives_follow_the_lesions_levels_and_keep_every_level(torch_available: None) -> None:
+    """Fully matched, the lesion-free draws sit at the lesions' levels in the lesions' proportions;
+    with a uniform share every lesion-free slice, the apex and the base too, can still be drawn."""
+    import numpy as np
+
+    from training.fit import level_matched, levels
+
+    class Series:  # what ``levels`` reads of a SeriesExamples
+        def __init__(self, index: list[int]) -> None:
+            self.index = np.array(index)
+
+    level = levels([Series([5, 3, 4, 0, 1, 2, 6, 7, 8, 9]), Series([0, 1])], bins=5)  # slice order, not file order
+    assert level.tolist() == [2, 1, 2, 0, 0, 1, 3, 3, 4, 4, 0, 4]
+    labels = np.array([1, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0])  # one lesion slice at each of levels 2, 3, 4
+    clear_level = level[labels == 0]
+    full = level_matched(level, labels, 1.0)
+    by_level = {int(v): float(full[clear_level == v].sum()) for v in set(clear_level.tolist())}
+    assert by_level[0] == by_level[1] == 0.0
+    assert all(abs(by_level[v] - 1 / 3) < 1e-12 for v in (2, 3, 4))
+    mixed = level_matched(level, labels, 0.75)
+    assert abs(mixed.sum() - 1) < 1e-12 and (mixed > 0).all()
+    assert np.allclose(level_matched(level, np.where(labels == 1, 0, labels), 0.75), 1 / 12)  # no lesion: uniform
