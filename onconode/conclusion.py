@@ -141,6 +141,8 @@ def conclude(result: AnalysisResult, manifest: Manifest) -> Conclusion:
 
 
 def _calibration_phrase(manifest: Manifest) -> str:
-    if manifest.decision.calibration is None:
+    calibration = manifest.decision.calibration
+    if calibration is None:
         return ""
-    return ", calibrated on training series" if manifest.decision.verdict else ", each calibrated on training slices"
+    return ", calibrated on training series" if calibration.fitted_on == "series" else \
+        ", each calibrated on training slices"

@@ -242,15 +242,23 @@ def cross_fitted(series: Sequence[SeriesRecord], slices: Sequence[SliceRecord] =
     return out, point
 
 
+LEVELS = 10  # a series' analysed slices in tenths: what "the same level" means here and in ``fit``
+
+
+def levels_in_order(positions: np.ndarray, bins: int = LEVELS) -> np.ndarray:
+    """Each slice's level in its series, from the slices' positions (any order): the tenth (for 10
+    bins) of the series' analysed slices, in slice order, that it falls in."""
+    rank = np.argsort(np.argsort(positions, kind="stable"), kind="stable")
+    return np.minimum((rank / max(1, len(rank) - 1) * bins).astype(int), bins - 1)
+
+
 def _levels(rows: Sequence[SliceRecord], bins: int) -> dict[int, int]:
-    """Each slice record's level in its series (by ``id``): the tenth (for 10 bins) of the series'
-    analysed slices, in slice order, that it falls in."""
-    ranked = sorted(rows, key=lambda r: r.index)
-    last = max(1, len(ranked) - 1)
-    return {id(r): min(int(rank / last * bins), bins - 1) for rank, r in enumerate(ranked)}
+    """Each slice record's level in its series (by ``id``), see ``levels_in_order``."""
+    level = levels_in_order(np.array([r.index for r in rows]), bins)
+    return {id(r): int(v) for r, v in zip(rows, level)}
 
 
-def position_baseline(slices: Sequence[SliceRecord], bins: int = 10) -> np.ndarray:
+def position_baseline(slices: Sequence[SliceRecord], bins: int = LEVELS) -> np.ndarray:
     """Each slice scored by where it lies in its series alone: the lesion rate of its position bin
     (its rank among the series' analysed slices, in tenths) among the other folds' labelled slices,
     cross-fitted like everything else.
@@ -275,7 +283,7 @@ def position_baseline(slices: Sequence[SliceRecord], bins: int = 10) -> np.ndarr
     return out
 
 
-def same_level_auc(slices: Sequence[SliceRecord], bins: int = 10) -> Estimate:
+def same_level_auc(slices: Sequence[SliceRecord], bins: int = LEVELS) -> Estimate:
     """The model's AUC over pairs of a lesion and a lesion-free slice of the same series at the same
     level (the same tenth of its analysed slices), with a patient-bootstrap CI.
 

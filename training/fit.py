@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from training.augment import Augmenter
+from training.evaluate import LEVELS, levels_in_order
 from training.examples import SeriesExamples
 from training.network import LiteClassifier
 from training.specs import ModelSpec
@@ -97,16 +98,9 @@ def logits_of(model: LiteClassifier, planes: np.ndarray, spec: ModelSpec, batch_
     return np.concatenate(out) if out else np.zeros((0, 2))
 
 
-LEVELS = 10  # a series' eligible slices in tenths, as ``evaluate.position_baseline`` reads them
-
-
 def levels(series: Sequence[SeriesExamples], bins: int = LEVELS) -> np.ndarray:
-    """Each stacked slice's level: the tenth of its series' eligible slices, in slice order, it falls in."""
-    out = []
-    for s in series:
-        rank = np.argsort(np.argsort(s.index, kind="stable"), kind="stable")
-        out.append(np.minimum((rank / max(1, len(rank) - 1) * bins).astype(int), bins - 1))
-    return np.concatenate(out) if out else np.zeros(0, int)
+    """Each stacked slice's level in its series, as the evaluation reads it (``evaluate.levels_in_order``)."""
+    return np.concatenate([levels_in_order(s.index, bins) for s in series]) if series else np.zeros(0, int)
 
 
 def level_matched(level: np.ndarray, labels: np.ndarray, share: float) -> np.ndarray:

@@ -38,7 +38,7 @@ def caption_lines(conclusion: Conclusion, score: SliceScore) -> tuple[str, ...]:
     return (NOT_FOR_DIAGNOSIS,
             ascii_only(f"{conclusion.finding.display}: {conclusion.verdict.upper()} (whole study)"),
             conclusion.probability_line(),
-            f"this slice: probability {score.probability:.2f} (per slice)",
+            conclusion.slice_line(score),
             ascii_only(f"{conclusion.algorithm.name} {conclusion.algorithm.version}"))
 
 
