@@ -7,6 +7,11 @@ they are, and writes the card and the metrics again. Nothing is retrained: the n
 or heat maps, and where the run's out-of-fold predictions are kept (``runs/<name>-<version>/oof-*.json``)
 the cross-validated summary is recomputed from them, e.g. after a change to how it is summarised, and
 with the prepared training data at hand, so are the failure pictures.
+
+The shipped calibration and threshold are refitted from those predictions the way training fits them
+(``release.operating_point``). Where they move, e.g. after a change to the fit, the manifest is
+written anew for the same ONNX file under the spec's version, which must then differ from the
+shipped one: a manifest that says other things is another release.
 """
 
 from __future__ import annotations
@@ -17,17 +22,29 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
-from onconode.models import load_manifest
+from onconode.models import Manifest, load_manifest
 from training.card import render_card
 from training.evaluate import SeriesRecord, SliceRecord, summary
-from training.examples import load_all
+from training.examples import SeriesExamples, load_all
 from training.latency import Latency
-from training.release import ExternalResult, Release, external_check, failure_pictures, run_folder
-from training.specs import SPECS
+from training.release import (
+    ExternalResult,
+    Release,
+    build_manifest,
+    external_check,
+    failure_pictures,
+    fit_plots,
+    operating_point,
+    run_folder,
+    write_manifest,
+)
+from training.specs import SPECS, ModelSpec
+
+log = logging.getLogger(__name__)
 
 
 def load_release(path: Path) -> Release:
@@ -42,6 +59,58 @@ def load_release(path: Path) -> Release:
     return Release(**data)
 
 
+class VersionUnchanged(Exception):
+    """The refitted operating point differs from the shipped one while the spec's version does not."""
+
+
+def recheck(spec: ModelSpec, out: Path, runs: Path, dicom: Path, examples: list[SeriesExamples] | None = None
+            ) -> Manifest:
+    """Refit, re-check and re-render one released model in ``out``; returns the manifest it leaves.
+
+    ``examples`` (the prepared training series) default to ``load_all(spec)``; with none, the failure
+    pictures are kept as they are."""
+    metrics = out / f"{spec.name}.metrics.json"
+    report = load_release(metrics)
+    manifest = load_manifest(out / f"{spec.name}.yaml")
+    oof = run_folder(runs, spec)
+    shipped_run = run_folder(runs, replace(spec, version=manifest.version))
+    kept = (oof / "oof-slices.json").exists() or (shipped_run / "oof-slices.json").exists()
+    if kept:
+        source = oof if (oof / "oof-slices.json").exists() else shipped_run
+        slices = [SliceRecord(**r) for r in json.loads((source / "oof-slices.json").read_text())]
+        known = {f.name for f in fields(SeriesRecord)}  # files of earlier runs may hold more keys
+        series = [SeriesRecord(**{k: v for k, v in r.items() if k in known})
+                  for r in json.loads((source / "oof-series.json").read_text())]
+        calibration, threshold, basis = operating_point(slices, series)
+        if (calibration, threshold, basis) != (report.calibration, report.threshold, report.decision_basis):
+            if manifest.version == spec.version:
+                raise VersionUnchanged(f"{spec.name}: the refitted operating point differs from the shipped "
+                                       f"{manifest.version}; give the spec a new version to release it")
+            log.info("model=%s %s -> %s: calibration %s -> %s, threshold %s -> %s", spec.name, manifest.version,
+                     spec.version, report.calibration, calibration, report.threshold, threshold)
+            manifest = build_manifest(spec, out / manifest.file, calibration, threshold, basis)
+            write_manifest(manifest, out)
+            fit_plots(spec, slices, series, calibration, out)
+            report = replace(report, calibration=calibration, threshold=threshold, decision_basis=basis)
+        if source != oof:  # a new version of the same weights keeps their run under its own name
+            shutil.copytree(source, oof)
+    with tempfile.TemporaryDirectory() as folder:
+        for suffix in (".onnx", ".yaml"):
+            shutil.copy(out / f"{spec.name}{suffix}", Path(folder))
+        external = external_check(spec, Path(folder), dicom, out)
+    cv, failures = report.cv, report.failures
+    if kept:
+        cv = summary(slices, series, spec.slices.key)
+        examples = load_all(spec) if examples is None else examples
+        if examples:  # the prepared data is here: the failure pictures are drawn again too
+            failures = failure_pictures(spec, examples, slices, series, report.threshold, report.calibration,
+                                        report.decision_basis, out)
+    report = replace(report, external=external, cv=cv, failures=failures)
+    (out / f"{spec.name}.md").write_text(render_card(spec, manifest, report))
+    metrics.write_text(json.dumps(asdict(report), indent=1, default=str))
+    return manifest
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", choices=sorted(SPECS))
@@ -49,31 +118,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="where training kept its out-of-fold files")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    spec = SPECS[args.model]
-    metrics = args.out / f"{spec.name}.metrics.json"
-    report = load_release(metrics)
     dicom = Path(os.environ.get("ONCONODE_DATA", "../shared/data")) / "dicom"
-    with tempfile.TemporaryDirectory() as folder:
-        for suffix in (".onnx", ".yaml"):
-            shutil.copy(args.out / f"{spec.name}{suffix}", Path(folder))
-        external = external_check(spec, Path(folder), dicom, args.out)
-    cv, failures = report.cv, report.failures
-    oof = run_folder(args.runs, spec)
-    if (oof / "oof-slices.json").exists():
-        slices = [SliceRecord(**r) for r in json.loads((oof / "oof-slices.json").read_text())]
-        known = {f.name for f in fields(SeriesRecord)}  # files of earlier runs may hold more keys
-        series = [SeriesRecord(**{k: v for k, v in r.items() if k in known})
-                  for r in json.loads((oof / "oof-series.json").read_text())]
-        cv = summary(slices, series, spec.slices.key)
-        examples = load_all(spec)
-        if examples:  # the prepared data is here: the failure pictures are drawn again too
-            failures = failure_pictures(spec, examples, slices, series, report.threshold, report.calibration,
-                                        report.decision_basis,
-                                        args.out)
-    report = Release(**{**report.__dict__, "external": external, "cv": cv, "failures": failures})
-    manifest = load_manifest(args.out / f"{spec.name}.yaml")
-    (args.out / f"{spec.name}.md").write_text(render_card(spec, manifest, report))
-    metrics.write_text(json.dumps(asdict(report), indent=1, default=str))
+    try:
+        recheck(SPECS[args.model], args.out, args.runs, dicom)
+    except VersionUnchanged as error:
+        raise SystemExit(str(error)) from None
 
 
 if __name__ == "__main__":

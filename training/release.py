@@ -241,6 +241,37 @@ def run_folder(runs: Path, spec: ModelSpec) -> Path:
     return runs / f"{spec.name}-{spec.version}"
 
 
+def operating_point(slices: list[SliceRecord], records: list[SeriesRecord]) -> tuple[tuple[float, float], float, str]:
+    """The shipped ((slope, intercept), threshold, basis): ``operating_fit`` on every out-of-fold
+    series (or slice), rounded as the manifest keeps them; ``training.recheck`` refits it the same way."""
+    labelled = [r for r in slices if r.label >= 0]
+    slope, intercept, threshold, basis = operating_fit(
+        np.array([r.score for r in records]), np.array([r.lesion for r in records]),
+        np.array([r.probability for r in labelled]), np.array([r.label == 1 for r in labelled]))
+    return (round(slope, 4), round(intercept, 4)), round(threshold, 4), basis
+
+
+def write_manifest(manifest: Manifest, out_dir: Path) -> None:
+    (out_dir / f"{manifest.name}.yaml").write_text(yaml.safe_dump(manifest.model_dump(mode="json", exclude_none=True),
+                                                                  sort_keys=False))
+
+
+def fit_plots(spec: ModelSpec, slices: list[SliceRecord], records: list[SeriesRecord],
+              calibration: tuple[float, float], out_dir: Path) -> None:
+    """The card's ROC and reliability pictures from the out-of-fold predictions."""
+    scores = np.array([r.score for r in records])
+    positive = np.array([r.lesion for r in records])
+    labelled = [r for r in slices if r.label >= 0]
+    probs = calibrated(scores, *calibration)
+    roc_plot({"series (out of fold)": (scores, positive),
+              "slices (out of fold)": (np.array([r.probability for r in labelled]),
+                                       np.array([r.label == 1 for r in labelled])),
+              "metadata-only baseline, series": (np.array([r.baseline for r in records]), positive)},
+             out_dir / f"{spec.name}.roc.png", f"{spec.name}: ROC, patient-grouped cross-validation")
+    reliability_plot({"series, calibrated (pooled fit)": (np.stack([1 - probs, probs], 1), positive.astype(int))},
+                     out_dir / f"{spec.name}.reliability.png", f"{spec.name}: reliability, out of fold")
+
+
 def release(spec: ModelSpec, series: list[SeriesExamples], out_dir: Path, dicom: Path,
             epochs: int | None = None, max_steps: int | None = None, pretrained: bool = True,
             runs: Path = Path("runs")) -> Manifest:
@@ -252,12 +283,7 @@ def release(spec: ModelSpec, series: list[SeriesExamples], out_dir: Path, dicom:
     lesion_of = {s.meta.key: s.meta.lesion for s in series}
     records = series_records(slices, lesion_of, spec.slices.key)
     cv = summary(slices, records, spec.slices.key)
-    scores = np.array([r.score for r in records])
-    positive = np.array([r.lesion for r in records])
-    labelled = [r for r in slices if r.label >= 0]
-    slope, intercept, threshold, decision_basis = operating_fit(
-        scores, positive, np.array([r.probability for r in labelled]), np.array([r.label == 1 for r in labelled]))
-    calibration, threshold = (round(slope, 4), round(intercept, 4)), round(threshold, 4)
+    calibration, threshold, decision_basis = operating_point(slices, records)
     if decision_basis != "series":
         log.warning("model=%s: series of one class only; calibration and threshold from the %s",
                     spec.name, decision_basis)
@@ -270,21 +296,13 @@ def release(spec: ModelSpec, series: list[SeriesExamples], out_dir: Path, dicom:
     onnx_logits, _ = onnx_outputs(session(onnx_path), normalise(sample, spec).contiguous().numpy())
     diff = float(np.abs(logits_of(model, sample, spec) - onnx_logits).max())
     manifest = build_manifest(spec, onnx_path, calibration, threshold, decision_basis)
-    (out_dir / f"{spec.name}.yaml").write_text(yaml.safe_dump(manifest.model_dump(mode="json", exclude_none=True),
-                                                              sort_keys=False))
+    write_manifest(manifest, out_dir)
     with tempfile.TemporaryDirectory() as folder:
         staged = Path(folder)
         for suffix in (".onnx", ".yaml"):
             shutil.copy(out_dir / f"{spec.name}{suffix}", staged)
         external = external_check(spec, staged, dicom, out_dir)
-    probs = calibrated(scores, *calibration)
-    roc_plot({"series (out of fold)": (scores, positive),
-              "slices (out of fold)": (np.array([r.probability for r in slices if r.label >= 0]),
-                                       np.array([r.label == 1 for r in slices if r.label >= 0])),
-              "metadata-only baseline, series": (np.array([r.baseline for r in records]), positive)},
-             out_dir / f"{spec.name}.roc.png", f"{spec.name}: ROC, patient-grouped cross-validation")
-    reliability_plot({"series, calibrated (pooled fit)": (np.stack([1 - probs, probs], 1), positive.astype(int))},
-                     out_dir / f"{spec.name}.reliability.png", f"{spec.name}: reliability, out of fold")
+    fit_plots(spec, slices, records, calibration, out_dir)
     report = Release(
         spec_name=spec.name, data=data_facts(series), cv=cv, epochs=fold_epochs, final_epochs=final_epochs,
         calibration=calibration, threshold=threshold, decision_basis=decision_basis, external=external,

@@ -86,7 +86,7 @@ class ModelSpec:
 
 CHEST_CT = ModelSpec(
     name="chest-ct-nodule",
-    version="2.1.2",
+    version="2.1.3",
     modality="CT",
     data="chest-ct",
     finding=FindingSpec(code="786838002", scheme="SCT", meaning="Pulmonary nodule",
@@ -125,7 +125,7 @@ CHEST_CT = ModelSpec(
 
 BRAIN_MR = ModelSpec(
     name="brain-mr-tumour",
-    version="2.1.0",
+    version="2.1.1",
     modality="MR",
     data="brain-mr",
     finding=FindingSpec(code="126952004", scheme="SCT", meaning="Neoplasm of brain",

@@ -209,3 +209,16 @@ def test_level_alone_and_what_the_model_sees_beyond_it() -> None:
     series = series_records(seeing, {f"s{i}": True for i in range(12)}, 3)
     assert summary(seeing, series, 3)["slices"]["same_level_auc"]["value"] == 1.0
     assert np.isnan(same_level_auc([r for r in blind if r.label != 1]).value)
+
+
+def test_platt_on_separable_series_keeps_the_order_and_stays_short_of_certainty() -> None:
+    """Ten lesion series all above ten lesion-free ones: hard targets would send the slope to its
+    ridge limit and every series to 0.000 or 1.000; with Platt's targets ((N+1)/(N+2), 1/(N+2)) the
+    slope stays finite, no series is called certain, and the order is kept."""
+    from training.evaluate import calibrated, platt
+    scores = np.concatenate([np.linspace(0.05, 0.45, 10), np.linspace(0.55, 0.95, 10)])
+    positive = np.arange(20) >= 10
+    out = calibrated(scores, *platt(scores, positive))
+    assert np.all(np.diff(out) > 0)
+    assert 1e-3 < out.min() and out.max() < 1 - 1e-3
+    assert 0.75 < out[positive].mean() < 0.95 and 0.05 < out[~positive].mean() < 0.25

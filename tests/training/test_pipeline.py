@@ -162,3 +162,41 @@ def test_failure_pictures_show_a_flagged_lesion_free_remainder_on_its_top_slice(
     # Under a higher threshold the remainder is no failure (and the series itself is missed).
     higher = failure_pictures(spec, [lesion], slices, [record], 0.9, (1.0, 0.0), "series", tmp_path)
     assert [f["kind"] for f in higher] == ["false negative"]
+
+
+def test_recheck_refits_the_operating_point_and_releases_it_only_under_a_new_version(  # type: ignore[no-untyped-def]
+        series, spec, tmp_path: Path) -> None:
+    """The shipped calibration and threshold are refitted from the kept out-of-fold predictions: an
+    unchanged fit leaves the manifest byte for byte; a fit that moved (here the shipped one is made
+    stale) is refused under the same version, and written for the same ONNX file under a new one,
+    whose run folder then holds the predictions it came from."""
+    import json
+
+    from onconode.models import load_registry
+    from training.recheck import VersionUnchanged, recheck
+    from training.release import release, run_folder
+
+    models, runs, dicom = tmp_path / "models", tmp_path / "runs", tmp_path / "no-dicom"
+    shipped = release(spec, series, models, dicom, max_steps=2, pretrained=False, runs=runs)
+    manifest_file = models / f"{spec.name}.yaml"
+    before = manifest_file.read_bytes()
+    recheck(spec, models, runs, dicom, examples=[])
+    assert manifest_file.read_bytes() == before
+
+    metrics = models / f"{spec.name}.metrics.json"
+    stale = json.loads(metrics.read_text())
+    stale["calibration"] = [9.0, 9.0]
+    metrics.write_text(json.dumps(stale))
+    with pytest.raises(VersionUnchanged):
+        recheck(spec, models, runs, dicom, examples=[])
+    assert manifest_file.read_bytes() == before
+
+    newer = dataclasses.replace(spec, version="9.9.9")
+    manifest = recheck(newer, models, runs, dicom, examples=[])
+    assert manifest.version == "9.9.9" and manifest.sha256 == shipped.sha256
+    assert manifest.decision.calibration == shipped.decision.calibration
+    assert manifest.decision.threshold == shipped.decision.threshold
+    assert load_registry(models)[spec.name].manifest.version == "9.9.9"
+    assert json.loads(metrics.read_text())["calibration"] == [shipped.decision.calibration.slope,
+                                                             shipped.decision.calibration.intercept]
+    assert (run_folder(runs, newer) / "oof-series.json").exists()
