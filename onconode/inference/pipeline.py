@@ -139,7 +139,7 @@ class _Clock:
 def _screen(scan: series.StudyScan) -> tuple[list[series.SeriesInfo], list[series.SeriesDecision]]:
     candidates, left = [], []
     for info in scan.series:
-        why = series.exclusion(info)
+        why = series.identity_problem(info) or series.exclusion(info)
         if why is None:
             candidates.append(info)
         else:

@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from onconode.selection.text import has_phrase, has_word, words
+from onconode.values import check_uid
 
 Vector = tuple[float, float, float]
 
@@ -336,6 +337,27 @@ def slice_normal(orientation: Sequence[float]) -> np.ndarray:
     normal = np.cross(row, col)
     length = np.linalg.norm(normal)
     return normal / length if length > 0 else normal
+
+
+_IDENTITY = (("StudyInstanceUID", "study_uid"), ("SeriesInstanceUID", "series_uid"),
+             ("SOPInstanceUID", "sop_instance_uid"))
+
+
+def identity_problem(series: SeriesInfo) -> str | None:
+    """Why the series' instances cannot be named in what the node sends back, or None.
+
+    The SR, the Secondary Captures and the FHIR report name each key slice by its UIDs, so they must
+    be valid and the instances distinct. The node refuses such instances on receipt
+    (``dicom_node.identify``); files given to ``onconode analyze`` (a de-identification that emptied the
+    UIDs, or wrote UUIDs) meet the same rule here. The reason never quotes the value."""
+    for header in series.instances:
+        for attribute, name in _IDENTITY:
+            reason = check_uid(getattr(header, name))
+            if reason:
+                return f"the {attribute} of an instance is not a valid UID ({reason}); the node refuses such instances"
+    if len({h.sop_instance_uid for h in series.instances}) < len(series.instances):
+        return "instances share one SOP Instance UID, so its slices could not be told apart in a report"
+    return None
 
 
 def exclusion(series: SeriesInfo) -> str | None:

@@ -84,3 +84,25 @@ def test_scan_refuses_paths_without_dicom(tmp_path: Path) -> None:
 def test_group_by_study_splits_a_folder(dicom_dir: Path) -> None:
     studies = series.group_by_study(files_under([dicom_dir / "misc"]))
     assert len(studies) == 3  # the two localizers share one study
+
+
+@pytest.mark.parametrize(("attribute", "value", "reason"), [
+    ("SOPInstanceUID", "", "SOPInstanceUID of an instance is not a valid UID (empty)"),
+    ("SeriesInstanceUID", "1bc8b288-610b-4001-aac8-f814641169da", "SeriesInstanceUID of an instance is not a valid UID"),
+    ("SOPInstanceUID", "1.2.826.0.1.3680043.8.498.7", "instances share one SOP Instance UID"),
+])
+def test_a_series_whose_instances_cannot_be_named_is_left_out_without_quoting_the_value(
+        dicom_dir: Path, copy_series, registry, rules, attribute: str, value: str, reason: str) -> None:
+    """Real de-identified studies arrive with UIDs emptied or written as UUIDs: a report could not name
+    their key slices, and the node refuses such instances on receipt, so ``analyze`` leaves the series
+    out with the reason, never a finding, and the reason does not repeat what the file holds."""
+    def broken(ds: pydicom.Dataset, index: int) -> None:
+        _into_study(ds, index)
+        setattr(ds, attribute, value)
+
+    files = copy_series(sorted((dicom_dir / "lidc-idri-0001").glob("*.dcm"))[:12], "lidc", broken)
+    result = pipeline.analyze_study(files, registry, rules)
+    assert result.outcome is pipeline.Outcome.NO_APPLICABLE_MODEL
+    (decision,) = result.series
+    assert not decision.taken and reason in decision.reason
+    assert not value or value not in decision.reason
