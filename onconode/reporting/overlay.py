@@ -79,8 +79,21 @@ def _caption_band(width: int, lines: Sequence[str]) -> np.ndarray:
     line_height = round(28 * scale) + 4
     band = np.zeros((line_height * len(lines) + 6, width, 3), dtype=np.uint8)
     for i, text in enumerate(lines):
-        (w, _), _ = cv2.getTextSize(text, _FONT, scale, thickness)
-        fit = min(scale, scale * (width - 8) / max(w, 1))
+        fit = _fitting_scale(text, scale, thickness, width - 8)
         colour = (255, 255, 0) if i == 0 else (255, 255, 255)
         cv2.putText(band, text, (4, line_height * (i + 1)), _FONT, fit, colour, thickness, cv2.LINE_AA)
     return band
+
+
+def _fitting_scale(text: str, scale: float, thickness: int, room: int) -> float:
+    """The largest font scale up to ``scale`` at which ``text`` is at most ``room`` pixels wide.
+
+    One proportional step is not enough: a stroke's thickness does not shrink with the font, so a
+    line scaled down once can still run past the edge by a character."""
+    fit = scale
+    for _ in range(20):
+        (w, _), _ = cv2.getTextSize(text, _FONT, fit, thickness)
+        if w + thickness <= room:
+            return fit
+        fit *= min(0.98, room / (w + thickness))
+    return fit

@@ -46,3 +46,15 @@ def test_weak_heat_is_not_drawn() -> None:
 def test_render_refuses_bad_input(image: np.ndarray, heat: np.ndarray, lines: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         overlay.render(image, heat, lines)
+
+
+@pytest.mark.parametrize("width", [96, 128, 256, 384, 512, 640, 1024])
+def test_every_caption_line_ends_inside_the_picture(width: int) -> None:
+    """A long caption line is drawn smaller, never cut at the right edge (a 512-wide CT slice cut the
+    closing parenthesis of the study line): its last drawn column keeps clear of the edge."""
+    lines = [overlay.WARNING_LINE, "mean probability of the 3 key slices 0.33 (no threshold: slices ranked only)",
+             "this slice: probability 0.34 (per slice)", "chest-ct-nodule 2.1.3"]
+    out = overlay.render(np.zeros((width, width), np.float32), np.zeros((width, width), np.float32), lines)
+    band = out[width:]
+    drawn = np.where(band.max(axis=(0, 2)) > 0)[0]
+    assert drawn.max() < width - 2
