@@ -51,6 +51,7 @@ peers: $(FULL)
 # rewrites models/<name>.{onnx,yaml,md}, its plots and pictures, and runs/<name>/.
 train-chest: $(FULL)
 	$(VENV)/bin/python -m training.gather chest-ct
+	$(VENV)/bin/python -m training.gather chest-ct-check
 	$(VENV)/bin/python -m training.prepare_chest
 	$(VENV)/bin/python -u -m training.train chest-ct
 

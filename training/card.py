@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from onconode.models import Manifest, Preprocess
-from training.examples import sources_dir
+from training.gather import sources_dir
 from training.specs import ModelSpec
 
 if TYPE_CHECKING:
-    from training.release import Release
+    from training.release import ExternalResult, Release
 
 TARGET_AUC, TARGET_AUC_LOW, TARGET_BASELINE = 0.90, 0.80, 0.65
 TARGET_POINTING, TARGET_ECE, TARGET_MS, TARGET_MB = 0.60, 0.05, 10.0, 20.0
@@ -236,7 +236,19 @@ def _measured_limits(spec: ModelSpec, r: Release) -> str:
                      f"lesion ({', '.join(e.folder for e in missed)}): a positive decision there is not evidence "
                      "that the model saw the lesion.")
     negatives = [e for e in r.external if e.probability is not None and e.folder not in with_lesion]
-    if not negatives:
+    checked = [c.probability for c in r.checks if c.probability is not None]
+    lesion_values = _external_lesion_values(r, spec)
+    if checked and lesion_values and max(checked) >= min(lesion_values):
+        above = sum(v >= min(lesion_values) for v in checked)
+        lines.append(f"- **Studies without the finding score like studies with it.** {above} of {len(checked)} "
+                     "studies of patients with no cancer known, from another source (see \"Studies without the "
+                     f"finding\"), score at or above the lowest external study with the finding "
+                     f"({min(lesion_values):.3f}): the study value does not tell the two apart.")
+    elif checked:
+        lines.append(f"- Studies without the finding were seen from one other source only ({len(checked)} studies; "
+                     "see \"Studies without the finding\"): too few, from too far off the training data, to "
+                     "measure how often a study without the finding is flagged.")
+    elif not negatives:
         if r.cv["series"]["count"] > r.cv["series"]["lesion"]:
             lines.append("- The external check holds no lesion-free study: how often this model flags a study "
                          "without the finding is measured only in the cross-validation above.")
@@ -301,9 +313,9 @@ def _data(r: Release) -> str:
     return _table(["collection", "patients", "series", "lesion series", "slices analysed", "lesion slices"], rows)
 
 
-def _external(r: Release, spec: ModelSpec) -> str:
+def _external(r: Release, spec: ModelSpec, results: list[ExternalResult] | None = None) -> str:
     rows, pictures = [], []
-    for x in r.external:
+    for x in r.external if results is None else results:
         decision = "—" if x.probability is None else "no verdict" if x.positive is None else \
             ("POSITIVE" if x.positive else "negative")
         prob = "—" if x.probability is None else f"{x.probability:.3f}"
@@ -314,6 +326,33 @@ def _external(r: Release, spec: ModelSpec) -> str:
             pictures.append(f"![{x.folder}]({x.picture})")
     return _table(["study", "decision", _value_name(r, spec.slices.key), "key slices (most suspicious first)",
                    "heat peak vs the collection's box"], rows) + "\n\n" + "\n".join(pictures)
+
+
+def _external_lesion_values(r: Release, spec: ModelSpec) -> list[float]:
+    with_lesion = {c.folder for c in spec.external if c.lesion_slices}
+    return [e.probability for e in r.external if e.folder in with_lesion and e.probability is not None]
+
+
+def _checks(r: Release, spec: ModelSpec) -> str:
+    """The section on ``release.check_studies``: studies without the finding from another source, and
+    where their values fall against the external lesion studies'."""
+    if not r.checks:
+        return ""
+    shown = [c.probability for c in r.checks if c.probability is not None]
+    lesion = _external_lesion_values(r, spec)
+    text = (f"\n## Studies without the finding, from another source\n"
+            f"The node's own analysis, run as above, of {len(r.checks)} studies of patients with no cancer known "
+            f"(`training/sources/{spec.checks}.yaml`, with what each patient had). Nothing was trained, tuned or "
+            "thresholded on them, and no training series comes from their site or scanner: they show what the "
+            "model says of such studies, not a specificity. Where a study's UIDs are not valid (its "
+            "de-identification emptied them or wrote UUIDs; the node refuses such instances on receipt), it is "
+            "analysed on a copy in which only the UIDs are replaced.\n\n" + _external(r, spec, r.checks) + "\n")
+    if shown and lesion:
+        low = min(lesion)
+        above = sum(v >= low for v in shown)
+        text += (f"\n{above} of {len(shown)} score at or above the lowest external study with the finding "
+                 f"({low:.3f}; they range {min(shown):.3f}–{max(shown):.3f}).\n")
+    return text
 
 
 def _failures(r: Release, spec: ModelSpec) -> str:
@@ -405,7 +444,7 @@ used for training, tuning or thresholds.
 Run with the shipped files and no routing rules, exactly as `onconode analyze` runs.
 
 {_external(r, spec)}
-
+{_checks(r, spec)}
 ## Failure cases (out of fold)
 {_failures(r, spec)}
 

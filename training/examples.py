@@ -36,14 +36,10 @@ from onconode.inference.preprocess import (
     scale_intensities,
     series_scaling,
 )
+from training.gather import sources_dir
 from training.specs import ModelSpec
 
 log = logging.getLogger(__name__)
-
-def sources_dir() -> Path:
-    """``$ONCONODE_TRAINING_SOURCES``, else ``training/sources``: the data manifests."""
-    return Path(os.environ.get("ONCONODE_TRAINING_SOURCES", Path(__file__).parent / "sources"))
-
 
 def prepared_root() -> Path:
     """``$ONCONODE_PREPARED``, else ``data/prepared`` under the working directory."""

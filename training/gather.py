@@ -25,7 +25,6 @@ import yaml
 
 log = logging.getLogger(__name__)
 
-SOURCES = Path(__file__).parent / "sources"
 DEFAULT_MIRRORS = Path(os.environ.get("ONCONODE_MIRRORS", "/work/.mirror"))
 
 
@@ -34,9 +33,14 @@ def training_root() -> Path:
     return Path(os.environ.get("ONCONODE_TRAINING_DATA", "data/training"))
 
 
+def sources_dir() -> Path:
+    """``$ONCONODE_TRAINING_SOURCES``, else ``training/sources``: the data manifests."""
+    return Path(os.environ.get("ONCONODE_TRAINING_SOURCES", Path(__file__).parent / "sources"))
+
+
 def load_sources(model: str) -> dict[str, Any]:
     """The manifest of one model's training data, as written in ``training/sources/<model>.yaml``."""
-    data = yaml.safe_load((SOURCES / f"{model}.yaml").read_text())
+    data = yaml.safe_load((sources_dir() / f"{model}.yaml").read_text())
     if not isinstance(data, dict) or "series" not in data:
         raise ValueError(f"training/sources/{model}.yaml: expected a mapping with a 'series' list")
     return data

@@ -35,6 +35,7 @@ from training.release import (
     ExternalResult,
     Release,
     build_manifest,
+    check_studies,
     external_check,
     failure_pictures,
     fit_plots,
@@ -54,6 +55,7 @@ def load_release(path: Path) -> Release:
         return ExternalResult(**values)
 
     data["external"] = [external(e) for e in data["external"]]
+    data["checks"] = [external(e) for e in data.get("checks", [])]
     data["latency"] = Latency(**data["latency"])
     data["calibration"] = tuple(data["calibration"])
     return Release(**data)
@@ -98,6 +100,7 @@ def recheck(spec: ModelSpec, out: Path, runs: Path, dicom: Path, examples: list[
         for suffix in (".onnx", ".yaml"):
             shutil.copy(out / f"{spec.name}{suffix}", Path(folder))
         external = external_check(spec, Path(folder), dicom, out)
+        checks = check_studies(spec, Path(folder), out)
     cv, failures = report.cv, report.failures
     if kept:
         cv = summary(slices, series, spec.slices.key)
@@ -105,7 +108,7 @@ def recheck(spec: ModelSpec, out: Path, runs: Path, dicom: Path, examples: list[
         if examples:  # the prepared data is here: the failure pictures are drawn again too
             failures = failure_pictures(spec, examples, slices, series, report.threshold, report.calibration,
                                         report.decision_basis, out)
-    report = replace(report, external=external, cv=cv, failures=failures)
+    report = replace(report, external=external, checks=checks, cv=cv, failures=failures)
     (out / f"{spec.name}.md").write_text(render_card(spec, manifest, report))
     metrics.write_text(json.dumps(asdict(report), indent=1, default=str))
     return manifest

@@ -14,7 +14,7 @@ import logging
 import shutil
 import statistics
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import numpy as np
 import pydicom
 import torch
 import yaml
+from pydicom.uid import generate_uid
 
 from onconode.conclusion import conclude
 from onconode.folders import files_under
@@ -40,6 +41,7 @@ from onconode.models import (
     sha256_of,
 )
 from onconode.reporting import overlay
+from onconode.selection.series import identity_problem, scan
 from training import crossval
 from training.card import render_card
 from training.evaluate import (
@@ -56,6 +58,7 @@ from training.evaluate import (
 from training.examples import SeriesExamples
 from training.export import FEATURES, HEAD_BIAS, HEAD_WEIGHT, INPUT, LOGITS, export, onnx_outputs, session
 from training.fit import fit, load, logits_of, normalise
+from training.gather import load_sources, training_root
 from training.latency import Latency, measure
 from training.plots import reliability_plot, roc_plot
 from training.specs import ExternalCase, ModelSpec
@@ -93,6 +96,7 @@ class Release:
     # Where calibration and threshold come from: out-of-fold series, or slices when every series
     # has the same label (no series-level operating point can be measured then).
     decision_basis: str = "series"
+    checks: list[ExternalResult] = field(default_factory=list)  # ``check_studies``: studies without the finding
 
 
 def data_facts(series: list[SeriesExamples]) -> dict[str, Any]:
@@ -134,20 +138,61 @@ def build_manifest(spec: ModelSpec, onnx_path: Path, calibration: tuple[float, f
 
 def external_check(spec: ModelSpec, models: Path, dicom: Path, out_dir: Path) -> list[ExternalResult]:
     """The node's own analysis of each external study, with the released model and no routing rules."""
+    return _analysed([(case, dicom / case.folder) for case in spec.external], models, out_dir, spec, "external")
+
+
+def check_studies(spec: ModelSpec, models: Path, out_dir: Path) -> list[ExternalResult]:
+    """The same analysis of the studies without the finding that ``spec.checks`` names
+    (``training/sources/<checks>.yaml``, gathered under ``training_root()/<checks>/<key>/``).
+
+    Why beside the external check: where every training series shows the finding, these are the only
+    studies on which anyone can see what the model says of a study without it."""
+    if not spec.checks:
+        return []
+    root = training_root() / spec.checks
+    with tempfile.TemporaryDirectory() as folder:
+        cases = [(ExternalCase(entry["key"], entry["description"], ()),
+                  named_copy(root / entry["key"], Path(folder) / entry["key"]))
+                 for entry in load_sources(spec.checks)["series"]]
+        return _analysed(cases, models, out_dir, spec, "check")
+
+
+def named_copy(study: Path, into: Path) -> Path:
+    """``study`` itself, or, where its instances cannot be named (``series.identity_problem``: UIDs a
+    de-identification emptied or wrote as UUIDs), a copy in ``into`` whose UIDs alone are replaced by
+    valid ones derived from the folder's name and each file's: the pixels and every other attribute
+    stay as the source has them. The node refuses such instances on receipt, so a PACS must have
+    renamed them before sending; the gathered bytes stay as committed."""
+    files = list(files_under([study]))
+    if not files or not any(identity_problem(s) for s in scan(files).series):
+        return study
+    into.mkdir(parents=True)
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID = generate_uid(entropy_srcs=[study.name, "study"])
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=[study.name, "series"])
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[study.name, path.name])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(into / path.name, enforce_file_format=True)
+    return into
+
+
+def _analysed(cases: list[tuple[ExternalCase, Path]], models: Path, out_dir: Path, spec: ModelSpec,
+              kind: str) -> list[ExternalResult]:
     registry = load_registry(models)
     results = []
-    for case in spec.external:
-        files = list(files_under([dicom / case.folder]))
+    for case, folder in cases:
+        files = list(files_under([folder]))
         if not files:
-            log.warning("external study %s not found under %s", case.folder, dicom)
+            log.warning("%s study %s not found under %s", kind, case.folder, folder.parent)
             continue
         result = analyze_study(files, registry, [])
-        results.append(_external(case, files, result, registry, out_dir, spec))
+        results.append(_external(case, files, result, registry, out_dir, spec, kind))
     return results
 
 
 def _external(case: ExternalCase, files: list[Path], result: AnalysisResult, registry: Any, out_dir: Path,
-              spec: ModelSpec) -> ExternalResult:
+              spec: ModelSpec, kind: str) -> ExternalResult:
     if result.outcome is not Outcome.ANALYSED:
         return ExternalResult(case.folder, case.description, result.reason, None, None, (), (), (), None)
     stems = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): f.stem for f in files}
@@ -172,7 +217,7 @@ def _external(case: ExternalCase, files: list[Path], result: AnalysisResult, reg
         key = result.key_slices[0]
         score = next(s for s in conclusion.slices if s.index == key.index)
         rgb = overlay.render(key.image, key.heat_map, caption_lines(conclusion, score), key.body)
-        name = f"{spec.name}.external-{case.folder}.png"
+        name = f"{spec.name}.{kind}-{case.folder}.png"
         cv2.imwrite(str(out_dir / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         picture = name
     return ExternalResult(case.folder, case.description, result.outcome.value, result.positive,
@@ -302,10 +347,11 @@ def release(spec: ModelSpec, series: list[SeriesExamples], out_dir: Path, dicom:
         for suffix in (".onnx", ".yaml"):
             shutil.copy(out_dir / f"{spec.name}{suffix}", staged)
         external = external_check(spec, staged, dicom, out_dir)
+        checks = check_studies(spec, staged, out_dir)
     fit_plots(spec, slices, records, calibration, out_dir)
     report = Release(
         spec_name=spec.name, data=data_facts(series), cv=cv, epochs=fold_epochs, final_epochs=final_epochs,
-        calibration=calibration, threshold=threshold, decision_basis=decision_basis, external=external,
+        calibration=calibration, threshold=threshold, decision_basis=decision_basis, external=external, checks=checks,
         latency=measure(onnx_path, model, spec.size), onnx_bytes=onnx_path.stat().st_size, onnx_max_abs_diff=diff,
         failures=failure_pictures(spec, series, slices, records, threshold, calibration, decision_basis, out_dir))
     (out_dir / f"{spec.name}.md").write_text(render_card(spec, manifest, report))

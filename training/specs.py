@@ -60,6 +60,9 @@ class ModelSpec:
     intended_use: str
     external: tuple[ExternalCase, ...]
     skull_stripped: bool | None = None   # brain: train on series with (False) or without the skull, or both (None)
+    # training/sources/<checks>.yaml: studies without the finding, from sources never trained on, that
+    # the card shows the node's analysis of (``release.check_studies``); never trained, tuned or thresholded on
+    checks: str | None = None
     epochs: int = 10
     # Choose each fold's epoch on a patient-held-out fifth of its training patients (the shipped
     # model then trains for the folds' median); False: every fold and the shipped model train for
@@ -121,6 +124,7 @@ CHEST_CT = ModelSpec(
                      "biopsy-proven adenocarcinoma, boxes from the collection", tuple(f"IM-{i:04d}" for i in range(9, 19)),
                      boxes=(("IM-0014", (139, 253, 234, 322)), ("IM-0017", (134, 274, 216, 338)))),
     ),
+    checks="chest-ct-check",
 )
 
 BRAIN_MR = ModelSpec(

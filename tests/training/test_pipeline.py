@@ -23,7 +23,8 @@ def spec():  # type: ignore[no-untyped-def]
     from training.specs import CHEST_CT
 
     return dataclasses.replace(CHEST_CT, size=SIZE, epochs=2, samples_per_epoch=16, batch_size=8, folds=3,
-                               slices=SliceSpec(target="lung", max_analysed=400, key=2), external=())
+                               slices=SliceSpec(target="lung", max_analysed=400, key=2), external=(),
+                               checks=None)
 
 
 @pytest.fixture(scope="module")

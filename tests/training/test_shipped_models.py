@@ -69,3 +69,31 @@ def test_the_node_reproduces_the_external_check_of_the_card(name: str, data: Pat
         names = {str(p.resolve()): p.stem for p in files}
         assert [names[str(result.slice_paths[k.sop_instance_uid].resolve())] for k in result.key_slices] == \
             case["key_files"], case["folder"]
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_the_node_reproduces_the_studies_without_the_finding_of_the_card(name: str, tmp_path: Path) -> None:
+    """The same for the card's studies without the finding (``release.check_studies``), where they
+    have been gathered (``python -m training.gather <checks>``)."""
+    from training.gather import training_root
+    from training.release import named_copy
+    from training.specs import SPECS
+
+    spec = next(s for s in SPECS.values() if s.name == name and s.version == load_registry(MODELS)[name].manifest.version)
+    card = json.loads((MODELS / f"{name}.metrics.json").read_text())
+    if not spec.checks:
+        assert not card.get("checks")
+        return
+    assert card["checks"], "the spec names studies without the finding and the card reports none"
+    root = training_root() / spec.checks
+    if not root.is_dir():
+        pytest.skip(f"{root} not gathered: python -m training.gather {spec.checks}")
+    registry = {name: load_registry(MODELS)[name]}
+    for case in card["checks"]:
+        folder = named_copy(root / case["folder"], tmp_path / case["folder"])
+        files = list(files_under([folder]))
+        result = analyze_study(files, registry, [])
+        assert result.positive_probability == pytest.approx(case["probability"], abs=1e-4), case["folder"]
+        names = {str(p.resolve()): p.stem for p in files}
+        assert [names[str(result.slice_paths[k.sop_instance_uid].resolve())] for k in result.key_slices] == \
+            case["key_files"], case["folder"]
