@@ -231,6 +231,11 @@ def _measured_limits(spec: ModelSpec, r: Release) -> str:
     with_lesion = {c.folder for c in spec.external if c.lesion_slices}
     lesion_cases = [e for e in r.external if e.folder in with_lesion and e.probability is not None]
     missed = [e for e in lesion_cases if not any(e.key_on_lesion)]
+    unread = [e for e in r.external if e.folder in with_lesion and e.probability is None]
+    if unread:
+        lines.append(f"- The node does not run this model on {len(unread)} of {len(with_lesion)} external lesion "
+                     "studies: " + "; ".join(f"{e.folder}, {e.outcome}" for e in unread) + ". It has nothing to say "
+                     "about such series, and says so instead of a finding.")
     if missed:
         lines.append(f"- On {len(missed)} of {len(lesion_cases)} external lesion studies no key slice shows the "
                      f"lesion ({', '.join(e.folder for e in missed)}): a positive decision there is not evidence "
@@ -316,7 +321,7 @@ def _data(r: Release) -> str:
 def _external(r: Release, spec: ModelSpec, results: list[ExternalResult] | None = None) -> str:
     rows, pictures = [], []
     for x in r.external if results is None else results:
-        decision = "—" if x.probability is None else "no verdict" if x.positive is None else \
+        decision = x.outcome if x.probability is None else "no verdict" if x.positive is None else \
             ("POSITIVE" if x.positive else "negative")
         prob = "—" if x.probability is None else f"{x.probability:.3f}"
         keys = ", ".join(f"{f}{' (lesion)' if on else ''}" for f, on in zip(x.key_files, x.key_on_lesion)) or "—"

@@ -9,9 +9,10 @@ the cross-validated summary is recomputed from them, e.g. after a change to how 
 with the prepared training data at hand, so are the failure pictures.
 
 The shipped calibration and threshold are refitted from those predictions the way training fits them
-(``release.operating_point``). Where they move, e.g. after a change to the fit, the manifest is
-written anew for the same ONNX file under the spec's version, which must then differ from the
-shipped one: a manifest that says other things is another release.
+(``release.operating_point``), and the manifest is built again from the spec. Where either moves,
+e.g. after a change to the fit or to what the spec accepts, the manifest is written anew for the
+same ONNX file under the spec's version, which must then differ from the shipped one: a manifest
+that says other things is another release.
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ class VersionUnchanged(Exception):
     """The refitted operating point differs from the shipped one while the spec's version does not."""
 
 
+def _content(manifest: Manifest) -> dict[str, Any]:
+    """What a manifest says, its version aside."""
+    return {k: v for k, v in manifest.model_dump(mode="json").items() if k != "version"}
+
+
 def recheck(spec: ModelSpec, out: Path, runs: Path, dicom: Path, examples: list[SeriesExamples] | None = None
             ) -> Manifest:
     """Refit, re-check and re-render one released model in ``out``; returns the manifest it leaves.
@@ -77,6 +83,7 @@ def recheck(spec: ModelSpec, out: Path, runs: Path, dicom: Path, examples: list[
     oof = run_folder(runs, spec)
     shipped_run = run_folder(runs, replace(spec, version=manifest.version))
     kept = (oof / "oof-slices.json").exists() or (shipped_run / "oof-slices.json").exists()
+    calibration, threshold, basis = report.calibration, report.threshold, report.decision_basis
     if kept:
         source = oof if (oof / "oof-slices.json").exists() else shipped_run
         slices = [SliceRecord(**r) for r in json.loads((source / "oof-slices.json").read_text())]
@@ -84,18 +91,21 @@ def recheck(spec: ModelSpec, out: Path, runs: Path, dicom: Path, examples: list[
         series = [SeriesRecord(**{k: v for k, v in r.items() if k in known})
                   for r in json.loads((source / "oof-series.json").read_text())]
         calibration, threshold, basis = operating_point(slices, series)
-        if (calibration, threshold, basis) != (report.calibration, report.threshold, report.decision_basis):
-            if manifest.version == spec.version:
-                raise VersionUnchanged(f"{spec.name}: the refitted operating point differs from the shipped "
-                                       f"{manifest.version}; give the spec a new version to release it")
-            log.info("model=%s %s -> %s: calibration %s -> %s, threshold %s -> %s", spec.name, manifest.version,
-                     spec.version, report.calibration, calibration, report.threshold, threshold)
-            manifest = build_manifest(spec, out / manifest.file, calibration, threshold, basis)
-            write_manifest(manifest, out)
+    rebuilt = build_manifest(spec, out / manifest.file, calibration, threshold, basis)
+    if (calibration, threshold, basis) != (report.calibration, report.threshold, report.decision_basis) or \
+            _content(rebuilt) != _content(manifest):
+        if manifest.version == spec.version:
+            raise VersionUnchanged(f"{spec.name}: the spec and the refitted operating point give another manifest "
+                                   f"than the shipped {manifest.version}; give the spec a new version to release it")
+        log.info("model=%s %s -> %s: calibration %s -> %s, threshold %s -> %s", spec.name, manifest.version,
+                 spec.version, report.calibration, calibration, report.threshold, threshold)
+        manifest = rebuilt
+        write_manifest(manifest, out)
+        if kept:
             fit_plots(spec, slices, series, calibration, out)
-            report = replace(report, calibration=calibration, threshold=threshold, decision_basis=basis)
-        if source != oof:  # a new version of the same weights keeps their run under its own name
-            shutil.copytree(source, oof)
+        report = replace(report, calibration=calibration, threshold=threshold, decision_basis=basis)
+    if kept and source != oof:  # a new version of the same weights keeps their run under its own name
+        shutil.copytree(source, oof)
     with tempfile.TemporaryDirectory() as folder:
         for suffix in (".onnx", ".yaml"):
             shutil.copy(out / f"{spec.name}{suffix}", Path(folder))

@@ -129,7 +129,7 @@ CHEST_CT = ModelSpec(
 
 BRAIN_MR = ModelSpec(
     name="brain-mr-tumour",
-    version="2.1.1",
+    version="2.1.2",
     modality="MR",
     data="brain-mr",
     finding=FindingSpec(code="126952004", scheme="SCT", meaning="Neoplasm of brain",
@@ -139,7 +139,10 @@ BRAIN_MR = ModelSpec(
                           crop=Crop(region="body", margin=0.05), resize=Resize(keep_aspect=True, pad_value=0.0),
                           normalize=_LITE_NORMALIZE),
     size=(224, 224),
-    accepts=Accepts(regions=("brain",), planes=("axial",), sequences=("t1post", "flair"), thickness_mm=(0.5, 7.0),
+    # 3 mm and thicker: every lesion series it learned from has 18-28 slices over the brain (5-6.5 mm
+    # where the spacing is known), and on the thin volumes of healthy volunteers it has never seen
+    # (0.9 and 2 mm, with the skull) its study value is over the threshold (``training.thin_series``).
+    accepts=Accepts(regions=("brain",), planes=("axial",), sequences=("t1post", "flair"), thickness_mm=(3.0, 7.0),
                     min_slices=10, prefer=("sequence", "original", "thinnest", "most_slices")),
     slices=SliceSpec(target="brain", max_analysed=200, key=3),
     display=DisplaySpec(percentiles=Percentiles(low=0.5, high=99.5)),

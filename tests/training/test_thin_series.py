@@ -1,4 +1,4 @@
-"""``training.slab_check.slabs``: the mean of the slices centred on each, edges repeated."""
+"""``training.thin_series.slabs``: the mean of the slices centred on each, edges repeated."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 
 
 def test_slabs_average_the_centred_slices_and_repeat_the_edges() -> None:
-    from training.slab_check import slabs
+    from training.thin_series import slabs
     ramp = np.arange(6, dtype=np.float32)[:, None, None] * np.ones((1, 2, 2), np.float32)
     out = slabs(ramp, 3)
     assert out.shape == ramp.shape and out.dtype == ramp.dtype
