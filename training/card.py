@@ -246,7 +246,7 @@ def _measured_limits(spec: ModelSpec, r: Release) -> str:
     if checked and lesion_values and max(checked) >= min(lesion_values):
         above = sum(v >= min(lesion_values) for v in checked)
         lines.append(f"- **Studies without the finding score like studies with it.** {above} of {len(checked)} "
-                     "studies of patients with no cancer known, from another source (see \"Studies without the "
+                     "studies without the finding, from another source (see \"Studies without the "
                      f"finding\"), score at or above the lowest external study with the finding "
                      f"({min(lesion_values):.3f}): the study value does not tell the two apart.")
     elif checked:
@@ -345,13 +345,13 @@ def _checks(r: Release, spec: ModelSpec) -> str:
         return ""
     shown = [c.probability for c in r.checks if c.probability is not None]
     lesion = _external_lesion_values(r, spec)
+    about = " ".join(str(yaml.safe_load((sources_dir() / f"{spec.checks}.yaml").read_text()).get("about", "")).split())
     text = (f"\n## Studies without the finding, from another source\n"
-            f"The node's own analysis, run as above, of {len(r.checks)} studies of patients with no cancer known "
+            f"The node's own analysis, run as above, of {len(r.checks)} studies without the finding "
             f"(`training/sources/{spec.checks}.yaml`, with what each patient had). Nothing was trained, tuned or "
-            "thresholded on them, and no training series comes from their site or scanner: they show what the "
-            "model says of such studies, not a specificity. Where a study's UIDs are not valid (its "
-            "de-identification emptied them or wrote UUIDs; the node refuses such instances on receipt), it is "
-            "analysed on a copy in which only the UIDs are replaced.\n\n" + _external(r, spec, r.checks) + "\n")
+            f"thresholded on them. {about} Where a study's UIDs are not valid (its de-identification emptied "
+            "them or wrote UUIDs; the node refuses such instances on receipt), it is analysed on a copy in which "
+            "only the UIDs are replaced.\n\n" + _external(r, spec, r.checks) + "\n")
     if shown and lesion:
         low = min(lesion)
         above = sum(v >= low for v in shown)

@@ -63,7 +63,8 @@ def load_release(path: Path) -> Release:
 
 
 class VersionUnchanged(Exception):
-    """The refitted operating point differs from the shipped one while the spec's version does not."""
+    """The spec and the refitted operating point give another manifest than the shipped one, under the
+    shipped one's version."""
 
 
 def _content(manifest: Manifest) -> dict[str, Any]:
