@@ -242,7 +242,7 @@ def _measured_limits(spec: ModelSpec, r: Release) -> str:
                      "that the model saw the lesion.")
     negatives = [e for e in r.external if e.probability is not None and e.folder not in with_lesion]
     checked = [c.probability for c in r.checks if c.probability is not None]
-    lesion_values = _external_lesion_values(r, spec)
+    lesion_values = [e.probability for e in lesion_cases if e.probability is not None]
     if checked and lesion_values and max(checked) >= min(lesion_values):
         above = sum(v >= min(lesion_values) for v in checked)
         lines.append(f"- **Studies without the finding score like studies with it.** {above} of {len(checked)} "

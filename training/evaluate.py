@@ -383,6 +383,7 @@ def summary(slices: Sequence[SliceRecord], series: Sequence[SeriesRecord], key: 
     positive = np.array([s.lesion for s in series])
     groups = [s.patient for s in series]
     calibrated_probs, point = cross_fitted(series, slices, key)
+    ece_calibrated = ece(calibrated_probs, positive) if len(series) else float("nan")
     hits = np.array([r.pointing_hit for r in slices if r.label == 1 and not np.isnan(r.pointing_hit)])
     shares = np.array([r.heat_share for r in slices if r.label == 1 and not np.isnan(r.heat_share)])
     hit_groups = [r.patient for r in slices if r.label == 1 and not np.isnan(r.pointing_hit)]
@@ -408,12 +409,11 @@ def summary(slices: Sequence[SliceRecord], series: Sequence[SeriesRecord], key: 
         "series": {"count": len(series), "lesion": int(positive.sum()), "patients": len(set(groups)),
                    "auc": asdict(auc_estimate(scores, positive, groups)),
                    "baseline_auc": asdict(auc_estimate(base, positive, groups)),
-                   "ece_calibrated": ece(calibrated_probs, positive) if len(series) else float("nan"),
+                   "ece_calibrated": ece_calibrated,
                    # Few series fill few bins: the interval says how far the point can be trusted.
                    "ece_calibrated_ci": asdict(patient_bootstrap(lambda i: ece(calibrated_probs[i], positive[i]),
                                                                 groups)) if len(series) else None,
-                   "ece_if_calibrated": ece_if_calibrated(calibrated_probs, ece(calibrated_probs, positive))
-                   if len(series) else None,
+                   "ece_if_calibrated": ece_if_calibrated(calibrated_probs, ece_calibrated),
                    "ece_raw": ece(scores, positive) if len(series) else float("nan"),
                    "sensitivity": asdict(point.sensitivity), "specificity": asdict(point.specificity),
                    "fold_thresholds": list(point.thresholds),

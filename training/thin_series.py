@@ -26,11 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
+from onconode.inference.slices import softmax
 from onconode.models import load_manifest
 from training import examples
 from training.evaluate import study_value
 from training.export import onnx_outputs, session
+from training.fit import normalise
 from training.metrics import roc_auc
 from training.specs import BRAIN_MR, ModelSpec
 
@@ -43,8 +46,8 @@ def slabs(values: np.ndarray, size: int) -> np.ndarray:
     return ((total[size:] - total[:-size]) / size).astype(values.dtype)
 
 
-def scored(spec: ModelSpec, key: str, prepared: Path, entry: dict[str, Any], onnx: Path, size: int
-           ) -> tuple[np.ndarray, np.ndarray]:
+def scored(spec: ModelSpec, key: str, prepared: Path, entry: dict[str, Any], model: ort.InferenceSession,
+           size: int) -> tuple[np.ndarray, np.ndarray]:
     """(per-slice lesion probability, slice labels) of one prepared series, slabbed when ``size`` > 1."""
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -54,16 +57,13 @@ def scored(spec: ModelSpec, key: str, prepared: Path, entry: dict[str, Any], onn
         np.savez(root / f"{key}.npz", **npz)
         shutil.copy(prepared / f"{key}.json", root / f"{key}.json")
         series = examples.build(spec, key, root, entry)
-    mean = np.asarray(spec.preprocess.normalize.mean, np.float32)[:, None, None]
-    std = np.asarray(spec.preprocess.normalize.std, np.float32)[:, None, None]
-    images = (series.planes.astype(np.float32) / 255.0 - mean) / std
-    logits, _ = onnx_outputs(session(onnx), images)
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted[:, 1] / shifted.sum(axis=1), series.labels
+    logits, _ = onnx_outputs(model, normalise(series.planes, spec).contiguous().numpy())
+    return softmax(logits, 1.0)[:, 1], series.labels
 
 
 def healthy(spec: ModelSpec, prepared: Path, entries: dict[str, dict[str, Any]], onnx: Path) -> None:
     manifest = load_manifest(onnx.with_suffix(".yaml"))
+    model = session(onnx)
     calibration, key = manifest.decision.calibration, manifest.slices.key
     assert calibration is not None
     for name, entry in sorted(entries.items()):
@@ -71,7 +71,7 @@ def healthy(spec: ModelSpec, prepared: Path, entries: dict[str, dict[str, Any]],
             continue
         if float(json.loads((prepared / f"{name}.json").read_text())["spacing_mm"][0] or 99) > 2.5:
             continue
-        p, _ = scored(spec, name, prepared, entry, onnx, 1)
+        p, _ = scored(spec, name, prepared, entry, model, 1)
         value = study_value(p.tolist(), calibration.slope, calibration.intercept, "series", key)
         print(json.dumps({"healthy": name, "slices": len(p), "study_value": round(value, 3),
                           "threshold": manifest.decision.threshold, "flagged": value >= manifest.decision.threshold,
@@ -80,13 +80,14 @@ def healthy(spec: ModelSpec, prepared: Path, entries: dict[str, dict[str, Any]],
 
 def compare_slabs(spec: ModelSpec, prepared: Path, entries: dict[str, dict[str, Any]], onnx: Path, slab: int) -> None:
     keys = [k for k, e in entries.items() if e.get("skull_stripped") and (prepared / f"{k}.npz").exists()]
+    model = session(onnx)
     pooled: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {1: [], slab: []}
     first = {1: 0, slab: 0}
     among = {1: 0, slab: 0}
     for key in sorted(keys):
         row = {}
         for size, rows in pooled.items():
-            p, labels = scored(spec, key, prepared, entries[key], onnx, size)
+            p, labels = scored(spec, key, prepared, entries[key], model, size)
             rows.append((p, labels))
             known = labels >= 0
             order = np.argsort(-p)
