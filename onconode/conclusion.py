@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from onconode.algorithm import Algorithm
-from onconode.inference.pipeline import AnalysisResult, SliceScore
+from onconode.inference.pipeline import RANKED_BY_MODEL, AnalysisResult, SliceScore
 from onconode.models import Manifest
 
 NOT_FOR_DIAGNOSIS = "Research use only - NOT FOR DIAGNOSIS. Unverified AI result."
@@ -134,10 +134,20 @@ def conclude(result: AnalysisResult, manifest: Manifest) -> Conclusion:
         probability=float(result.positive_probability), threshold=float(manifest.decision.threshold),
         # The manifest decides whether there is a verdict at all; the result only which one.
         positive=bool(result.positive) if manifest.decision.verdict else None,
-        method=f"mean of the {len(result.key_slices)} highest per-slice probabilities of "
-               f"{len(result.slice_scores)} analysed slices{_calibration_phrase(manifest)}",
+        method=_method(result, manifest),
         algorithm=Algorithm.from_model(manifest.name, manifest.version, manifest.sha256),
         slices=result.slice_scores, key=key, slices_total=result.slices_total)
+
+
+def _method(result: AnalysisResult, manifest: Manifest) -> str:
+    """How the value comes from the slices, and what chose the slices it averages."""
+    key, analysed = len(result.key_slices), len(result.slice_scores)
+    if result.ranked_by == RANKED_BY_MODEL:
+        return f"mean of the {key} highest per-slice probabilities of {analysed} analysed slices" \
+               f"{_calibration_phrase(manifest)}"
+    return (f"mean of the per-slice probabilities of the {key} key slices of {analysed} analysed slices"
+            f"{_calibration_phrase(manifest)}; key slices ranked by the model's probability and a "
+            "nodule-shape filter together")
 
 
 def _calibration_phrase(manifest: Manifest) -> str:

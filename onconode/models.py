@@ -242,12 +242,33 @@ class Accepts(_Strict):
         return self
 
 
+class BlobRanking(_Strict):
+    """Rank the key slices by the model and a fixed nodule filter together (``inference/blobs.py``):
+    the filter's scales (Gaussian sigma, mm), the HU range it sees, and how much each slice is
+    reduced before it runs."""
+
+    sigmas_mm: tuple[float, ...] = Field(min_length=1)
+    hu: tuple[float, float] = (-1000.0, 200.0)
+    shrink: int = Field(2, ge=1, le=8)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> BlobRanking:
+        if any(not 0 < s <= 50 for s in self.sigmas_mm):
+            raise ValueError(f"slices.ranking.sigmas_mm: need values in (0, 50] mm, got {self.sigmas_mm}")
+        if not self.hu[0] < self.hu[1]:
+            raise ValueError(f"slices.ranking.hu: need low < high, got {self.hu}")
+        return self
+
+
 class SliceSpec(_Strict):
-    """Which slices of the chosen series go through the model (``inference/slices.py``)."""
+    """Which slices of the chosen series go through the model (``inference/slices.py``), and how
+    the key slices among them are ranked: by the model's probability alone, or (``ranking``) by it
+    and a nodule filter together."""
 
     target: Literal["lung", "brain", "body"]
     max_analysed: int = Field(64, ge=1)
     key: int = Field(3, ge=1)
+    ranking: BlobRanking | None = None
 
 
 class Manifest(_Strict):
@@ -283,6 +304,8 @@ class Manifest(_Strict):
             raise ValueError(f"preprocess.windows: need one window per input channel ({self.input.channels})")
         if self.preprocess.kind.startswith("ct_") != (self.modality == "CT"):
             raise ValueError(f"preprocess.kind {self.preprocess.kind} does not fit modality {self.modality}")
+        if self.slices.ranking is not None and self.modality != "CT":
+            raise ValueError("slices.ranking: the nodule filter reads Hounsfield units, so only a CT model has one")
         norm = self.preprocess.normalize
         if len(norm.mean) != self.input.channels or len(norm.std) != self.input.channels:
             raise ValueError(f"preprocess.normalize: need {self.input.channels} mean and std values")

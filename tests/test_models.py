@@ -108,6 +108,12 @@ def test_unreadable_manifest_is_refused(tmp_path: Path) -> None:
     (lambda m: m["labels"].append(dict(m["labels"][0])), "duplicate names"),
     (lambda m: m["decision"].update(positive_labels=["sarcoma"]), "not among the labels"),
     (lambda m: m["preprocess"]["normalize"].update(mean=[0.5]), "need 3 mean and std"),
+    (lambda m: m["slices"].update(ranking={"sigmas_mm": [0.0, 2.0]}), r"sigmas_mm: need values in \(0, 50\]"),
+    (lambda m: m["slices"].update(ranking={"sigmas_mm": []}), "sigmas_mm"),
+    (lambda m: m["slices"].update(ranking={"sigmas_mm": [2.0], "hu": [200, -1000]}), "need low < high"),
+    (lambda m: m.update(modality="MR") or m["preprocess"].update(
+        kind="mr_percentile", window=None, percentiles={"low": 1, "high": 99}) or m["slices"].update(
+        ranking={"sigmas_mm": [2.0]}), "only a CT model has one"),
 ])
 def test_manifest_validators_refuse(tmp_path: Path, change: Any, message: str) -> None:
     data = manifest_dict("test-ct", build_onnx(tmp_path / "test-ct.onnx"))

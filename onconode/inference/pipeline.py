@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from onconode.config import RoutingRule
-from onconode.inference import gradcam, slices
+from onconode.inference import blobs, gradcam, slices
 from onconode.inference.preprocess import (
     Placement,
     Scaling,
@@ -74,6 +74,12 @@ class SliceScore:
     probability: float
 
 
+RANKED_BY_MODEL = "model"
+RANKED_BY_MODEL_AND_FILTER = "model and nodule filter"
+UNRANKED_NOTE = ("key slices ranked by the model alone: the slice or pixel spacing is unknown, "
+                 "which the nodule filter needs")
+
+
 @dataclass(frozen=True, eq=False)
 class AnalysisResult:
     study_uid: str
@@ -102,6 +108,9 @@ class AnalysisResult:
     instances: tuple[InstanceHeader, ...] = ()
     volume_notes: tuple[str, ...] = ()
     timings_ms: Mapping[str, float] = field(default_factory=dict)
+    # What the key slices were ranked by: "model" (its probability) or "model and nodule filter"
+    # (``slices.aggregate``), as the manifest asks and the series allows.
+    ranked_by: str = RANKED_BY_MODEL
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary (no pixel arrays), as ``onconode analyze --json`` prints it."""
@@ -116,6 +125,7 @@ class AnalysisResult:
             "key_slices": [{"sop_instance_uid": k.sop_instance_uid, "frame": k.frame, "index": k.index,
                             "position": k.position, "positive_probability": round(k.positive_probability, 6)}
                            for k in self.key_slices],
+            "ranked_by": self.ranked_by if self.key_slices else None,
             "volume_notes": list(self.volume_notes),
             "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
         }
@@ -191,10 +201,11 @@ def _run_model(scan: series.StudyScan, decisions: tuple[series.SeriesDecision, .
         log.info("event=study_not_applicable study=%s series=%s model=%s", study_uid, chosen.series_uid,
                  manifest.name)
         return AnalysisResult(study_uid, Outcome.NO_APPLICABLE_MODEL, reason, decisions, timings_ms=clock.ms)
-    chosen_idx, logits, features, placements = prepared
+    chosen_idx, logits, features, placements, shrunk = prepared
+    blob_scores, notes = _blob_scores(vol, chosen, manifest, shrunk, chosen_idx, clock)
     with clock.stage("inference"):
         labels = [label.name for label in manifest.labels]
-        score = slices.aggregate(logits, labels, manifest.decision, key_count)
+        score = slices.aggregate(logits, labels, manifest.decision, key_count, blob_scores)
     positive_columns = [labels.index(n) for n in manifest.decision.positive_labels]
     # The heat map shows the evidence for the finding the model looks for, whatever the verdict.
     explained = max(positive_columns, key=lambda c: score.probabilities[c])
@@ -217,7 +228,23 @@ def _run_model(scan: series.StudyScan, decisions: tuple[series.SeriesDecision, .
         positive_probability=score.positive_probability, threshold=manifest.decision.threshold,
         slices_total=len(vol.slices), slices_analysed=chosen_idx, key_slices=tuple(keys), slice_scores=scores,
         slice_paths={vol.slices[i].sop_instance_uid: vol.slices[i].path for i in chosen_idx},
-        instances=scan.instances, volume_notes=vol.notes, timings_ms=dict(clock.ms))
+        instances=scan.instances, volume_notes=vol.notes + notes, timings_ms=dict(clock.ms),
+        ranked_by=RANKED_BY_MODEL if blob_scores is None else RANKED_BY_MODEL_AND_FILTER)
+
+
+def _blob_scores(vol: volume.Volume, chosen: series.SeriesInfo, manifest: Manifest, shrunk: list[np.ndarray],
+                 chosen_idx: tuple[int, ...], clock: _Clock) -> tuple[np.ndarray | None, tuple[str, ...]]:
+    """The nodule filter's score of each analysed slice where the manifest ranks by it (else None),
+    and a note when it cannot run: without the slices' spacing it would measure shapes in pixels."""
+    ranking = manifest.slices.ranking
+    if ranking is None or not shrunk:
+        return None, ()
+    dz, pixel = volume.slice_spacing(vol), chosen.first.pixel_spacing
+    if dz is None or dz <= 0 or pixel is None or pixel[0] <= 0:
+        return None, (UNRANKED_NOTE,)
+    with clock.stage("rank"):
+        scores = blobs.slice_scores(shrunk, dz, float(pixel[0]) * ranking.shrink, ranking)
+    return scores[list(chosen_idx)], ()
 
 
 def _scaling(vol: volume.Volume, spec: Preprocess, clock: _Clock) -> Scaling | None:
@@ -232,9 +259,12 @@ def _scaling(vol: volume.Volume, spec: Preprocess, clock: _Clock) -> Scaling | N
 
 def _prepare_and_run(vol: volume.Volume, manifest: Manifest, target: slices.Target, cap: int,
                      scaling: Scaling | None, runner: OnnxRunner, clock: _Clock
-                     ) -> tuple[tuple[int, ...], np.ndarray, np.ndarray | Rows, dict[int, Placement]] | None:
-    """The slices to run (``slices.choose``), their logits and features, and where each sat in its
-    slice; None when no slice shows the target organ.
+                     ) -> tuple[tuple[int, ...], np.ndarray, np.ndarray | Rows, dict[int, Placement],
+                                list[np.ndarray]] | None:
+    """The slices to run (``slices.choose``), their logits and features, where each sat in its
+    slice, and, where the manifest ranks key slices by the nodule filter, every slice shrunk for it
+    (``blobs.shrink``; about a quarter of a megabyte each at 512×512); None when no slice shows the
+    target organ.
 
     Decode and preprocess alternate slice by slice, one decoded slice alive at a time (with context,
     those between a slice and its neighbours). When the series has no more slices than the cap, every
@@ -252,6 +282,8 @@ def _prepare_and_run(vol: volume.Volume, manifest: Manifest, target: slices.Targ
     decoded: dict[int, np.ndarray] = {}  # the slices a waiting input still needs: 2·offset + 1 at most
     waiting: list[int] = []              # eligible slices whose later neighbour is not decoded yet
     eager = count <= cap
+    ranking = manifest.slices.ranking if hounsfield else None
+    shrunk: list[np.ndarray] = []
 
     def prepare(index: int) -> None:
         model_input, placements[index] = prepare_slice(
@@ -274,6 +306,8 @@ def _prepare_and_run(vol: volume.Volume, manifest: Manifest, target: slices.Targ
                 seen = values if hounsfield else scale_intensities(values, spec, scaling)  # CT masks read HU
                 fraction = slices.tissue_fraction(seen, target, hounsfield)
                 fractions.append(fraction)
+                if ranking is not None:
+                    shrunk.append(blobs.shrink(values, ranking))
                 decoded[index] = values
                 if slices.is_eligible(fraction, target):
                     waiting.append(index)
@@ -298,7 +332,7 @@ def _prepare_and_run(vol: volume.Volume, manifest: Manifest, target: slices.Targ
                     raise RuntimeError(f"{len(logits)} slices run, {len(chosen_idx)} chosen")
             else:
                 logits, features = runner.run(np.stack([inputs.pop(i) for i in chosen_idx]))
-    return chosen_idx, logits, features, {i: placements[i] for i in chosen_idx}
+    return chosen_idx, logits, features, {i: placements[i] for i in chosen_idx}, shrunk
 
 
 def _gradcam_map(features: np.ndarray, model: RegisteredModel, class_index: int, placement: Placement,

@@ -18,6 +18,7 @@ from typing import Literal
 
 import numpy as np
 
+from onconode.inference.blobs import within_ranks
 from onconode.models import Calibration, Decision
 
 Target = Literal["lung", "brain", "body"]
@@ -96,9 +97,11 @@ class StudyScore:
     key: tuple[int, ...]               # row indices of the key slices, most suspicious first
 
 
-def aggregate(logits: np.ndarray, labels: Sequence[str], decision: Decision, key_count: int) -> StudyScore:
-    """Study probabilities = mean of the ``key_count`` slices with the highest positive probability,
-    with the manifest's calibration.
+def aggregate(logits: np.ndarray, labels: Sequence[str], decision: Decision, key_count: int,
+              blob_scores: np.ndarray | None = None) -> StudyScore:
+    """Study probabilities = mean of the ``key_count`` key slices, with the manifest's calibration.
+    The key slices are those with the highest positive probability or, given ``blob_scores`` (the
+    nodule filter's, one per row; ``blobs.py``), the highest mean of both ranks in the series.
 
     A tumour shows on a few slices; the mean over every slice would dilute it by the normal ones,
     while the single maximum follows one noisy slice. Averaging the top k is the compromise; the
@@ -111,7 +114,7 @@ def aggregate(logits: np.ndarray, labels: Sequence[str], decision: Decision, key
     Raises
     ------
     ValueError
-        If ``logits`` is not (N ≥ 1, len(labels)).
+        If ``logits`` is not (N ≥ 1, len(labels)), or ``blob_scores`` not one per row.
     """
     if logits.ndim != 2 or logits.shape[0] < 1 or logits.shape[1] != len(labels):
         raise ValueError(f"logits: expected (N>=1, {len(labels)}), got {logits.shape}")
@@ -120,7 +123,12 @@ def aggregate(logits: np.ndarray, labels: Sequence[str], decision: Decision, key
     per_slice = decision.calibration is not None and decision.calibration.fitted_on == "slices"
     if per_slice:
         probs = _recalibrated(probs, positive_cols, decision.calibration)
-    order = np.argsort(-probs[:, positive_cols].sum(axis=1), kind="stable")[:max(1, key_count)]
+    suspicion = probs[:, positive_cols].sum(axis=1)
+    if blob_scores is not None:
+        if blob_scores.shape != suspicion.shape:
+            raise ValueError(f"blob_scores: expected {suspicion.shape}, got {blob_scores.shape}")
+        suspicion = (within_ranks(suspicion) + within_ranks(blob_scores)) / 2
+    order = np.argsort(-suspicion, kind="stable")[:max(1, key_count)]
     study = probs[order].mean(axis=0)
     if not per_slice:
         study = _recalibrated(study[None], positive_cols, decision.calibration)[0]

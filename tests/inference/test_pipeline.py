@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pydicom
+import pytest
 import yaml
 
+from onconode.conclusion import conclude
 from onconode.folders import files_under
-from onconode.inference import pipeline
+from onconode.inference import blobs, pipeline
 from onconode.inference.preprocess import context_indices, context_offset, prepare_slice
 from onconode.inference.slices import softmax
 from onconode.models import load_registry
@@ -144,3 +146,58 @@ def test_a_context_model_sees_each_slice_between_its_neighbours(dicom_dir: Path,
     alone = [prepare_slice(values[s.index], spec.preprocess, spec.input.size, 3, "CT")[0] for s in result.slice_scores]
     (alone_logits,) = session.run(["logits"], {"image": np.stack(alone)})
     assert not np.allclose(softmax(alone_logits, 1.0)[:, 0], expected, atol=1e-5)
+
+
+def _ranking_model(folder: Path) -> dict:
+    manifest_path = write_model(folder, "test-ranked", "CT")
+    manifest = yaml.safe_load(manifest_path.read_text())
+    manifest["slices"] |= {"max_analysed": 400, "ranking": {"sigmas_mm": [1.5, 2.5, 4.0, 6.0]}}
+    manifest_path.write_text(yaml.safe_dump(manifest))
+    return load_registry(folder)
+
+
+def test_a_ranking_model_shows_the_slices_model_and_filter_rank_highest(dicom_dir: Path, tmp_path: Path) -> None:
+    """The key slices are the highest mean of two ranks: the model's probability and the nodule
+    filter run over the whole series the way training scores it (``blobs.slice_scores`` on every
+    decoded slice); the value still averages the key slices' own probabilities, and the conclusion
+    says what ranked them."""
+    registry = _ranking_model(tmp_path / "models")
+    files = sorted((dicom_dir / "lidc-idri-0001").glob("*.dcm"))[25:65]
+    result = pipeline.analyze_study(files, registry, [])
+    assert result.outcome is pipeline.Outcome.ANALYSED and result.ranked_by == pipeline.RANKED_BY_MODEL_AND_FILTER
+    assert "rank" in result.timings_ms and result.summary()["ranked_by"] == "model and nodule filter"
+
+    spec = registry["test-ranked"].manifest
+    ranking = spec.slices.ranking
+    vol = volume.build_volume(series.scan(files).series[0])
+    pixel = float(pydicom.dcmread(files[0], stop_before_pixels=True).PixelSpacing[0])
+    filter_scores = blobs.slice_scores([blobs.shrink(volume.read_slice(ref), ranking) for ref in vol.slices],
+                                       volume.slice_spacing(vol), pixel * ranking.shrink, ranking)
+    analysed = [s.index for s in result.slice_scores]
+    probability = np.array([s.probability for s in result.slice_scores])
+    mean_rank = (blobs.within_ranks(probability) + blobs.within_ranks(filter_scores[analysed])) / 2
+    expected = [analysed[i] for i in np.argsort(-mean_rank, kind="stable")[:3]]
+    assert [k.index for k in result.key_slices] == expected
+    by_model = [analysed[i] for i in np.argsort(-probability, kind="stable")[:3]]
+    assert expected != by_model  # the filter changed the choice here, so the test can tell them apart
+    assert result.positive_probability == pytest.approx(float(np.mean([probability[analysed.index(i)]
+                                                                       for i in expected])), abs=1e-9)
+    told = conclude(result, spec)
+    assert "nodule-shape filter" in told.method and "highest per-slice" not in told.method
+
+
+def test_without_slice_positions_the_model_alone_ranks_and_says_so(dicom_dir: Path, tmp_path: Path,
+                                                                    copy_series) -> None:
+    registry = _ranking_model(tmp_path / "models")
+
+    def no_position(ds: pydicom.Dataset, index: int) -> None:
+        del ds.ImagePositionPatient
+
+    files = copy_series(sorted((dicom_dir / "lidc-idri-0001").glob("*.dcm"))[25:45], edit=no_position)
+    result = pipeline.analyze_study(files, registry, [])
+    assert result.outcome is pipeline.Outcome.ANALYSED and result.ranked_by == pipeline.RANKED_BY_MODEL
+    assert pipeline.UNRANKED_NOTE in result.volume_notes
+    probability = np.array([s.probability for s in result.slice_scores])
+    assert [k.index for k in result.key_slices] == \
+        [result.slice_scores[i].index for i in np.argsort(-probability, kind="stable")[:3]]
+    assert "highest per-slice" in conclude(result, registry["test-ranked"].manifest).method

@@ -94,3 +94,23 @@ def test_without_a_verdict_each_slice_is_calibrated_and_the_study_value_is_their
     assert score.key == (0, 2)  # a calibration never reorders the slices
     assert score.positive_probability == pytest.approx(positive[[0, 2]].mean())
     assert score.positive_probability != pytest.approx(slices.calibrate(0.7, c))
+
+
+def test_aggregate_ranks_key_slices_by_model_and_filter_together() -> None:
+    """With the nodule filter's scores, a slice the model ranks second and the filter first leads."""
+    logits = np.log(np.array([[0.9, 0.05, 0.05], [0.7, 0.2, 0.1], [0.2, 0.4, 0.4], [0.1, 0.1, 0.8]]))
+    decision = Decision(positive_labels=("malignant",), threshold=0.5)
+    by_model = slices.aggregate(logits, LABELS, decision, 2)
+    both = slices.aggregate(logits, LABELS, decision, 2, np.array([1.0, 9.0, 3.0, 0.0]))
+    assert by_model.key == (0, 1)
+    assert both.key == (1, 0)  # mean ranks: 1 -> (2/3 + 1)/2, 0 -> (1 + 0.33)/2
+    # The value is the mean of the key slices' own probabilities, whichever ranking chose them.
+    assert both.positive_probability == pytest.approx((0.7 + 0.9) / 2)
+    # A slice the model ranks third leads where only the filter sees anything in it.
+    assert slices.aggregate(logits, LABELS, decision, 1, np.array([0.0, 0.0, 5.0, 0.0])).key == (2,)
+
+
+def test_aggregate_refuses_filter_scores_that_do_not_fit_the_slices() -> None:
+    logits = np.zeros((3, 3))
+    with pytest.raises(ValueError, match="blob_scores"):
+        slices.aggregate(logits, LABELS, Decision(positive_labels=("malignant",), threshold=0.5), 2, np.zeros(2))
