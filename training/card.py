@@ -103,11 +103,42 @@ def _value_name(r: Release, key: int) -> str:
 def _study_output(manifest: Manifest, r: Release) -> str:
     """What the node says per series: a decision, or the mean of the key slices alone (``Decision.verdict``)."""
     platt = f"(Platt, slope {r.calibration[0]}, intercept {r.calibration[1]})"
+    which = (f"the {manifest.slices.key} highest per-slice probabilities" if manifest.slices.ranking is None else
+             f"the per-slice probabilities of the {manifest.slices.key} key slices (ranked by the model and a "
+             "nodule filter together, see Method)")
     if manifest.decision.verdict:
-        return (f"one decision: the mean of the {manifest.slices.key} highest per-slice probabilities, "
-                f"calibrated {platt}, against the threshold {r.threshold}")
-    return (f"the mean of the {manifest.slices.key} highest per-slice probabilities, each calibrated as a slice's "
-            f"{platt}, with no positive or negative (the threshold {r.threshold} is kept for comparison only)")
+        return f"one decision: the mean of {which}, calibrated {platt}, against the threshold {r.threshold}"
+    return (f"the mean of {which}, each calibrated as a slice's {platt}, with no positive or negative (the "
+            f"threshold {r.threshold} is kept for comparison only)")
+
+
+def _ranking_method(manifest: Manifest) -> str:
+    """How the key slices are chosen, where not by the model's probability alone."""
+    ranking = manifest.slices.ranking
+    if ranking is None:
+        return ""
+    sigmas = ", ".join(f"{s:g}" for s in ranking.sigmas_mm)
+    return (f"\n- Key slices: the analysed slices with the highest mean of two ranks within the series, the "
+            f"model's probability and a fixed 3-D nodule filter's score (`onconode/inference/blobs.py`: Hessian "
+            f"dot enhancement, Li, Sone & Doi 2003, Med Phys 30:2040, which tells a sphere from a vessel; Gaussian "
+            f"scales {sigmas} mm, HU clipped to {ranking.hu[0]:g}…{ranking.hu[1]:g}, slices reduced "
+            f"{ranking.shrink}×; a slice's score is the strongest dot in its lung field). Nothing in the filter is "
+            "fitted to data. The rule to adopt it was written before its first score (`models/RELEASE-NOTES.md`).")
+
+
+def _ranking_results(cv: dict[str, Any]) -> str:
+    """What the nodule filter adds to the key slices, out of fold."""
+    ranking = cv.get("ranking")
+    if not ranking:
+        return ""
+    alone, only = ranking["model_alone"], ranking.get("filter_alone")
+    return (f"\n  Ranked by the model alone, the first would be a lesion slice in {_share(alone['top_slice_is_lesion'])} "
+            f"and at least one in {_share(alone['key_slices_include_lesion'])}"
+            + (f"; by the filter alone, in {_share(only['top_slice_is_lesion'])} and "
+               f"{_share(only['key_slices_include_lesion'])}" if only else "")
+            + f". Among slices of the same series at the same level, the ranking (model and filter) reaches AUC "
+            f"{_est(ranking['same_level_auc'])}"
+            + (f" (the filter alone {_est(only['same_level_auc'])})" if only else "") + ".")
 
 
 def _fusion(spec: ModelSpec) -> str:
@@ -225,9 +256,12 @@ def _measured_limits(spec: ModelSpec, r: Release) -> str:
                      f"in its series alone {level:.3f} (the other folds' lesion rate at that level)"
                      + (f", and among slices of the same series at the same level the model reaches only "
                         f"{_est(r.cv['slices']['same_level_auc'])}" if r.cv["slices"].get("same_level_auc") else "")
-                     + ". Out of fold, the ranking comes mostly from where lesions usually lie in these data, not "
-                     "from what the slice shows; the localisation and the external check say how often the key "
-                     "slices still land on the lesion.")
+                     + ". Out of fold, the model's ranking comes mostly from where lesions usually lie in these "
+                     "data, not from what the slice shows; the localisation and the external check say how often "
+                     "the key slices still land on the lesion."
+                     + (f" The key slices are ranked with a nodule filter too, which lifts the same-level AUC to "
+                        f"{_est(r.cv['ranking']['same_level_auc'])}: still a wide interval on 12 series."
+                        if r.cv.get("ranking") else ""))
     with_lesion = {c.folder for c in spec.external if c.lesion_slices}
     lesion_cases = [e for e in r.external if e.folder in with_lesion and e.probability is not None]
     missed = [e for e in lesion_cases if not any(e.key_on_lesion)]
@@ -422,7 +456,7 @@ used for training, tuning or thresholds.
   side); in each fold a patient-grouped fifth of the training patients chose the epoch (best epochs
   {r.epochs}). Calibration and threshold of a fold come from the other folds' out-of-fold predictions
   (cross-fitted); the shipped values from all of them. The shipped model is trained on every patient for
-  {r.final_epochs} epochs (the folds' median best epoch).
+  {r.final_epochs} epochs (the folds' median best epoch).{_ranking_method(manifest)}
 - Metadata-only baseline: logistic regression on matrix size, series length, intensity statistics and
   pixel spacing, on the same folds, aggregated to series the same way.
 
@@ -439,9 +473,9 @@ used for training, tuning or thresholds.
 - Localisation on {cv['localisation']['lesion_slices']} lesion slices: heat-map peak inside the lesion
   (+1 cm) {_est(cv['localisation']['pointing_game'])}; mean share of the heat inside the lesion
   {cv['localisation']['heat_share_mean']:.3f}.
-- Key slices (the {series.get('key_slices', 3)} most suspicious of a series), over the {_located(series)}:
+- Key slices (the {series.get('key_slices', 3)} the node shows of a series), over the {_located(series)}:
   the first is a lesion slice in {series['top_slice_is_lesion']:.0%} of them, and at least one is in \
-{_share(series.get('key_slices_include_lesion'))}.{_remainder(series)}
+{_share(series.get('key_slices_include_lesion'))}.{_ranking_results(cv)}{_remainder(series)}
 
 ![ROC]({spec.name}.roc.png) ![reliability]({spec.name}.reliability.png)
 

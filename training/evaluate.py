@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import pairwise
 
 import numpy as np
 
+from onconode.inference.blobs import within_ranks
 from training.metrics import Estimate, roc_auc, youden_threshold
 
 
@@ -34,6 +35,7 @@ class SliceRecord:
     baseline: float         # per-slice P(lesion) of the metadata-only baseline
     pointing_hit: float     # lesion slices: the heat peak inside the lesion (+1 cm); NaN otherwise
     heat_share: float       # lesion slices: share of the heat inside the lesion; NaN otherwise
+    blob: float = float("nan")  # the nodule filter's score where the manifest ranks by it; NaN otherwise
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,29 @@ def top_mean(values: Sequence[float] | np.ndarray, k: int) -> float:
     return float(np.sort(np.asarray(values, float))[-k:].mean())
 
 
+def ranking_scores(rows: Sequence[SliceRecord]) -> np.ndarray:
+    """What the node ranks a series' slices by (``onconode.inference.slices.aggregate``): the model's
+    probability, or, where the records carry the nodule filter's scores, the mean of both ranks
+    within the series."""
+    probability = np.array([r.probability for r in rows], float)
+    blob = np.array([r.blob for r in rows], float)
+    if not len(rows) or np.isnan(blob).any():
+        return probability
+    return (within_ranks(probability) + within_ranks(blob)) / 2
+
+
+def ranked(rows: Sequence[SliceRecord]) -> list[SliceRecord]:
+    """A series' slice records, most suspicious first, as the node orders them."""
+    order = np.argsort(-ranking_scores(rows), kind="stable")
+    return [rows[i] for i in order]
+
+
+def key_probabilities(rows: Sequence[SliceRecord], key: int) -> list[float]:
+    """The model's probabilities of the ``key`` slices the node would show: what its study value
+    averages (``study_value``)."""
+    return [r.probability for r in ranked(rows)[:key]]
+
+
 def lesion_free_part(rows: Sequence[SliceRecord], key: int) -> list[SliceRecord] | None:
     """A series' lesion-free slices when it has a located lesion and at least ``key`` of them (enough
     for a study score); None otherwise. See ``lesion_free_remainders``."""
@@ -71,7 +96,7 @@ def series_records(slices: Sequence[SliceRecord], lesion_of: dict[str, bool], k:
     out = []
     for key, rows in sorted(by_series(slices).items()):
         out.append(SeriesRecord(key, rows[0].patient, rows[0].sequence, rows[0].fold, lesion_of[key],
-                                top_mean([r.probability for r in rows], k), top_mean([r.baseline for r in rows], k)))
+                                float(np.mean(key_probabilities(rows, k))), top_mean([r.baseline for r in rows], k)))
     return out
 
 
@@ -111,9 +136,10 @@ def calibrated(scores: np.ndarray, slope: float, intercept: float) -> np.ndarray
 
 def study_value(probabilities: Sequence[float], slope: float, intercept: float, basis: str, key: int) -> float:
     """A series' study value as the node computes it (``onconode.inference.slices.aggregate``) from
-    its slice probabilities and a fit of ``operating_fit``: a series fit calibrates the mean of the
-    ``key`` highest; a slice fit (the model then states no verdict) calibrates each slice, and the
-    value is the mean of the ``key`` highest of those."""
+    its key slices' probabilities (``key_probabilities``; by the model alone, any of its slices' do)
+    and a fit of ``operating_fit``: a series fit calibrates the mean of the ``key`` highest; a slice
+    fit (the model then states no verdict) calibrates each slice, and the value is the mean of the
+    ``key`` highest of those."""
     values = np.asarray(probabilities, float)
     if basis == "slices":
         return top_mean(calibrated(values, slope, intercept), key)
@@ -231,7 +257,7 @@ def cross_fitted(series: Sequence[SeriesRecord], slices: Sequence[SliceRecord] =
     def value(record: SeriesRecord) -> float:
         slope, intercept, _, basis = fits[record.fold]
         if basis == "slices" and record.series in grouped:
-            return study_value([r.probability for r in grouped[record.series]], slope, intercept, basis, key)
+            return study_value(key_probabilities(grouped[record.series], key), slope, intercept, basis, key)
         return float(calibrated(np.array([record.score]), slope, intercept)[0])  # the same for a series fit
 
     out = np.array([value(s) for s in series], float)
@@ -289,9 +315,10 @@ def position_baseline(slices: Sequence[SliceRecord], bins: int = LEVELS) -> np.n
     return out
 
 
-def same_level_auc(slices: Sequence[SliceRecord], bins: int = LEVELS) -> Estimate:
+def same_level_auc(slices: Sequence[SliceRecord], bins: int = LEVELS, as_ranked: bool = False) -> Estimate:
     """The model's AUC over pairs of a lesion and a lesion-free slice of the same series at the same
-    level (the same tenth of its analysed slices), with a patient-bootstrap CI.
+    level (the same tenth of its analysed slices), with a patient-bootstrap CI; with ``as_ranked``,
+    that of the node's ranking (``ranking_scores``) instead.
 
     Why: ``position_baseline`` says how far level alone goes; this says what the model sees beyond
     it, among neighbours that share the patient, the scanner and the level. 0.5 means level is all
@@ -301,10 +328,11 @@ def same_level_auc(slices: Sequence[SliceRecord], bins: int = LEVELS) -> Estimat
     pairs: dict[str, int] = defaultdict(int)
     for rows in by_series(slices).values():
         level = _levels(rows, bins)
+        value = dict(zip(map(id, rows), ranking_scores(rows) if as_ranked else [r.probability for r in rows]))
         for cell in range(bins):
             inside = [r for r in rows if r.label >= 0 and level[id(r)] == cell]
-            lesion = np.array([r.probability for r in inside if r.label == 1])
-            free = np.array([r.probability for r in inside if r.label == 0])
+            lesion = np.array([value[id(r)] for r in inside if r.label == 1])
+            free = np.array([value[id(r)] for r in inside if r.label == 0])
             if len(lesion) and len(free):
                 patient = rows[0].patient
                 wins[patient] += float((lesion[:, None] > free[None, :]).sum()
@@ -323,7 +351,7 @@ def key_slice_placement(slices: Sequence[SliceRecord], lesion_series: set[str], 
 
     A series labelled only as a whole (a diagnosis, every slice -1) cannot place its lesion, so it is
     left out of both shares rather than counted as a miss."""
-    located = [sorted(rows, key=lambda r: -r.probability) for name, rows in by_series(slices).items()
+    located = [ranked(rows) for name, rows in by_series(slices).items()
                if name in lesion_series and any(r.label == 1 for r in rows)]
     if not located:
         return float("nan"), float("nan"), 0
@@ -353,9 +381,12 @@ def lesion_free_remainders(slices: Sequence[SliceRecord], series: Sequence[Serie
         if free is None:
             continue
         slope, intercept, threshold, basis = fits[s.fold]
-        score = top_mean([r.probability for r in free], key)
+        # The remainder's key slices are ranked again among its own slices; a filter score keeps the
+        # 3-D context of the whole series (a lesion's neighbours may still read it a little).
+        shown = key_probabilities(free, key)
+        score = float(np.mean(shown))
         base = top_mean([r.baseline for r in free], key)
-        flagged = study_value([r.probability for r in free], slope, intercept, basis, key) >= threshold
+        flagged = study_value(shown, slope, intercept, basis, key) >= threshold
         pairs.append((s.patient, s.score, score, s.baseline, base, flagged))
     if not pairs:
         return None
@@ -426,6 +457,17 @@ def summary(slices: Sequence[SliceRecord], series: Sequence[SeriesRecord], key: 
             if len(hits) else None,
             "heat_share_mean": float(shares.mean()) if len(shares) else float("nan")},
     }
+    if any(not np.isnan(r.blob) for r in slices):
+        # The key slices are ranked by the model and the nodule filter together: what each adds.
+        alone = [replace(r, blob=float("nan")) for r in slices]
+        alone_top, alone_key, _ = key_slice_placement(alone, lesion_keys, key)
+        only = [replace(r, probability=r.blob, blob=float("nan")) for r in slices]
+        only_top, only_key, _ = key_slice_placement(only, lesion_keys, key)
+        out["ranking"] = {"by": "model and nodule filter",
+                          "same_level_auc": asdict(same_level_auc(slices, as_ranked=True)),
+                          "model_alone": {"top_slice_is_lesion": alone_top, "key_slices_include_lesion": alone_key},
+                          "filter_alone": {"top_slice_is_lesion": only_top, "key_slices_include_lesion": only_key,
+                                           "same_level_auc": asdict(same_level_auc(only))}}
     by_sequence: dict[str, object] = {}
     for sequence in sorted({s.sequence for s in series}):
         chosen = [i for i, s in enumerate(series) if s.sequence == sequence]

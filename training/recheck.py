@@ -12,7 +12,9 @@ The shipped calibration and threshold are refitted from those predictions the wa
 (``release.operating_point``), and the manifest is built again from the spec. Where either moves,
 e.g. after a change to the fit or to what the spec accepts, the manifest is written anew for the
 same ONNX file under the spec's version, which must then differ from the shipped one: a manifest
-that says other things is another release.
+that says other things is another release. Where the spec ranks key slices by the nodule filter too
+and the kept predictions lack its scores, they are computed from the prepared volumes
+(``nodule_filter.attach``) and kept with the new version's run.
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from onconode.models import Manifest, load_manifest
 from training.card import render_card
-from training.evaluate import SeriesRecord, SliceRecord, summary
+from training.evaluate import SeriesRecord, SliceRecord, series_records, summary
 from training.examples import SeriesExamples, load_all
 from training.latency import Latency
+from training.nodule_filter import attach
 from training.release import (
     ExternalResult,
     Release,
@@ -85,12 +90,17 @@ def recheck(spec: ModelSpec, out: Path, runs: Path, dicom: Path, examples: list[
     shipped_run = run_folder(runs, replace(spec, version=manifest.version))
     kept = (oof / "oof-slices.json").exists() or (shipped_run / "oof-slices.json").exists()
     calibration, threshold, basis = report.calibration, report.threshold, report.decision_basis
+    ranked_anew = False
     if kept:
         source = oof if (oof / "oof-slices.json").exists() else shipped_run
         slices = [SliceRecord(**r) for r in json.loads((source / "oof-slices.json").read_text())]
         known = {f.name for f in fields(SeriesRecord)}  # files of earlier runs may hold more keys
         series = [SeriesRecord(**{k: v for k, v in r.items() if k in known})
                   for r in json.loads((source / "oof-series.json").read_text())]
+        ranked_anew = spec.slices.ranking is not None and any(np.isnan(r.blob) for r in slices)
+        if ranked_anew:  # the key slices, so the series values, now come from the node's ranking
+            slices = attach(spec, slices)
+            series = series_records(slices, {s.series: s.lesion for s in series}, spec.slices.key)
         calibration, threshold, basis = operating_point(slices, series)
     rebuilt = build_manifest(spec, out / manifest.file, calibration, threshold, basis)
     if (calibration, threshold, basis) != (report.calibration, report.threshold, report.decision_basis) or \
@@ -107,6 +117,9 @@ def recheck(spec: ModelSpec, out: Path, runs: Path, dicom: Path, examples: list[
         report = replace(report, calibration=calibration, threshold=threshold, decision_basis=basis)
     if kept and source != oof:  # a new version of the same weights keeps their run under its own name
         shutil.copytree(source, oof)
+    if kept and ranked_anew:
+        (oof / "oof-slices.json").write_text(json.dumps([asdict(r) for r in slices], indent=0))
+        (oof / "oof-series.json").write_text(json.dumps([asdict(r) for r in series], indent=0))
     with tempfile.TemporaryDirectory() as folder:
         for suffix in (".onnx", ".yaml"):
             shutil.copy(out / f"{spec.name}{suffix}", Path(folder))

@@ -42,15 +42,17 @@ from onconode.models import (
 )
 from onconode.reporting import overlay
 from onconode.selection.series import identity_problem, scan
-from training import crossval
+from training import crossval, nodule_filter
 from training.card import render_card
 from training.evaluate import (
     SeriesRecord,
     SliceRecord,
     by_series,
     calibrated,
+    key_probabilities,
     lesion_free_part,
     operating_fit,
+    ranked,
     series_records,
     study_value,
     summary,
@@ -240,7 +242,7 @@ def failure_pictures(spec: ModelSpec, series: list[SeriesExamples], slices: list
     by_key = {s.meta.key: s for s in series}
     grouped = by_series(slices)
     key = spec.slices.key
-    probs = [study_value([r.probability for r in grouped[s.series]], *calibration, basis, key) for s in records]
+    probs = [study_value(key_probabilities(grouped[s.series], key), *calibration, basis, key) for s in records]
     false_pos = sorted(((p, r) for p, r in zip(probs, records) if not r.lesion and p >= threshold), key=_first,
                        reverse=True)[:3]
     false_neg = sorted(((p, r) for p, r in zip(probs, records) if r.lesion and p < threshold), key=_first)[:3]
@@ -248,7 +250,7 @@ def failure_pictures(spec: ModelSpec, series: list[SeriesExamples], slices: list
     for record in records:
         free = lesion_free_part(grouped[record.series], spec.slices.key) if record.lesion else None
         if free is not None:
-            score = study_value([r.probability for r in free], *calibration, basis, key)
+            score = study_value(key_probabilities(free, key), *calibration, basis, key)
             if score >= threshold:
                 flagged_rest.append((float(score), record))
     flagged_rest = sorted(flagged_rest, key=_first, reverse=True)[:3]
@@ -262,9 +264,9 @@ def failure_pictures(spec: ModelSpec, series: list[SeriesExamples], slices: list
                 lesion_rows = [r for r in rows if r.label == 1] or rows
                 row = min(lesion_rows, key=lambda r: r.probability)
             elif kind == "false positive":
-                row = max(rows, key=lambda r: r.probability)
+                row = ranked(rows)[0]
             else:
-                row = max((r for r in rows if r.label == 0), key=lambda r: r.probability)
+                row = ranked([r for r in rows if r.label == 0])[0]
             i = int(np.flatnonzero(examples.index == row.index)[0])
             image = examples.planes[i, 0].astype(np.float32) / 255.0
             picture = np.repeat((image * 255).astype(np.uint8)[:, :, None], 3, axis=2)
@@ -325,6 +327,7 @@ def release(spec: ModelSpec, series: list[SeriesExamples], out_dir: Path, dicom:
     version never overwrites the shipped model's)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     slices, fold_epochs = crossval.run(spec, series, epochs=epochs, max_steps=max_steps, pretrained=pretrained)
+    slices = nodule_filter.attach(spec, slices)
     lesion_of = {s.meta.key: s.meta.lesion for s in series}
     records = series_records(slices, lesion_of, spec.slices.key)
     cv = summary(slices, records, spec.slices.key)

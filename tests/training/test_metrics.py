@@ -222,3 +222,37 @@ def test_platt_on_separable_series_keeps_the_order_and_stays_short_of_certainty(
     assert np.all(np.diff(out) > 0)
     assert 1e-3 < out.min() and out.max() < 1 - 1e-3
     assert 0.75 < out[positive].mean() < 0.95 and 0.05 < out[~positive].mean() < 0.25
+
+
+def test_key_slices_ranked_by_model_and_filter_as_the_node_ranks_them() -> None:
+    """Records with the nodule filter's scores are ranked by the mean of both ranks in the series,
+    exactly as ``slices.aggregate`` ranks them; the series value averages those key slices' own
+    probabilities; the summary says what the filter adds over the model alone."""
+    from dataclasses import replace
+
+    from onconode.inference.slices import aggregate
+    from onconode.models import Decision
+    from training.evaluate import key_probabilities, ranked, series_records, summary
+
+    probability = [0.9, 0.8, 0.3, 0.2, 0.1]
+    blob = [0.0, 5.0, 9.0, 1.0, 2.0]
+    labels = [0, 1, 1, 0, 0]
+    rows = [replace(_slice("s", 0, label, p), index=i, blob=b)
+            for i, (p, b, label) in enumerate(zip(probability, blob, labels))]
+    logits = np.log(np.c_[probability, 1 - np.array(probability)])
+    node = aggregate(logits, ["lesion", "none"], Decision(positive_labels=("lesion",), threshold=0.5), 2,
+                     np.array(blob))
+    assert [r.index for r in ranked(rows)[:2]] == list(node.key) == [1, 2]
+    assert key_probabilities(rows, 2) == [0.8, 0.3]
+    assert series_records(rows, {"s": True}, 2)[0].score == pytest.approx(0.55)
+    # Without the filter's scores the model's probability alone ranks: the old behaviour.
+    alone = [replace(r, blob=float("nan")) for r in rows]
+    assert [r.index for r in ranked(alone)[:2]] == [0, 1]
+
+    other = [replace(_slice("t", 1, label, p), index=i, blob=b)
+             for i, (p, b, label) in enumerate(zip([0.5, 0.9, 0.2], [8.0, 0.0, 1.0], [1, 0, 0]))]
+    everything = rows + other
+    out = summary(everything, series_records(everything, {"s": True, "t": True}, 2), key=2)
+    assert out["series"]["top_slice_is_lesion"] == 1.0          # s: slice 1, t: slice 0
+    assert out["ranking"]["model_alone"]["top_slice_is_lesion"] == 0.0
+    assert "ranking" not in summary(alone, series_records(alone, {"s": True}, 2), key=2)

@@ -28,14 +28,21 @@ def spec():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def series(torch_available: None, spec, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(prepared root, data manifests folder) of the synthetic series."""
+    root, sources = tmp_path_factory.mktemp("prepared"), tmp_path_factory.mktemp("sources")
+    synthetic.write(root, sources)
+    return root, sources
+
+
+@pytest.fixture(scope="module")
+def series(torch_available: None, spec, prepared: tuple[Path, Path],  # type: ignore[no-untyped-def]
+           tmp_path_factory: pytest.TempPathFactory):
     import os
 
     from training.examples import load_all
 
-    root = tmp_path_factory.mktemp("prepared")
-    sources = tmp_path_factory.mktemp("sources")
-    synthetic.write(root, sources)
+    root, sources = prepared
     os.environ["ONCONODE_TRAINING_SOURCES"] = str(sources)
     try:
         yield load_all(spec, root, cache=tmp_path_factory.mktemp("cache"))
@@ -201,3 +208,45 @@ def test_recheck_refits_the_operating_point_and_releases_it_only_under_a_new_ver
     assert json.loads(metrics.read_text())["calibration"] == [shipped.decision.calibration.slope,
                                                              shipped.decision.calibration.intercept]
     assert (run_folder(runs, newer) / "oof-series.json").exists()
+
+
+def test_recheck_ranks_key_slices_by_the_filter_when_the_spec_asks(  # type: ignore[no-untyped-def]
+        series, spec, prepared: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spec that ranks key slices by the model and the nodule filter, released from predictions
+    kept without the filter's scores: the scores come from the prepared volumes through the node's
+    own filter, the new version's run keeps them, the series values average the key slices so
+    ranked, and the manifest and the card say how the key slices are chosen."""
+    import json
+
+    from onconode.models import BlobRanking, SliceSpec, load_registry
+    from training.evaluate import SeriesRecord, SliceRecord, key_probabilities
+    from training.nodule_filter import series_scores
+    from training.recheck import recheck
+    from training.release import release, run_folder
+
+    models, runs, dicom = tmp_path / "models", tmp_path / "runs", tmp_path / "no-dicom"
+    release(spec, series, models, dicom, max_steps=2, pretrained=False, runs=runs)
+    ranking = BlobRanking(sigmas_mm=(1.5, 2.5))
+    ranked_spec = dataclasses.replace(spec, version="9.8.0", slices=SliceSpec(
+        target="lung", max_analysed=400, key=spec.slices.key, ranking=ranking))
+    monkeypatch.setenv("ONCONODE_PREPARED", str(prepared[0]))
+    manifest = recheck(ranked_spec, models, runs, dicom, examples=[])
+    assert manifest.slices.ranking == ranking
+    assert load_registry(models)[spec.name].manifest.slices.ranking == ranking
+
+    run = run_folder(runs, ranked_spec)
+    slices = [SliceRecord(**r) for r in json.loads((run / "oof-slices.json").read_text())]
+    scores = {key: series_scores(prepared[0] / "chest-ct" / f"{key}.npz", ranking) for key in {r.series for r in slices}}
+    assert all(r.blob == scores[r.series][r.index] for r in slices)
+    grouped: dict[str, list[SliceRecord]] = {}
+    for r in slices:
+        grouped.setdefault(r.series, []).append(r)
+    for record in (SeriesRecord(**r) for r in json.loads((run / "oof-series.json").read_text())):
+        assert record.score == pytest.approx(float(np.mean(key_probabilities(grouped[record.series], spec.slices.key))))
+    metrics = json.loads((models / f"{spec.name}.metrics.json").read_text())
+    assert set(metrics["cv"]["ranking"]["model_alone"]) == {"top_slice_is_lesion", "key_slices_include_lesion"}
+    card = (models / f"{spec.name}.md").read_text()
+    assert "Key slices: the analysed slices with the highest mean of two ranks" in card
+    # The kept predictions of the shipped version are untouched: they still carry no filter score.
+    shipped = json.loads((run_folder(runs, spec) / "oof-slices.json").read_text())
+    assert all(np.isnan(r.get("blob", float("nan"))) for r in shipped)
