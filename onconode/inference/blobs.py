@@ -8,8 +8,9 @@ sphere, a nodule) rather than in two (a tube, a vessel) or one (a wall). The man
 (``slices.aggregate``); training scores its out-of-fold slices with these same functions.
 
 Input: HU slices as decoded (``shrink`` each as it streams past), their spacing in mm. Output: a
-float per slice. Pure numpy and OpenCV: no files, no clock. Memory stays bounded: the filter runs
-over slabs of slices with enough overlap that the result equals a run over the whole volume.
+float per slice. Pure numpy and OpenCV: no files, no clock. Memory stays bounded: the shrunk slices
+up to ``MAX_BYTES``, and the filter runs over slabs of slices with enough overlap that the result
+equals a run over the whole volume.
 """
 
 from __future__ import annotations
@@ -28,6 +29,26 @@ MIN_AIR_MM2 = 100.0
 # The lung field is closed with a disk this wide so that a nodule on the pleura stays inside it.
 CLOSE_MM = 10.0
 SLAB = 48  # slices filtered at once, before the overlap
+# The shrunk slices are kept while the series is read; a series that would need more is ranked by
+# the model alone (``affordable``): 1024 slices of 512×512.
+MAX_BYTES = 256 * 1024 * 1024
+
+
+# Spacings (mm) the filter trusts: outside them a header is wrong, and a 1 cm disk or a 6 mm blur
+# in pixels would be absurd (or unaffordably large).
+SPACING_MM = (0.05, 20.0)
+
+
+def plausible(dz_mm: float | None, pixel_mm: float | None) -> bool:
+    """Whether the slice and pixel spacing are known and physical."""
+    low, high = SPACING_MM
+    return dz_mm is not None and pixel_mm is not None and low <= dz_mm <= high and low <= pixel_mm <= high
+
+
+def affordable(count: int, shape: tuple[int, int], spec: BlobRanking) -> bool:
+    """Whether ``count`` slices of ``shape`` fit the filter's memory once shrunk."""
+    rows, cols = (max(1, n // spec.shrink) for n in shape)
+    return count * rows * cols * 4 <= MAX_BYTES
 
 
 def shrink(hu: np.ndarray, spec: BlobRanking) -> np.ndarray:
@@ -109,6 +130,19 @@ def dot_strength(eigenvalues: np.ndarray) -> np.ndarray:
     return np.where(bright, by_size[:, 2] ** 2 / np.maximum(np.abs(by_size[:, 0]), 1e-9), 0.0)
 
 
+def _hessian_at(smooth: np.ndarray, at: tuple[np.ndarray, np.ndarray, np.ndarray],
+                spacing: tuple[float, float, float]) -> list[np.ndarray]:
+    """The six second derivatives (zz, yy, xx, zy, zx, yx) of ``smooth`` at the voxels ``at``, by
+    central differences as ``np.gradient`` takes them, one full-size array alive at a time."""
+    found: dict[tuple[int, int], np.ndarray] = {}
+    for first in range(3):
+        once = np.gradient(smooth, spacing[first], axis=first)
+        for second in range(first, 3):
+            found[(first, second)] = np.gradient(once, spacing[second], axis=second)[at]
+        del once
+    return [found[(0, 0)], found[(1, 1)], found[(2, 2)], found[(0, 1)], found[(0, 2)], found[(1, 2)]]
+
+
 def dot_response(volume: np.ndarray, lung: np.ndarray, dz_mm: float, dxy_mm: float,
                  sigmas_mm: Sequence[float]) -> np.ndarray:
     """The strongest scale-normalised dot measure per voxel of the lung field (0 outside), float32
@@ -148,15 +182,12 @@ def _slabs(volume: np.ndarray, lung: np.ndarray, dz_mm: float, dxy_mm: float,
             # Beyond the volume's ends the end slice repeats, as in a run over the whole volume.
             rows = np.clip(np.arange(low - pad, high + pad), 0, count - 1)
             smooth = _smooth(volume[rows, y0:y1, x0:x1], kernel, sigma / dxy_mm)
-            gz, gy, gx = np.gradient(smooth, dz_mm, dxy_mm, dxy_mm)
-            hzz, hzy, hzx = np.gradient(gz, dz_mm, dxy_mm, dxy_mm)
-            hyy, hyx = np.gradient(gy, dxy_mm, dxy_mm, axis=(1, 2))
-            hxx = np.gradient(gx, dxy_mm, axis=2)
             at = (where[0] + start - low, where[1] - y0, where[2] - x0)
+            hzz, hyy, hxx, hzy, hzx, hyx = _hessian_at(smooth, at, (dz_mm, dxy_mm, dxy_mm))
+            del smooth
             # A matrix whose eigenvalues are all negative has a negative diagonal: the others read 0.
-            bright = np.flatnonzero((hzz[at] < 0) & (hyy[at] < 0) & (hxx[at] < 0))
-            on = (at[0][bright], at[1][bright], at[2][bright])
-            values = symmetric_eigenvalues([hzz[on], hyy[on], hxx[on], hzy[on], hzx[on], hyx[on]])
+            bright = np.flatnonzero((hzz < 0) & (hyy < 0) & (hxx < 0))
+            values = symmetric_eigenvalues([h[bright] for h in (hzz, hyy, hxx, hzy, hzx, hyx)])
             best[bright] = np.maximum(best[bright], dot_strength(values) * sigma * sigma)
         block[where] = best
         yield start, stop, block

@@ -76,8 +76,8 @@ class SliceScore:
 
 RANKED_BY_MODEL = "model"
 RANKED_BY_MODEL_AND_FILTER = "model and nodule filter"
-UNRANKED_NOTE = ("key slices ranked by the model alone: the slice or pixel spacing is unknown, "
-                 "which the nodule filter needs")
+UNRANKED_NOTE = ("key slices ranked by the model alone: the slice or pixel spacing is unknown or "
+                 "not physical, and the nodule filter measures in mm")
 
 
 @dataclass(frozen=True, eq=False)
@@ -235,15 +235,21 @@ def _run_model(scan: series.StudyScan, decisions: tuple[series.SeriesDecision, .
 def _blob_scores(vol: volume.Volume, chosen: series.SeriesInfo, manifest: Manifest, shrunk: list[np.ndarray],
                  chosen_idx: tuple[int, ...], clock: _Clock) -> tuple[np.ndarray | None, tuple[str, ...]]:
     """The nodule filter's score of each analysed slice where the manifest ranks by it (else None),
-    and a note when it cannot run: without the slices' spacing it would measure shapes in pixels."""
+    and a note when it cannot run: a series too large to hold, or one whose spacing is unknown or not
+    physical (the filter measures in mm)."""
     ranking = manifest.slices.ranking
-    if ranking is None or not shrunk:
+    if ranking is None or vol.modality != "CT":
         return None, ()
+    if not blobs.affordable(len(vol.slices), vol.shape, ranking):
+        too_many = (f"key slices ranked by the model alone: {len(vol.slices)} slices of {vol.shape[0]}x"
+                    f"{vol.shape[1]} are more than the nodule filter holds")
+        return None, (too_many,)
     dz, pixel = volume.slice_spacing(vol), chosen.first.pixel_spacing
-    if dz is None or dz <= 0 or pixel is None or pixel[0] <= 0:
+    row_mm = float(pixel[0]) if pixel else None
+    if dz is None or row_mm is None or not blobs.plausible(dz, row_mm):
         return None, (UNRANKED_NOTE,)
     with clock.stage("rank"):
-        scores = blobs.slice_scores(shrunk, dz, float(pixel[0]) * ranking.shrink, ranking)
+        scores = blobs.slice_scores(shrunk, dz, row_mm * ranking.shrink, ranking)
     return scores[list(chosen_idx)], ()
 
 
@@ -283,6 +289,8 @@ def _prepare_and_run(vol: volume.Volume, manifest: Manifest, target: slices.Targ
     waiting: list[int] = []              # eligible slices whose later neighbour is not decoded yet
     eager = count <= cap
     ranking = manifest.slices.ranking if hounsfield else None
+    if ranking is not None and not blobs.affordable(count, vol.shape, ranking):
+        ranking = None  # ``_blob_scores`` says so
     shrunk: list[np.ndarray] = []
 
     def prepare(index: int) -> None:

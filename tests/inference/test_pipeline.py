@@ -201,3 +201,38 @@ def test_without_slice_positions_the_model_alone_ranks_and_says_so(dicom_dir: Pa
     assert [k.index for k in result.key_slices] == \
         [result.slice_scores[i].index for i in np.argsort(-probability, kind="stable")[:3]]
     assert "highest per-slice" in conclude(result, registry["test-ranked"].manifest).method
+
+
+def test_a_series_too_large_for_the_filter_is_ranked_by_the_model_alone(dicom_dir: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shrunk slices are held while the series is read; beyond ``blobs.MAX_BYTES`` none are kept,
+    the model alone ranks, and the result says why."""
+    registry = _ranking_model(tmp_path / "models")
+    files = sorted((dicom_dir / "lidc-idri-0001").glob("*.dcm"))[25:45]
+    monkeypatch.setattr(blobs, "MAX_BYTES", 19 * 256 * 256 * 4)  # 19 of the 20 shrunk slices
+    result = pipeline.analyze_study(files, registry, [])
+    assert result.outcome is pipeline.Outcome.ANALYSED and result.ranked_by == pipeline.RANKED_BY_MODEL
+    assert any("20 slices of 512x512 are more than the nodule filter holds" in n for n in result.volume_notes)
+    assert "rank" not in result.timings_ms
+
+
+def test_a_spacing_that_is_not_physical_leaves_the_ranking_to_the_model(dicom_dir: Path, tmp_path: Path,
+                                                                        copy_series) -> None:
+    """A hostile PixelSpacing (a micrometre) would make the filter's 1 cm disk a million pixels wide."""
+    registry = _ranking_model(tmp_path / "models")
+
+    def tiny_pixels(ds: pydicom.Dataset, index: int) -> None:
+        ds.PixelSpacing = [0.001, 0.001]
+
+    files = copy_series(sorted((dicom_dir / "lidc-idri-0001").glob("*.dcm"))[25:45], edit=tiny_pixels)
+    result = pipeline.analyze_study(files, registry, [])
+    assert result.outcome is pipeline.Outcome.ANALYSED and result.ranked_by == pipeline.RANKED_BY_MODEL
+    assert pipeline.UNRANKED_NOTE in result.volume_notes
+
+
+def test_plausible_and_affordable_bounds() -> None:
+    from onconode.models import BlobRanking
+    spec = BlobRanking(sigmas_mm=(2.0,))
+    assert blobs.plausible(2.5, 0.7) and not blobs.plausible(None, 0.7) and not blobs.plausible(2.5, 0.001)
+    assert not blobs.plausible(50.0, 0.7)
+    assert blobs.affordable(1024, (512, 512), spec) and not blobs.affordable(1025, (512, 512), spec)
