@@ -1,5 +1,6 @@
 """The analysis of one stable study: route → select series → volume → preprocess → slices → ONNX →
-Grad-CAM. The only module that wires the inference stages together.
+key slices (by the model, or with the nodule filter where the manifest says) → Grad-CAM. The only
+module that wires the inference stages together.
 
 Input: the file paths of one study, the verified model registry and the routing rules.
 Output: a frozen ``AnalysisResult``. The node's worker calls ``analyze_study`` for each queued
