@@ -45,9 +45,14 @@ def plausible(dz_mm: float | None, pixel_mm: float | None) -> bool:
     return dz_mm is not None and pixel_mm is not None and low <= dz_mm <= high and low <= pixel_mm <= high
 
 
+def shrunk_shape(shape: tuple[int, int], spec: BlobRanking) -> tuple[int, int]:
+    """(rows, columns) of a slice of ``shape`` once ``shrink`` has reduced it."""
+    return max(1, shape[0] // spec.shrink), max(1, shape[1] // spec.shrink)
+
+
 def affordable(count: int, shape: tuple[int, int], spec: BlobRanking) -> bool:
     """Whether ``count`` slices of ``shape`` fit the filter's memory once shrunk."""
-    rows, cols = (max(1, n // spec.shrink) for n in shape)
+    rows, cols = shrunk_shape(shape, spec)
     return count * rows * cols * 4 <= MAX_BYTES
 
 
@@ -57,9 +62,8 @@ def shrink(hu: np.ndarray, spec: BlobRanking) -> np.ndarray:
     clipped = np.clip(hu.astype(np.float32, copy=False), low, high)
     if spec.shrink == 1:
         return clipped
-    rows, cols = clipped.shape
-    return cv2.resize(clipped, (max(1, cols // spec.shrink), max(1, rows // spec.shrink)),
-                      interpolation=cv2.INTER_AREA)
+    rows, cols = shrunk_shape(clipped.shape, spec)
+    return cv2.resize(clipped, (cols, rows), interpolation=cv2.INTER_AREA)
 
 
 def lung_field(hu: np.ndarray, mm_per_px: float) -> np.ndarray:
@@ -193,10 +197,11 @@ def _slabs(volume: np.ndarray, lung: np.ndarray, dz_mm: float, dxy_mm: float,
         yield start, stop, block
 
 
-def slice_scores(shrunk: Sequence[np.ndarray], dz_mm: float, dxy_mm: float, spec: BlobRanking) -> np.ndarray:
-    """Per slice, the strongest dot in its lung field (float64, one per slice of ``shrunk``).
-    ``dxy_mm``: the pixel size of the shrunk slices."""
-    volume = np.stack(shrunk).astype(np.float32, copy=False)
+def slice_scores(shrunk: np.ndarray | Sequence[np.ndarray], dz_mm: float, dxy_mm: float,
+                 spec: BlobRanking) -> np.ndarray:
+    """Per slice, the strongest dot in its lung field (float64, one per slice of ``shrunk``: a float32
+    (Z, Y, X) array is used as it is, slices are stacked). ``dxy_mm``: the shrunk slices' pixel size."""
+    volume = np.asarray(shrunk, dtype=np.float32)
     lung = np.stack([lung_field(s, dxy_mm) for s in volume])
     out = np.zeros(len(volume))
     for start, stop, block in _slabs(volume, lung, dz_mm, dxy_mm, spec.sigmas_mm):

@@ -36,7 +36,7 @@ from onconode.inference.preprocess import (
     scale_intensities,
     series_scaling,
 )
-from onconode.inference.runner import OnnxRunner, Rows, RunnerPool
+from onconode.inference.runner import OnnxRunner, RunnerPool
 from onconode.models import Manifest, Preprocess, RegisteredModel
 from onconode.selection import match, probe, series, volume
 from onconode.selection.region import body_outline
@@ -195,14 +195,15 @@ def _run_model(scan: series.StudyScan, decisions: tuple[series.SeriesDecision, .
     with clock.stage("scan"):
         vol = volume.build_volume(chosen)
     scaling = _scaling(vol, manifest.preprocess, clock)
-    prepared = _prepare_and_run(vol, manifest, target, cap, scaling, runners.get(model), clock)
+    runner = runners.get(model)
+    prepared = _prepare_and_run(vol, manifest, target, cap, scaling, runner, clock)
     if prepared is None:
         reason = (f"no applicable model: no slice of the chosen series shows {slices.organ_wanted(target)}, "
                   f"which {manifest.name} {manifest.version} needs; it was not run")
         log.info("event=study_not_applicable study=%s series=%s model=%s", study_uid, chosen.series_uid,
                  manifest.name)
         return AnalysisResult(study_uid, Outcome.NO_APPLICABLE_MODEL, reason, decisions, timings_ms=clock.ms)
-    chosen_idx, logits, features, placements, shrunk = prepared
+    chosen_idx, logits, shrunk = prepared
     blob_scores, notes = _blob_scores(vol, chosen, manifest, shrunk, chosen_idx, clock)
     with clock.stage("inference"):
         labels = [label.name for label in manifest.labels]
@@ -210,10 +211,14 @@ def _run_model(scan: series.StudyScan, decisions: tuple[series.SeriesDecision, .
     positive_columns = [labels.index(n) for n in manifest.decision.positive_labels]
     # The heat map shows the evidence for the finding the model looks for, whatever the verdict.
     explained = max(positive_columns, key=lambda c: score.probabilities[c])
-    keys = [_key_slice(vol, chosen_idx[row], score.slice_probabilities[row], positive_columns,
-                       _gradcam_map(features[row], model, explained, placements[chosen_idx[row]], clock),
-                       manifest, scaling, clock)
-            for row in score.key]
+    key_indices = [chosen_idx[row] for row in score.key]
+    seen = _key_inputs(vol, manifest, key_indices, scaling, clock)
+    with clock.stage("inference"):
+        _, features = runner.run(np.stack([model_input for _, model_input, _ in seen]))
+    keys = [_key_slice(vol, index, score.slice_probabilities[row], positive_columns,
+                       _gradcam_map(features[k], model, explained, placement, clock), values, manifest, scaling,
+                       clock)
+            for k, (row, index, (values, _, placement)) in enumerate(zip(score.key, key_indices, seen))]
     scores = tuple(SliceScore(i, vol.slices[i].sop_instance_uid, vol.slices[i].frame,
                               float(score.slice_probabilities[row, positive_columns].sum()))
                    for row, i in enumerate(chosen_idx))
@@ -233,7 +238,7 @@ def _run_model(scan: series.StudyScan, decisions: tuple[series.SeriesDecision, .
         ranked_by=RANKED_BY_MODEL if blob_scores is None else RANKED_BY_MODEL_AND_FILTER)
 
 
-def _blob_scores(vol: volume.Volume, chosen: series.SeriesInfo, manifest: Manifest, shrunk: list[np.ndarray],
+def _blob_scores(vol: volume.Volume, chosen: series.SeriesInfo, manifest: Manifest, shrunk: np.ndarray | None,
                  chosen_idx: tuple[int, ...], clock: _Clock) -> tuple[np.ndarray | None, tuple[str, ...]]:
     """The nodule filter's score of each analysed slice where the manifest ranks by it (else None),
     and a note when it cannot run: a series too large to hold, or one whose spacing is unknown or not
@@ -249,6 +254,8 @@ def _blob_scores(vol: volume.Volume, chosen: series.SeriesInfo, manifest: Manife
     row_mm = float(pixel[0]) if pixel else None
     if dz is None or row_mm is None or not blobs.plausible(dz, row_mm):
         return None, (UNRANKED_NOTE,)
+    if shrunk is None:
+        return None, ()
     with clock.stage("rank"):
         scores = blobs.slice_scores(shrunk, dz, row_mm * ranking.shrink, ranking)
     return scores[list(chosen_idx)], ()
@@ -266,12 +273,11 @@ def _scaling(vol: volume.Volume, spec: Preprocess, clock: _Clock) -> Scaling | N
 
 def _prepare_and_run(vol: volume.Volume, manifest: Manifest, target: slices.Target, cap: int,
                      scaling: Scaling | None, runner: OnnxRunner, clock: _Clock
-                     ) -> tuple[tuple[int, ...], np.ndarray, np.ndarray | Rows, dict[int, Placement],
-                                list[np.ndarray]] | None:
-    """The slices to run (``slices.choose``), their logits and features, where each sat in its
-    slice, and, where the manifest ranks key slices by the nodule filter, every slice shrunk for it
-    (``blobs.shrink``; about a quarter of a megabyte each at 512×512); None when no slice shows the
-    target organ.
+                     ) -> tuple[tuple[int, ...], np.ndarray, np.ndarray | None] | None:
+    """The slices to run (``slices.choose``), their logits and, where the manifest ranks key slices
+    by the nodule filter, every slice shrunk for it (``blobs.shrink``; about a quarter of a megabyte
+    each at 512×512); None when no slice shows the target organ. No features: a megabyte per slice
+    at stride 16, and only the key slices' are read (``_key_inputs`` prepares those again).
 
     Decode and preprocess alternate slice by slice, one decoded slice alive at a time (with context,
     those between a slice and its neighbours). When the series has no more slices than the cap, every
@@ -284,7 +290,6 @@ def _prepare_and_run(vol: volume.Volume, manifest: Manifest, target: slices.Targ
     count = len(vol.slices)
     offset = context_offset(volume.slice_spacing(vol), spec.context_mm) if spec.context_mm is not None else 0
     inputs: dict[int, np.ndarray] = {}
-    placements: dict[int, Placement] = {}
     fractions: list[float] = []
     decoded: dict[int, np.ndarray] = {}  # the slices a waiting input still needs: 2·offset + 1 at most
     waiting: list[int] = []              # eligible slices whose later neighbour is not decoded yet
@@ -292,10 +297,11 @@ def _prepare_and_run(vol: volume.Volume, manifest: Manifest, target: slices.Targ
     ranking = manifest.slices.ranking if hounsfield else None
     if ranking is not None and not blobs.affordable(count, vol.shape, ranking):
         ranking = None  # ``_blob_scores`` says so
-    shrunk: list[np.ndarray] = []
+    # Filled slice by slice as the series is read: the filter takes it as it is, with no second copy.
+    shrunk = np.empty((count, *blobs.shrunk_shape(vol.shape, ranking)), np.float32) if ranking is not None else None
 
     def prepare(index: int) -> None:
-        model_input, placements[index] = prepare_slice(
+        model_input, _ = prepare_slice(
             decoded[index], spec, manifest.input.size, manifest.input.channels, vol.modality, scaling,
             context_neighbours(index, count, offset, decoded))
         if eager:
@@ -315,8 +321,8 @@ def _prepare_and_run(vol: volume.Volume, manifest: Manifest, target: slices.Targ
                 seen = values if hounsfield else scale_intensities(values, spec, scaling)  # CT masks read HU
                 fraction = slices.tissue_fraction(seen, target, hounsfield)
                 fractions.append(fraction)
-                if ranking is not None:
-                    shrunk.append(blobs.shrink(values, ranking))
+                if ranking is not None and shrunk is not None:
+                    shrunk[index] = blobs.shrink(values, ranking)
                 decoded[index] = values
                 if slices.is_eligible(fraction, target):
                     waiting.append(index)
@@ -333,15 +339,37 @@ def _prepare_and_run(vol: volume.Volume, manifest: Manifest, target: slices.Targ
         chosen_idx = slices.choose(fractions, target, cap)
         if not chosen_idx:
             return None
-        features: np.ndarray | Rows
         with clock.stage("inference"):
             if eager:
-                logits, features = stream.results()
+                logits = stream.results()
                 if len(logits) != len(chosen_idx):  # every eligible slice is chosen when eager
                     raise RuntimeError(f"{len(logits)} slices run, {len(chosen_idx)} chosen")
-            else:
-                logits, features = runner.run(np.stack([inputs.pop(i) for i in chosen_idx]))
-    return chosen_idx, logits, features, {i: placements[i] for i in chosen_idx}, shrunk
+            else:  # batch by batch, each input let go once run: never two copies of them all
+                step = runner.batch
+                logits = np.concatenate([runner.logits(np.stack([inputs.pop(i) for i in chosen_idx[at:at + step]]))
+                                         for at in range(0, len(chosen_idx), step)])
+    return chosen_idx, logits, shrunk
+
+
+def _key_inputs(vol: volume.Volume, manifest: Manifest, indices: Sequence[int], scaling: Scaling | None,
+                clock: _Clock) -> list[tuple[np.ndarray, np.ndarray, Placement]]:
+    """(decoded values, model input, placement) of each key slice, prepared again exactly as in
+    ``_prepare_and_run`` (with its neighbours where the model reads context): a few slices decoded
+    twice cost less than holding every slice's features."""
+    spec = manifest.preprocess
+    count = len(vol.slices)
+    offset = context_offset(volume.slice_spacing(vol), spec.context_mm) if spec.context_mm is not None else 0
+    out = []
+    for index in indices:
+        with clock.stage("decode"):
+            needed = sorted({index, *context_indices(index, count, offset)})
+            decoded = {i: volume.read_slice(vol.slices[i]) for i in needed}
+        with clock.stage("preprocess"):
+            model_input, placement = prepare_slice(
+                decoded[index], spec, manifest.input.size, manifest.input.channels, vol.modality, scaling,
+                context_neighbours(index, count, offset, decoded))
+        out.append((decoded[index], model_input, placement))
+    return out
 
 
 def _gradcam_map(features: np.ndarray, model: RegisteredModel, class_index: int, placement: Placement,
@@ -351,11 +379,11 @@ def _gradcam_map(features: np.ndarray, model: RegisteredModel, class_index: int,
 
 
 def _key_slice(vol: volume.Volume, index: int, probabilities: np.ndarray, positive_columns: list[int],
-               heat: np.ndarray, manifest: Manifest, scaling: Scaling | None, clock: _Clock) -> KeySlice:
-    """A key slice with its picture: decoded again (only these few), in the display window."""
+               heat: np.ndarray, values: np.ndarray, manifest: Manifest, scaling: Scaling | None,
+               clock: _Clock) -> KeySlice:
+    """A key slice with its picture (``values``: the slice decoded again), in the display window."""
     ref = vol.slices[index]
     with clock.stage("decode"):
-        values = volume.read_slice(ref)
         image = display_scale(values, manifest.display, manifest.preprocess, scaling)
         body = body_outline(values, vol.modality)
     return KeySlice(ref.sop_instance_uid, ref.frame, index, ref.position, tuple(float(p) for p in probabilities),

@@ -1,7 +1,7 @@
 """ONNX inference: one onnxruntime session per model, created once, run in batches.
 
-Input: float32 (N, C, h, w) model inputs. Output: (logits (N, L), features (N, K, h', w')) as the
-manifest names them. The thread count is explicit because the node shares the CPU with the DICOM
+Input: float32 (N, C, h, w) model inputs. Output: logits (N, L), and where asked features (N, K, h',
+w'), as the manifest names them. The thread count is explicit because the node shares the CPU with the DICOM
 listener and other workers; onnxruntime's default (all cores) would starve them.
 """
 
@@ -55,37 +55,29 @@ class OnnxRunner:
 
     def run(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits (N, L) and features (N, K, h', w') for float32 inputs (N, C, h, w)."""
-        logits, features = [], []
+        logits, features = self._batches(inputs, self._names)
+        return logits, features
+
+    def logits(self, inputs: np.ndarray) -> np.ndarray:
+        """Logits (N, L) alone: a series' features are a megabyte per slice at stride 16, and only the
+        key slices' are ever read (``run`` those again)."""
+        (logits,) = self._batches(inputs, self._names[:1])
+        return logits
+
+    def _batches(self, inputs: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        out: list[list[np.ndarray]] = [[] for _ in names]
         for start in range(0, len(inputs), self.batch):
             chunk = np.ascontiguousarray(inputs[start:start + self.batch], dtype=np.float32)
             count = len(chunk)
             if self.fixed_batch and count < self.batch:
                 chunk = np.concatenate([chunk, np.zeros((self.batch - count, *chunk.shape[1:]), np.float32)])
-            out = self.session.run(self._names, {self.model.manifest.input.name: chunk})
-            logits.append(out[0][:count])
-            features.append(out[1][:count])
-        return np.concatenate(logits), np.concatenate(features)
+            for kept, value in zip(out, self.session.run(names, {self.model.manifest.input.name: chunk})):
+                kept.append(value[:count])
+        return [np.concatenate(kept) for kept in out]
 
     def stream(self) -> Streamed:
         """Inputs given one at a time and run batch by batch while the caller prepares the next."""
         return Streamed(self)
-
-
-class Rows:
-    """The rows of several arrays as one indexable sequence, without copying them together."""
-
-    def __init__(self, chunks: list[np.ndarray]):
-        self._chunks = chunks
-        self._starts = np.cumsum([0, *(len(c) for c in chunks)])
-
-    def __len__(self) -> int:
-        return int(self._starts[-1])
-
-    def __getitem__(self, row: int) -> np.ndarray:
-        if not 0 <= row < len(self):
-            raise IndexError(f"row {row} outside 0..{len(self) - 1}")
-        chunk = int(np.searchsorted(self._starts, row, side="right")) - 1
-        return self._chunks[chunk][row - int(self._starts[chunk])]
 
 
 class Streamed:
@@ -98,7 +90,7 @@ class Streamed:
         self._runner = runner
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="onconode-inference")
         self._chunk: list[np.ndarray] = []
-        self._pending: list[Future[tuple[np.ndarray, np.ndarray]]] = []
+        self._pending: list[Future[np.ndarray]] = []
 
     def add(self, model_input: np.ndarray) -> None:
         """One (C, h, w) input, in the order the results should come back."""
@@ -108,18 +100,16 @@ class Streamed:
 
     def _submit(self) -> None:
         if self._chunk:
-            self._pending.append(self._pool.submit(self._runner.run, np.stack(self._chunk)))
+            self._pending.append(self._pool.submit(self._runner.logits, np.stack(self._chunk)))
             self._chunk = []
 
-    def results(self) -> tuple[np.ndarray, Rows]:
-        """Logits (N, L) and the features (K, h', w') of each input, in order; raises what a batch
-        raised. The features stay in their batches: only the key slices' are read, and all of a
-        CT's together are 33 MB at stride 32, four times that at stride 16."""
+    def results(self) -> np.ndarray:
+        """Logits (N, L) of the inputs, in order; raises what a batch raised. No features: see
+        ``OnnxRunner.logits``."""
         self._submit()
         if not self._pending:
             raise ValueError("no input was added")
-        done = [future.result() for future in self._pending]
-        return np.concatenate([d[0] for d in done]), Rows([d[1] for d in done])
+        return np.concatenate([future.result() for future in self._pending])
 
     def __enter__(self) -> Self:
         return self

@@ -236,3 +236,23 @@ def test_plausible_and_affordable_bounds() -> None:
     assert blobs.plausible(2.5, 0.7) and not blobs.plausible(None, 0.7) and not blobs.plausible(2.5, 0.001)
     assert not blobs.plausible(50.0, 0.7)
     assert blobs.affordable(1024, (512, 512), spec) and not blobs.affordable(1025, (512, 512), spec)
+
+
+def test_key_slice_heat_maps_are_the_model_features_of_those_slices(dicom_dir: Path, registry, rules) -> None:
+    """No series' worth of features is held: each key slice is prepared again and run for its
+    features; its heat map is Grad-CAM of exactly what the model saw on it."""
+    from onconode.inference import gradcam
+    from onconode.inference.runner import OnnxRunner
+
+    files = sorted((dicom_dir / "lidc-idri-0001").glob("*.dcm"))[::3]
+    result = pipeline.analyze_study(files, registry, rules)
+    model = registry["test-ct"]
+    spec = model.manifest
+    vol = volume.build_volume(series.scan(files).series[0])
+    runner = OnnxRunner(model)
+    for key in result.key_slices:
+        model_input, placement = prepare_slice(volume.read_slice(vol.slices[key.index]), spec.preprocess,
+                                               spec.input.size, spec.input.channels, "CT")
+        _, features = runner.run(model_input[None])
+        expected = gradcam.heat_map(features[0], model.head_weights, 0, placement)  # "malignant"
+        assert np.allclose(key.heat_map, expected, atol=1e-5)
