@@ -288,7 +288,7 @@ def _prepare_and_run(vol: volume.Volume, manifest: Manifest, target: slices.Targ
     spec = manifest.preprocess
     hounsfield = vol.modality == "CT"
     count = len(vol.slices)
-    offset = context_offset(volume.slice_spacing(vol), spec.context_mm) if spec.context_mm is not None else 0
+    offset = _context_offset(vol, spec)
     inputs: dict[int, np.ndarray] = {}
     fractions: list[float] = []
     decoded: dict[int, np.ndarray] = {}  # the slices a waiting input still needs: 2·offset + 1 at most
@@ -351,6 +351,11 @@ def _prepare_and_run(vol: volume.Volume, manifest: Manifest, target: slices.Targ
     return chosen_idx, logits, shrunk
 
 
+def _context_offset(vol: volume.Volume, spec: Preprocess) -> int:
+    """How many slices away a context model's neighbours lie in this series (0 without context)."""
+    return context_offset(volume.slice_spacing(vol), spec.context_mm) if spec.context_mm is not None else 0
+
+
 def _key_inputs(vol: volume.Volume, manifest: Manifest, indices: Sequence[int], scaling: Scaling | None,
                 clock: _Clock) -> list[tuple[np.ndarray, np.ndarray, Placement]]:
     """(decoded values, model input, placement) of each key slice, prepared again exactly as in
@@ -358,7 +363,7 @@ def _key_inputs(vol: volume.Volume, manifest: Manifest, indices: Sequence[int], 
     twice cost less than holding every slice's features."""
     spec = manifest.preprocess
     count = len(vol.slices)
-    offset = context_offset(volume.slice_spacing(vol), spec.context_mm) if spec.context_mm is not None else 0
+    offset = _context_offset(vol, spec)
     out = []
     for index in indices:
         with clock.stage("decode"):
