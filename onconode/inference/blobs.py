@@ -57,9 +57,10 @@ def affordable(count: int, shape: tuple[int, int], spec: BlobRanking) -> bool:
 
 
 def shrink(hu: np.ndarray, spec: BlobRanking) -> np.ndarray:
-    """One decoded HU slice, clipped to the manifest's range and reduced by its factor (float32)."""
+    """One decoded HU slice, clipped to the manifest's range and reduced by its factor (float32). A
+    value that is no number (a broken rescale) reads as the range's low end: never the top rank."""
     low, high = spec.hu
-    clipped = np.clip(hu.astype(np.float32, copy=False), low, high)
+    clipped = np.clip(np.nan_to_num(hu.astype(np.float32, copy=False), nan=low), low, high)
     if spec.shrink == 1:
         return clipped
     rows, cols = shrunk_shape(clipped.shape, spec)

@@ -68,6 +68,8 @@ def test_shrink_clips_and_halves() -> None:
     out = blobs.shrink(np.array([[-3000, 5000], [0, 0]] * 2, np.int16).repeat(2, axis=1), SPEC)
     assert out.shape == (2, 2) and out.dtype == np.float32
     assert out.min() >= -1000 and out.max() <= 200
+    broken = blobs.shrink(np.array([[np.nan, np.inf], [-np.inf, 0.0]], np.float32).repeat(2, 0).repeat(2, 1), SPEC)
+    assert broken.tolist() == [[-1000.0, 200.0], [-1000.0, 0.0]]
 
 
 def test_within_ranks_scale_any_scores_to_zero_one() -> None:
