@@ -473,7 +473,7 @@ used for training, tuning or thresholds.
 - Localisation on {cv['localisation']['lesion_slices']} lesion slices: heat-map peak inside the lesion
   (+1 cm) {_est(cv['localisation']['pointing_game'])}; mean share of the heat inside the lesion
   {cv['localisation']['heat_share_mean']:.3f}.
-- Key slices (the {series.get('key_slices', 3)} the node shows of a series), over the {_located(series)}:
+- Key slices (the {series.get('key_slices', 3)} the node shows per series), over the {_located(series)}:
   the first is a lesion slice in {series['top_slice_is_lesion']:.0%} of them, and at least one is in \
 {_share(series.get('key_slices_include_lesion'))}.{_ranking_results(cv)}{_remainder(series)}
 

@@ -96,7 +96,7 @@ def series_records(slices: Sequence[SliceRecord], lesion_of: dict[str, bool], k:
     out = []
     for key, rows in sorted(by_series(slices).items()):
         out.append(SeriesRecord(key, rows[0].patient, rows[0].sequence, rows[0].fold, lesion_of[key],
-                                float(np.mean(key_probabilities(rows, k))), top_mean([r.baseline for r in rows], k)))
+                                top_mean(key_probabilities(rows, k), k), top_mean([r.baseline for r in rows], k)))
     return out
 
 
@@ -384,7 +384,7 @@ def lesion_free_remainders(slices: Sequence[SliceRecord], series: Sequence[Serie
         # The remainder's key slices are ranked again among its own slices; a filter score keeps the
         # 3-D context of the whole series (a lesion's neighbours may still read it a little).
         shown = key_probabilities(free, key)
-        score = float(np.mean(shown))
+        score = top_mean(shown, key)  # summed as ``series_records`` sums: a tie stays a tie
         base = top_mean([r.baseline for r in free], key)
         flagged = study_value(shown, slope, intercept, basis, key) >= threshold
         pairs.append((s.patient, s.score, score, s.baseline, base, flagged))
