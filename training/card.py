@@ -260,8 +260,13 @@ def _measured_limits(spec: ModelSpec, r: Release) -> str:
                      "data, not from what the slice shows; the localisation and the external check say how often "
                      "the key slices still land on the lesion."
                      + (f" The key slices are ranked with a nodule filter too, which lifts the same-level AUC to "
-                        f"{_est(r.cv['ranking']['same_level_auc'])}: still a wide interval on 12 series."
+                        f"{_est(r.cv['ranking']['same_level_auc'])}: still a wide interval on "
+                        f"{r.cv['series'].get('located_lesion_series', 'few')} series."
                         if r.cv.get("ranking") else ""))
+    if r.cv.get("ranking"):
+        lines.append("- **The nodule filter looks only inside the lung field** (the body's inner air, holes filled, "
+                     "closed with a 1 cm disk). A central or pleural-based mass wider than that lies mostly "
+                     "outside it, and only the model's rank can put its slices first.")
     with_lesion = {c.folder for c in spec.external if c.lesion_slices}
     lesion_cases = [e for e in r.external if e.folder in with_lesion and e.probability is not None]
     missed = [e for e in lesion_cases if not any(e.key_on_lesion)]
