@@ -37,7 +37,7 @@ from onconode.inference.preprocess import (
     series_scaling,
 )
 from onconode.inference.runner import OnnxRunner, RunnerPool
-from onconode.models import Manifest, Preprocess, RegisteredModel
+from onconode.models import BlobRanking, Manifest, Preprocess, RegisteredModel
 from onconode.selection import match, probe, series, volume
 from onconode.selection.region import body_outline
 from onconode.selection.series import InstanceHeader
@@ -196,7 +196,9 @@ def _run_model(scan: series.StudyScan, decisions: tuple[series.SeriesDecision, .
         vol = volume.build_volume(chosen)
     scaling = _scaling(vol, manifest.preprocess, clock)
     runner = runners.get(model)
-    prepared = _prepare_and_run(vol, manifest, target, cap, scaling, runner, clock)
+    nodule_filter, notes = _nodule_filter(vol, chosen, manifest)
+    prepared = _prepare_and_run(vol, manifest, target, cap, scaling, runner, clock,
+                                nodule_filter.ranking if nodule_filter else None)
     if prepared is None:
         reason = (f"no applicable model: no slice of the chosen series shows {slices.organ_wanted(target)}, "
                   f"which {manifest.name} {manifest.version} needs; it was not run")
@@ -204,7 +206,11 @@ def _run_model(scan: series.StudyScan, decisions: tuple[series.SeriesDecision, .
                  manifest.name)
         return AnalysisResult(study_uid, Outcome.NO_APPLICABLE_MODEL, reason, decisions, timings_ms=clock.ms)
     chosen_idx, logits, shrunk = prepared
-    blob_scores, notes = _blob_scores(vol, chosen, manifest, shrunk, chosen_idx, clock)
+    blob_scores = None
+    if nodule_filter is not None and shrunk is not None:
+        with clock.stage("rank"):
+            every = blobs.slice_scores(shrunk, nodule_filter.dz_mm, nodule_filter.pixel_mm, nodule_filter.ranking)
+        blob_scores = every[list(chosen_idx)]
     with clock.stage("inference"):
         labels = [label.name for label in manifest.labels]
         score = slices.aggregate(logits, labels, manifest.decision, key_count, blob_scores)
@@ -238,11 +244,18 @@ def _run_model(scan: series.StudyScan, decisions: tuple[series.SeriesDecision, .
         ranked_by=RANKED_BY_MODEL if blob_scores is None else RANKED_BY_MODEL_AND_FILTER)
 
 
-def _blob_scores(vol: volume.Volume, chosen: series.SeriesInfo, manifest: Manifest, shrunk: np.ndarray | None,
-                 chosen_idx: tuple[int, ...], clock: _Clock) -> tuple[np.ndarray | None, tuple[str, ...]]:
-    """The nodule filter's score of each analysed slice where the manifest ranks by it (else None),
-    and a note when it cannot run: a series too large to hold, or one whose spacing is unknown or not
-    physical (the filter measures in mm)."""
+@dataclass(frozen=True)
+class _NoduleFilter:
+    ranking: BlobRanking
+    dz_mm: float      # between slices
+    pixel_mm: float   # of a shrunk slice
+
+
+def _nodule_filter(vol: volume.Volume, chosen: series.SeriesInfo, manifest: Manifest
+                   ) -> tuple[_NoduleFilter | None, tuple[str, ...]]:
+    """Whether the nodule filter ranks this series' key slices (decided before any slice is read),
+    with its spacing, or None and a note where the manifest asks for it but the series cannot have
+    it: too large to hold, or a spacing that is unknown or not physical (the filter measures in mm)."""
     ranking = manifest.slices.ranking
     if ranking is None or vol.modality != "CT":
         return None, ()
@@ -254,11 +267,7 @@ def _blob_scores(vol: volume.Volume, chosen: series.SeriesInfo, manifest: Manife
     row_mm = float(pixel[0]) if pixel else None
     if dz is None or row_mm is None or not blobs.plausible(dz, row_mm):
         return None, (UNRANKED_NOTE,)
-    if shrunk is None:
-        return None, ()
-    with clock.stage("rank"):
-        scores = blobs.slice_scores(shrunk, dz, row_mm * ranking.shrink, ranking)
-    return scores[list(chosen_idx)], ()
+    return _NoduleFilter(ranking, dz, row_mm * ranking.shrink), ()
 
 
 def _scaling(vol: volume.Volume, spec: Preprocess, clock: _Clock) -> Scaling | None:
@@ -272,10 +281,10 @@ def _scaling(vol: volume.Volume, spec: Preprocess, clock: _Clock) -> Scaling | N
 
 
 def _prepare_and_run(vol: volume.Volume, manifest: Manifest, target: slices.Target, cap: int,
-                     scaling: Scaling | None, runner: OnnxRunner, clock: _Clock
+                     scaling: Scaling | None, runner: OnnxRunner, clock: _Clock, ranking: BlobRanking | None
                      ) -> tuple[tuple[int, ...], np.ndarray, np.ndarray | None] | None:
-    """The slices to run (``slices.choose``), their logits and, where the manifest ranks key slices
-    by the nodule filter, every slice shrunk for it (``blobs.shrink``; about a quarter of a megabyte
+    """The slices to run (``slices.choose``), their logits and, given the nodule filter's
+    ``ranking`` (``_nodule_filter``), every slice shrunk for it (``blobs.shrink``; about a quarter of a megabyte
     each at 512×512); None when no slice shows the target organ. No features: a megabyte per slice
     at stride 16, and only the key slices' are read (``_key_inputs`` prepares those again).
 
@@ -294,9 +303,6 @@ def _prepare_and_run(vol: volume.Volume, manifest: Manifest, target: slices.Targ
     decoded: dict[int, np.ndarray] = {}  # the slices a waiting input still needs: 2·offset + 1 at most
     waiting: list[int] = []              # eligible slices whose later neighbour is not decoded yet
     eager = count <= cap
-    ranking = manifest.slices.ranking if hounsfield else None
-    if ranking is not None and not blobs.affordable(count, vol.shape, ranking):
-        ranking = None  # ``_blob_scores`` says so
     # Filled slice by slice as the series is read: the filter takes it as it is, with no second copy.
     shrunk = np.empty((count, *blobs.shrunk_shape(vol.shape, ranking)), np.float32) if ranking is not None else None
 
@@ -321,7 +327,7 @@ def _prepare_and_run(vol: volume.Volume, manifest: Manifest, target: slices.Targ
                 seen = values if hounsfield else scale_intensities(values, spec, scaling)  # CT masks read HU
                 fraction = slices.tissue_fraction(seen, target, hounsfield)
                 fractions.append(fraction)
-                if ranking is not None and shrunk is not None:
+                if shrunk is not None and ranking is not None:
                     shrunk[index] = blobs.shrink(values, ranking)
                 decoded[index] = values
                 if slices.is_eligible(fraction, target):
