@@ -281,13 +281,13 @@ def _measured_limits(spec: ModelSpec, r: Release) -> str:
                      "that the model saw the lesion.")
     negatives = [e for e in r.external if e.probability is not None and e.folder not in with_lesion]
     checked = [c.probability for c in r.checks if c.probability is not None]
-    lesion_values = [e.probability for e in lesion_cases if e.probability is not None]
-    if checked and lesion_values and max(checked) >= min(lesion_values):
-        above = sum(v >= min(lesion_values) for v in checked)
-        lines.append(f"- **Studies without the finding score like studies with it.** {above} of {len(checked)} "
+    against = _checks_against_lesions(r, spec)
+    if against and against[0]:
+        above, shown, low = against
+        lines.append(f"- **Studies without the finding score like studies with it.** {above} of {shown} "
                      "studies without the finding, from another source (see \"Studies without the "
                      f"finding\"), score at or above the lowest external study with the finding "
-                     f"({min(lesion_values):.3f}): the study value does not tell the two apart.")
+                     f"({low:.3f}): the study value does not tell the two apart.")
     elif checked:
         lines.append(f"- Studies without the finding were seen from one other source only ({len(checked)} studies; "
                      "see \"Studies without the finding\"): too few, from too far off the training data, to "
@@ -372,9 +372,15 @@ def _external(r: Release, spec: ModelSpec, results: list[ExternalResult] | None 
                    "heat peak vs the collection's box"], rows) + "\n\n" + "\n".join(pictures)
 
 
-def _external_lesion_values(r: Release, spec: ModelSpec) -> list[float]:
+def _checks_against_lesions(r: Release, spec: ModelSpec) -> tuple[int, int, float] | None:
+    """(how many studies without the finding score at or above the lowest external study with it, how
+    many were scored, that lowest value); None when either side has no value."""
     with_lesion = {c.folder for c in spec.external if c.lesion_slices}
-    return [e.probability for e in r.external if e.folder in with_lesion and e.probability is not None]
+    lesion = [e.probability for e in r.external if e.folder in with_lesion and e.probability is not None]
+    shown = [c.probability for c in r.checks if c.probability is not None]
+    if not lesion or not shown:
+        return None
+    return sum(v >= min(lesion) for v in shown), len(shown), min(lesion)
 
 
 def _checks(r: Release, spec: ModelSpec) -> str:
@@ -383,7 +389,7 @@ def _checks(r: Release, spec: ModelSpec) -> str:
     if not r.checks:
         return ""
     shown = [c.probability for c in r.checks if c.probability is not None]
-    lesion = _external_lesion_values(r, spec)
+    against = _checks_against_lesions(r, spec)
     about = " ".join(str(yaml.safe_load((sources_dir() / f"{spec.checks}.yaml").read_text()).get("about", "")).split())
     text = (f"\n## Studies without the finding, from another source\n"
             f"The node's own analysis, run as above, of {len(r.checks)} studies without the finding "
@@ -391,10 +397,9 @@ def _checks(r: Release, spec: ModelSpec) -> str:
             f"thresholded on them. {about} Where a study's UIDs are not valid (its de-identification emptied "
             "them or wrote UUIDs; the node refuses such instances on receipt), it is analysed on a copy in which "
             "only the UIDs are replaced.\n\n" + _external(r, spec, r.checks) + "\n")
-    if shown and lesion:
-        low = min(lesion)
-        above = sum(v >= low for v in shown)
-        text += (f"\n{above} of {len(shown)} score at or above the lowest external study with the finding "
+    if against:
+        above, count, low = against
+        text += (f"\n{above} of {count} score at or above the lowest external study with the finding "
                  f"({low:.3f}; they range {min(shown):.3f}–{max(shown):.3f}).\n")
     return text
 
