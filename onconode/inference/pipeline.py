@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -181,15 +181,57 @@ def analyze_study(paths: Sequence[Path], registry: Mapping[str, RegisteredModel]
     if offer is None or model is None or choice.series is None:
         return AnalysisResult(scan.study_uid, Outcome.NO_APPLICABLE_MODEL, choice.reason, decisions,
                               timings_ms=clock.ms)
-    return _run_model(scan, decisions, offer.rule, model, choice.series, runners or RunnerPool(), clock)
+    manifest = model.manifest
+    organ = slices.organ_wanted(_target(offer.rule, manifest))
+    passed: list[series.SeriesInfo] = []
+    for chosen in (choice.series, *choice.runners_up):
+        shown = _passed_over(decisions, passed, chosen, manifest.name, organ)
+        result = _run_model(scan, shown, offer.rule, model, chosen, runners or RunnerPool(), clock)
+        if result is not None:
+            return result
+        log.info("event=series_shows_no_organ study=%s series=%s model=%s", scan.study_uid, chosen.series_uid,
+                 manifest.name)
+        passed.append(chosen)
+    which = "the chosen series" if len(passed) == 1 else f"the {len(passed)} series {manifest.name} accepted"
+    reason = (f"no applicable model: no slice of {which} shows {organ}, which {manifest.name} {manifest.version} "
+              f"needs; it was not run")
+    log.info("event=study_not_applicable study=%s model=%s series_tried=%d", scan.study_uid, manifest.name,
+             len(passed))
+    return AnalysisResult(scan.study_uid, Outcome.NO_APPLICABLE_MODEL, reason,
+                          _passed_over(decisions, passed, None, manifest.name, organ), timings_ms=clock.ms)
+
+
+def _target(rule: RoutingRule | None, manifest: Manifest) -> slices.Target:
+    return (rule.target if rule else None) or manifest.slices.target
+
+
+def _passed_over(decisions: tuple[series.SeriesDecision, ...], passed: Sequence[series.SeriesInfo],
+                 chosen: series.SeriesInfo | None, model_name: str, organ: str) -> tuple[series.SeriesDecision, ...]:
+    """The selection's decisions once the pixels of ``passed`` showed nothing the model reads, and
+    ``chosen``, ranked below them, is read instead (None: no series is)."""
+    if not passed:
+        return decisions
+    skipped = {info.series_uid for info in passed}
+    out = []
+    for decision in decisions:
+        if decision.series_uid in skipped:
+            decision = replace(decision, taken=False, reason=f"accepted by {model_name}, but no slice shows "
+                                                              f"{organ}: passed over")
+        elif chosen is not None and decision.series_uid == chosen.series_uid:
+            above = "the series ranked above it shows" if len(passed) == 1 else \
+                f"the {len(passed)} series ranked above it show"
+            decision = replace(decision, taken=True, reason=f"read by {model_name}: {above} no {organ}")
+        out.append(decision)
+    return tuple(out)
 
 
 def _run_model(scan: series.StudyScan, decisions: tuple[series.SeriesDecision, ...], rule: RoutingRule | None,
                model: RegisteredModel, chosen: series.SeriesInfo, runners: RunnerPool,
-               clock: _Clock) -> AnalysisResult:
+               clock: _Clock) -> AnalysisResult | None:
+    """The analysis of ``chosen``, or None when no slice of it shows what the model reads."""
     study_uid = scan.study_uid
     manifest = model.manifest
-    target = (rule.target if rule else None) or manifest.slices.target
+    target = _target(rule, manifest)
     cap = (rule.max_analysed_slices if rule else None) or manifest.slices.max_analysed
     key_count = (rule.key_slices if rule else None) or manifest.slices.key
     with clock.stage("scan"):
@@ -200,11 +242,7 @@ def _run_model(scan: series.StudyScan, decisions: tuple[series.SeriesDecision, .
     prepared = _prepare_and_run(vol, manifest, target, cap, scaling, runner, clock,
                                 nodule_filter.ranking if nodule_filter else None)
     if prepared is None:
-        reason = (f"no applicable model: no slice of the chosen series shows {slices.organ_wanted(target)}, "
-                  f"which {manifest.name} {manifest.version} needs; it was not run")
-        log.info("event=study_not_applicable study=%s series=%s model=%s", study_uid, chosen.series_uid,
-                 manifest.name)
-        return AnalysisResult(study_uid, Outcome.NO_APPLICABLE_MODEL, reason, decisions, timings_ms=clock.ms)
+        return None
     chosen_idx, logits, shrunk = prepared
     blob_scores = None
     if nodule_filter is not None and shrunk is not None:

@@ -86,6 +86,9 @@ class Choice:
     profile: SeriesProfile | None
     decisions: tuple[SeriesDecision, ...]
     reason: str                    # one line for the study
+    # The other series the same offer accepted, best first: read in turn where the pixels of those
+    # ranked above show nothing the model was made for (a mask or blank series stored as images).
+    runners_up: tuple[SeriesInfo, ...] = ()
 
 
 def offers(registry: Mapping[str, RegisteredModel], rules: Sequence[RoutingRule]) -> list[Offer]:
@@ -175,6 +178,6 @@ def _chosen(offer: Offer, accepted: list[tuple[SeriesInfo, SeriesProfile]], cand
             decisions.append(decide(info, False, "; ".join(refusals[info.series_uid]),
                                     profiles.header(info).evidence()))
     return Choice(offer, best, best_profile, tuple(decisions), f"model {offer.model_name} reads series "
-                  f"{best_profile.description or best.series_uid!r}")
+                  f"{best_profile.description or best.series_uid!r}", tuple(info for info, _ in ranked[1:]))
 
 

@@ -104,6 +104,47 @@ def test_a_series_without_the_organ_gets_no_finding(dicom_dir: Path, registry, r
         assert "test-ct" in result.reason
 
 
+def _mask_series(series_uid: str):
+    """An edit that turns a real MR slice into a reader's mask stored as an image of the same study,
+    as OsiriX exports an ROI: the header kept (ORIGINAL, same geometry), the pixels 0 with a square of 1."""
+
+    def edit(ds: pydicom.Dataset, index: int) -> None:
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            ds.decompress()
+        mask = np.zeros((int(ds.Rows), int(ds.Columns)), np.uint16)
+        mask[100:130, 100:130] = 1
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = mask.tobytes()
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{series_uid}.{index + 1}"
+        ds.SeriesDescription = "FLAIR_ROI"
+    return edit
+
+
+def test_a_mask_series_ranked_first_is_passed_over_for_the_real_one(dicom_dir: Path, registry, rules,
+                                                                    copy_series) -> None:
+    """A mask series that the headers cannot tell from the acquisition (and whose UID sorts first)
+    shows no brain on any slice: the next accepted series is read, and each decision says why."""
+    sources = sorted((dicom_dir / "brain-tumor-progression-pgbm-001-t1post").glob("*.dcm"))
+    real = copy_series(sources, "real")
+    mask = copy_series(sources, "mask", _mask_series("1.2.826.0.1.3680043.8.498.4242"))
+    result = pipeline.analyze_study(real + mask, registry, rules)
+    assert result.outcome is pipeline.Outcome.ANALYSED
+    assert result.series_uid == str(pydicom.dcmread(sources[0], stop_before_pixels=True).SeriesInstanceUID)
+    by_uid = {d.series_uid: d for d in result.series}
+    skipped = by_uid["1.2.826.0.1.3680043.8.498.4242"]
+    assert not skipped.taken and "no slice shows tissue brighter than" in skipped.reason
+    assert "passed over" in skipped.reason
+    read = by_uid[result.series_uid]
+    assert read.taken and read.reason.startswith("read by test-mr: the series ranked above it shows no ")
+
+    alone = pipeline.analyze_study(mask + copy_series(sources, "mask2", _mask_series("1.2.826.0.1.3680043.8.498.4243")),
+                                   registry, rules)
+    assert alone.outcome is pipeline.Outcome.NO_APPLICABLE_MODEL and not alone.key_slices
+    assert "no slice of the 2 series test-mr accepted shows" in alone.reason
+    assert all(not d.taken and "passed over" in d.reason for d in alone.series)
+
+
 def test_a_thumbnail_series_is_not_offered_to_a_model(dicom_dir: Path, registry, copy_series) -> None:
     """A 2×2 'CT' with a chest header: below every model's minimum matrix, named in the reason."""
     sources = sorted((dicom_dir / "lidc-idri-0001").glob("*.dcm"))[40:60]
