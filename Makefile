@@ -57,6 +57,7 @@ train-chest: $(FULL)
 
 train-brain: $(FULL)
 	$(VENV)/bin/python -m training.gather brain-mr
+	$(VENV)/bin/python -m training.gather brain-mr-check
 	$(VENV)/bin/python -m training.prepare_brain
 	$(VENV)/bin/python -u -m training.train brain-mr
 

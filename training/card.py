@@ -280,7 +280,7 @@ def _measured_limits(spec: ModelSpec, r: Release) -> str:
                      f"lesion ({', '.join(e.folder for e in missed)}): a positive decision there is not evidence "
                      "that the model saw the lesion.")
     negatives = [e for e in r.external if e.probability is not None and e.folder not in with_lesion]
-    checked = [c.probability for c in r.checks if c.probability is not None]
+    checked = [c.probability for c in r.checks if c.probability is not None and not c.lesion]
     against = _checks_against_lesions(r, spec)
     if against and against[0]:
         above, shown, low = against
@@ -377,30 +377,44 @@ def _checks_against_lesions(r: Release, spec: ModelSpec) -> tuple[int, int, floa
     many were scored, that lowest value); None when either side has no value."""
     with_lesion = {c.folder for c in spec.external if c.lesion_slices}
     lesion = [e.probability for e in r.external if e.folder in with_lesion and e.probability is not None]
-    shown = [c.probability for c in r.checks if c.probability is not None]
+    shown = [c.probability for c in r.checks if c.probability is not None and not c.lesion]
     if not lesion or not shown:
         return None
     return sum(v >= min(lesion) for v in shown), len(shown), min(lesion)
 
 
 def _checks(r: Release, spec: ModelSpec) -> str:
-    """The section on ``release.check_studies``: studies without the finding from another source, and
-    where their values fall against the external lesion studies'."""
+    """The sections on ``release.check_studies``: studies from another source without the finding (and
+    where their values fall against the external lesion studies'), and with it."""
     if not r.checks:
         return ""
-    shown = [c.probability for c in r.checks if c.probability is not None]
-    against = _checks_against_lesions(r, spec)
     about = " ".join(str(yaml.safe_load((sources_dir() / f"{spec.checks}.yaml").read_text()).get("about", "")).split())
-    text = (f"\n## Studies without the finding, from another source\n"
-            f"The node's own analysis, run as above, of {len(r.checks)} studies without the finding "
-            f"(`training/sources/{spec.checks}.yaml`, with what each patient had). Nothing was trained, tuned or "
-            f"thresholded on them. {about} Where a study's UIDs are not valid (its de-identification emptied "
-            "them or wrote UUIDs; the node refuses such instances on receipt), it is analysed on a copy in which "
-            "only the UIDs are replaced.\n\n" + _external(r, spec, r.checks) + "\n")
-    if against:
-        above, count, low = against
-        text += (f"\n{above} of {count} score at or above the lowest external study with the finding "
-                 f"({low:.3f}; they range {min(shown):.3f}–{max(shown):.3f}).\n")
+    free = [c for c in r.checks if not c.lesion]
+    text = ""
+    if free:
+        shown = [c.probability for c in free if c.probability is not None]
+        against = _checks_against_lesions(r, spec)
+        text += (f"\n## Studies without the finding, from another source\n"
+                 f"The node's own analysis, run as above, of {len(free)} studies without the finding "
+                 f"(`training/sources/{spec.checks}.yaml`, with what each patient had). Nothing was trained, tuned "
+                 f"or thresholded on them. {about} Where a study's UIDs are not valid (its de-identification "
+                 "emptied them or wrote UUIDs; the node refuses such instances on receipt), it is analysed on a copy "
+                 "in which only the UIDs are replaced.\n\n" + _external(r, spec, free) + "\n")
+        if against:
+            above, count, low = against
+            text += (f"\n{above} of {count} score at or above the lowest external study with the finding "
+                     f"({low:.3f}; they range {min(shown):.3f}–{max(shown):.3f}).\n")
+    found = [c for c in r.checks if c.lesion]
+    if found:
+        on = sum(any(c.key_on_lesion) for c in found)
+        text += (f"\n## Studies with the finding, from another source\n"
+                 f"The node's own analysis, run as above, of {len(found)} "
+                 f"{'study' if len(found) == 1 else 'studies'} with the finding and a mask of it "
+                 f"(`training/sources/{spec.checks}.yaml`); the mask is left out of what the node is given, and "
+                 f"the box is the mask's extent on each slice. Nothing was trained, tuned or thresholded on "
+                 f"{'it' if len(found) == 1 else 'them'}, and the result was seen only after the model was "
+                 f"fixed. {about}\n\n" + _external(r, spec, found) +
+                 f"\n\nA key slice shows the lesion in {on} of {len(found)}.\n")
     return text
 
 

@@ -62,6 +62,7 @@ from training.export import FEATURES, HEAD_BIAS, HEAD_WEIGHT, INPUT, LOGITS, exp
 from training.fit import fit, load, logits_of, normalise
 from training.gather import load_sources, training_root
 from training.latency import Latency, measure
+from training.mask_series import lesion_case
 from training.plots import reliability_plot, roc_plot
 from training.specs import ExternalCase, ModelSpec
 
@@ -79,6 +80,7 @@ class ExternalResult:
     key_on_lesion: tuple[bool, ...]
     peak_in_box: tuple[bool | None, ...]  # per key slice with a lesion box: the heat peak inside it (+1 cm)
     picture: str | None                 # the first key slice's overlay, next to the card
+    lesion: bool = False                # the study shows the finding (its case names lesion slices)
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ class Release:
     # Where calibration and threshold come from: out-of-fold series, or slices when every series
     # has the same label (no series-level operating point can be measured then).
     decision_basis: str = "series"
-    checks: list[ExternalResult] = field(default_factory=list)  # ``check_studies``: studies without the finding
+    checks: list[ExternalResult] = field(default_factory=list)  # ``check_studies``: studies from other sources
 
 
 def data_facts(series: list[SeriesExamples]) -> dict[str, Any]:
@@ -144,19 +146,32 @@ def external_check(spec: ModelSpec, models: Path, dicom: Path, out_dir: Path) ->
 
 
 def check_studies(spec: ModelSpec, models: Path, out_dir: Path) -> list[ExternalResult]:
-    """The same analysis of the studies without the finding that ``spec.checks`` names
+    """The same analysis of the studies from other sources that ``spec.checks`` names
     (``training/sources/<checks>.yaml``, gathered under ``training_root()/<checks>/<key>/``).
 
-    Why beside the external check: where every training series shows the finding, these are the only
-    studies on which anyone can see what the model says of a study without it."""
+    Why beside the external check: where every training series shows the finding, the studies without
+    it are the only ones on which anyone can see what the model says of such a study; studies with it
+    from a scanner no training series comes from say whether the key slices still find the lesion."""
     if not spec.checks:
         return []
     root = training_root() / spec.checks
     with tempfile.TemporaryDirectory() as folder:
-        cases = [(ExternalCase(entry["key"], entry["description"], ()),
-                  named_copy(root / entry["key"], Path(folder) / entry["key"]))
-                 for entry in load_sources(spec.checks)["series"]]
+        cases = [check_case(entry, root, Path(folder)) for entry in load_sources(spec.checks)["series"]]
         return _analysed(cases, models, out_dir, spec, "check")
+
+
+def check_case(entry: dict[str, Any], root: Path, scratch: Path) -> tuple[ExternalCase, Path]:
+    """One check study as gathered under ``root``: its case (the lesion slices and boxes of its mask
+    series, where it has one) and the folder the node is given. That folder leaves the mask out (it is
+    the answer, not what a PACS sends) and renames broken UIDs (``named_copy``); copies go to ``scratch``."""
+    study, label = root / entry["key"], entry.get("label_folder")
+    case = ExternalCase(entry["key"], entry["description"], ())
+    if label and (study / label).is_dir():
+        case = lesion_case(entry["key"], entry["description"], study, label, entry["label_of"])
+        sent = scratch / "sent" / entry["key"]
+        shutil.copytree(study, sent, ignore=lambda at, names: [label] if Path(at) == study else [])
+        study = sent
+    return case, named_copy(study, scratch / entry["key"])
 
 
 def named_copy(study: Path, into: Path) -> Path:
@@ -196,7 +211,8 @@ def _analysed(cases: list[tuple[ExternalCase, Path]], models: Path, out_dir: Pat
 def _external(case: ExternalCase, files: list[Path], result: AnalysisResult, registry: Any, out_dir: Path,
               spec: ModelSpec, kind: str) -> ExternalResult:
     if result.outcome is not Outcome.ANALYSED:
-        return ExternalResult(case.folder, case.description, result.reason, None, None, (), (), (), None)
+        return ExternalResult(case.folder, case.description, result.reason, None, None, (), (), (), None,
+                              bool(case.lesion_slices))
     stems = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): f.stem for f in files}
     key_files = tuple(stems.get(k.sop_instance_uid, "?") for k in result.key_slices)
     boxes = dict(case.boxes)
@@ -224,7 +240,8 @@ def _external(case: ExternalCase, files: list[Path], result: AnalysisResult, reg
         picture = name
     return ExternalResult(case.folder, case.description, result.outcome.value, result.positive,
                           result.positive_probability, key_files,
-                          tuple(stem in case.lesion_slices for stem in key_files), tuple(peaks), picture)
+                          tuple(stem in case.lesion_slices for stem in key_files), tuple(peaks), picture,
+                          bool(case.lesion_slices))
 
 
 def _first(pair: tuple[float, SeriesRecord]) -> float:

@@ -61,8 +61,9 @@ class ModelSpec:
     intended_use: str
     external: tuple[ExternalCase, ...]
     skull_stripped: bool | None = None   # brain: train on series with (False) or without the skull, or both (None)
-    # training/sources/<checks>.yaml: studies without the finding, from sources never trained on, that
-    # the card shows the node's analysis of (``release.check_studies``); never trained, tuned or thresholded on
+    # training/sources/<checks>.yaml: studies from sources never trained on, without the finding or with it
+    # (and its mask), that the card shows the node's analysis of (``release.check_studies``); never trained,
+    # tuned or thresholded on
     checks: str | None = None
     epochs: int = 10
     # Choose each fold's epoch on a patient-held-out fifth of its training patients (the shipped
@@ -166,6 +167,7 @@ BRAIN_MR = ModelSpec(
                      tuple(f"IM-{i:04d}" for i in range(52, 71))),
     ),
     skull_stripped=False,
+    checks="brain-mr-check",
 )
 
 # The candidates below were run and judged with key slices ranked by the model alone.

@@ -72,11 +72,11 @@ def test_the_node_reproduces_the_external_check_of_the_card(name: str, data: Pat
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
-def test_the_node_reproduces_the_studies_without_the_finding_of_the_card(name: str, tmp_path: Path) -> None:
-    """The same for the card's studies without the finding (``release.check_studies``), where they
-    have been gathered (``python -m training.gather <checks>``)."""
-    from training.gather import training_root
-    from training.release import named_copy
+def test_the_node_reproduces_the_check_studies_of_the_card(name: str, tmp_path: Path) -> None:
+    """The same for the card's studies from other sources, with the finding or without it
+    (``release.check_studies``), where they have been gathered (``python -m training.gather <checks>``)."""
+    from training.gather import load_sources, training_root
+    from training.release import check_case
     from training.specs import SPECS
 
     spec = next(s for s in SPECS.values() if s.name == name and s.version == load_registry(MODELS)[name].manifest.version)
@@ -84,13 +84,14 @@ def test_the_node_reproduces_the_studies_without_the_finding_of_the_card(name: s
     if not spec.checks:
         assert not card.get("checks")
         return
-    assert card["checks"], "the spec names studies without the finding and the card reports none"
+    assert card["checks"], "the spec names check studies and the card reports none"
     root = training_root() / spec.checks
     if not root.is_dir():
         pytest.skip(f"{root} not gathered: python -m training.gather {spec.checks}")
     registry = {name: load_registry(MODELS)[name]}
+    entries = {entry["key"]: entry for entry in load_sources(spec.checks)["series"]}
     for case in card["checks"]:
-        folder = named_copy(root / case["folder"], tmp_path / case["folder"])
+        _, folder = check_case(entries[case["folder"]], root, tmp_path)
         files = list(files_under([folder]))
         result = analyze_study(files, registry, [])
         assert result.positive_probability == pytest.approx(case["probability"], abs=1e-4), case["folder"]
