@@ -223,7 +223,8 @@ def _external(case: ExternalCase, files: list[Path], result: AnalysisResult, reg
             peaks.append(None)
             continue
         y, x = np.unravel_index(int(np.argmax(key.heat_map)), key.heat_map.shape)
-        spacing = float(pydicom.dcmread(next(f for f in files if f.stem == stem), stop_before_pixels=True)
+        # The key slice's own file: series of one study may share file names (T1, T2 and FLAIR folders).
+        spacing = float(pydicom.dcmread(result.slice_paths[key.sop_instance_uid], stop_before_pixels=True)
                         .PixelSpacing[0])
         margin = 10.0 / spacing
         peaks.append(bool(box[0] - margin <= x <= box[2] + margin and box[1] - margin <= y <= box[3] + margin))
