@@ -36,6 +36,16 @@ def check_uid(value: object) -> str | None:
     return None
 
 
+# A quoted part of a library's message: what it quotes is usually the value it refused.
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def unquoted(message: str) -> str:
+    """A library's error message, first line only, with every quoted part replaced by '…': the value
+    it quotes may come from a data set (a name, a birth date), which no log or reason may hold."""
+    return _QUOTED.sub("'…'", message.splitlines()[0] if message else "")
+
+
 def check_ae_title(value: object) -> str | None:
     """Return why ``value`` is not a valid AE title, or ``None`` when it is."""
     if not isinstance(value, str):

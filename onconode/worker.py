@@ -39,6 +39,7 @@ from onconode.reporting.png import write_overlays
 from onconode.selection.volume import PixelDecodeError
 from onconode.state import Claim, StateDB, StateError, StudyState
 from onconode.state.heartbeat import Heartbeat
+from onconode.values import unquoted
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,8 @@ class Worker(PollingLoop):
         prefetch(paths)  # received files left the page cache once durable
         try:
             result = analyze_study(paths, self._registry, self._rules, self._runners)
-        except (PixelDecodeError, ValueError) as err:
-            self._fail(study_uid, f"analysis: {err}")
+        except (PixelDecodeError, ValueError) as err:  # a decoder's message may quote a data set's value
+            self._fail(study_uid, f"analysis: {unquoted(str(err))}")
             return
         overlays = write_overlays(result, self._results_root / study_uid)
         conclusion = conclude(result, self._registry[result.model].manifest) \
@@ -126,7 +127,8 @@ class Worker(PollingLoop):
             outputs = build_outputs(conclusion, result, paths, manifest, self._db.node_id(), predecessor, self._fhir)
             self._outbox.record(outputs, conclusion.headline())
         except (OutputCheckError, ValueError, OSError) as err:
-            reason = str(err).splitlines()[0]
+            # OncoNode's own checks name no value; a library's message may quote one from the data set.
+            reason = str(err).splitlines()[0] if isinstance(err, OutputCheckError) else unquoted(str(err))
             log_event(log, Event.REPORT_PREPARED, logging.WARNING, study=study_uid, status="failed", reason=reason)
             self._fail(study_uid, f"reporting: {reason}")
 

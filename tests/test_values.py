@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from onconode.values import check_ae_title, check_uid
+from onconode.values import check_ae_title, check_uid, unquoted
 
 
 @pytest.mark.parametrize("uid", ["1.2.840.10008.5.1.4.1.1.2", "2.25.329800735698586629295641978511506172918", "0",
@@ -24,3 +24,9 @@ def test_invalid_uids_are_refused_with_a_reason(uid: object, reason: str) -> Non
                                            ("A\\B", False), ("   ", False), ("TAB\tAE", False), (3, False)])
 def test_ae_titles(title: object, ok: bool) -> None:
     assert (check_ae_title(title) is None) is ok
+
+
+def test_a_library_message_loses_what_it_quotes() -> None:
+    assert unquoted("'0000' is not a valid PatientSexValues") == "'…' is not a valid PatientSexValues"
+    assert unquoted('Invalid value "Doe^Jane" for VR PN\nTraceback...') == "Invalid value '…' for VR PN"
+    assert unquoted("") == ""

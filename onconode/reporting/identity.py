@@ -1,6 +1,6 @@
 """The patient and study attributes OncoNode copies from a source image into its own objects, made
-safe to copy: a value that does not parse for its VR is left empty, and the note says which
-attribute it was, never its value.
+safe to copy: a value that does not parse for its VR, or is not one of an attribute's enumerated
+values, is left empty, and the note says which attribute it was, never its value.
 
 Why: highdicom copies the Patient and General Study modules from the source and refuses a value
 that is not valid for its VR (a PatientBirthDate "1901-01-01" is no DA). A scanner's typo must
@@ -22,14 +22,24 @@ COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyIn
           "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber", "StudyDescription", "PatientAge",
           "PatientSize", "PatientWeight", "PatientIdentityRemoved", "DeidentificationMethod", "IssuerOfPatientID",
           "SeriesDate", "SeriesTime", "ContentDate", "ContentTime", "AcquisitionDate", "AcquisitionTime")
-# Patient and General Study attributes highdicom does not copy; copied when the source has them, so
-# every object of the study tells the same story (dcentvfy compares them).
+# Patient and General Study attributes highdicom does not copy into every object (its SR and SEG take
+# the last three from the evidence, its SC and KOS do not); copied when the source has them, so every
+# object of the study tells the same story (dcentvfy compares them).
 PATIENT_STUDY_EXTRA = ("StudyDescription", "PatientAge", "PatientSize", "PatientWeight",
                        "PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
-                       "IssuerOfPatientID", "OtherPatientIDsSequence")
+                       "IssuerOfPatientID", "OtherPatientIDsSequence",
+                       "ProcedureCodeSequence", "ReferencedStudySequence", "PregnancyStatus")
+
+
+# Attributes with enumerated values (PS3.3 C.7.1.1): a value that parses for its VR but is not one of
+# them ("0000" for a sex) is refused by highdicom all the same.
+ENUMERATED = {"PatientSex": frozenset({"M", "F", "O"}), "PatientIdentityRemoved": frozenset({"YES", "NO"})}
 
 
 def _valid(ds: Dataset, keyword: str) -> bool:
+    allowed = ENUMERATED.get(keyword)
+    if allowed is not None and ds[keyword].value not in (None, "") and ds[keyword].value not in allowed:
+        return False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -60,7 +70,8 @@ def sanitized(source: Dataset) -> tuple[Dataset, tuple[str, ...]]:
         element = clean[keyword]
         vr = element.VR
         clean[keyword] = DataElement(element.tag, vr, "")
-        notes.append(f"{keyword} in the source is not a valid {vr}; left empty in OncoNode's outputs")
+        what = "one of its enumerated values" if keyword in ENUMERATED else f"a valid {vr}"
+        notes.append(f"{keyword} in the source is not {what}; left empty in OncoNode's outputs")
     return clean, tuple(notes)
 
 

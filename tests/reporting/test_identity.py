@@ -31,3 +31,16 @@ def test_a_broken_value_is_emptied_in_a_copy_and_the_note_holds_no_value() -> No
     assert source.PatientBirthDate == "1961-01-01"  # the source stays as received
     assert notes == ("PatientBirthDate in the source is not a valid DA; left empty in OncoNode's outputs",)
     assert not any("1961" in n or "Doe" in n for n in notes)
+
+
+def test_a_value_outside_the_enumerated_ones_is_emptied_too() -> None:
+    """A sex "0000" (as the BRAINIX sample study sends it) is a valid CS but no sex highdicom accepts."""
+    source = _header("19610101")
+    source.PatientSex = "0000"
+    clean, notes = sanitized(source)
+    assert clean.PatientSex == "" and source.PatientSex == "0000"
+    note = "PatientSex in the source is not one of its enumerated values; left empty in OncoNode's outputs"
+    assert notes == (note,)
+    for sex in ("M", "F", "O", ""):
+        source.PatientSex = sex
+        assert sanitized(source) == (source, ())

@@ -4,6 +4,7 @@ analysed slices as evidence, OncoNode's and the model's versions, and the notice
 
 from __future__ import annotations
 
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -144,6 +145,52 @@ def test_a_malformed_source_value_is_left_out_and_never_quoted(ct_files, ct_resu
     assert outputs.notes == ("PatientBirthDate in the source is not a valid DA; left empty in OncoNode's outputs",)
     for f in outputs.files:
         assert b"1901-01-01" not in f.data
+
+
+def test_a_sex_outside_the_enumerated_values_is_left_out_and_every_object_is_built(
+        ct_files, ct_result, ct_conclusion, registry, copy_series) -> None:
+    def odd_sex(ds: pydicom.Dataset, index: int) -> None:
+        ds.PatientSex = "0000"
+
+    files = copy_series(ct_files, "odd-sex", odd_sex)
+    paths = {p.stem: p for p in files}
+    moved = type(ct_result)(**{**ct_result.__dict__, "slice_paths": {
+        uid: paths[Path(path).stem] for uid, path in ct_result.slice_paths.items()}})
+    outputs = build_outputs(ct_conclusion, moved, files, registry["test-ct"].manifest, "node")
+    note = "PatientSex in the source is not one of its enumerated values; left empty in OncoNode's outputs"
+    assert outputs.notes == (note,)
+    for f in outputs.files:
+        if f.name.endswith(".dcm"):
+            assert pydicom.dcmread(__import__("io").BytesIO(f.data)).PatientSex == "", f.name
+
+
+@pytest.mark.peers
+def test_study_attributes_only_some_objects_would_take_are_in_every_object(
+        ct_files, ct_result, ct_conclusion, registry, copy_series, tmp_path: Path) -> None:
+    """A Philips study's procedure code, referenced study and pregnancy status (as BRAINIX has them):
+    highdicom's SR and SEG take them from the evidence, so the SC and KOS carry them too, and dcentvfy
+    finds no study attribute present in one object but not another."""
+    def philips_study(ds: pydicom.Dataset, index: int) -> None:
+        code = pydicom.Dataset()
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "CTCHEST", "XPLORE", "CT chest"
+        ref = pydicom.Dataset()
+        ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = "1.2.840.10008.3.1.2.3.1", "1.2.3.4.5"
+        ds.ProcedureCodeSequence, ds.ReferencedStudySequence, ds.PregnancyStatus = [code], [ref], 4
+
+    files = copy_series(ct_files, "philips", philips_study)
+    paths = {p.stem: p for p in files}
+    moved = type(ct_result)(**{**ct_result.__dict__, "slice_paths": {
+        uid: paths[Path(path).stem] for uid, path in ct_result.slice_paths.items()}})
+    outputs = build_outputs(ct_conclusion, moved, files, registry["test-ct"].manifest, "node")
+    written = []
+    for f in outputs.files:
+        if f.name.endswith(".dcm"):
+            (tmp_path / f.name).write_bytes(f.data)
+            written.append(tmp_path / f.name)
+            ds = pydicom.dcmread(tmp_path / f.name)
+            assert ds.ProcedureCodeSequence[0].CodeValue == "CTCHEST" and ds.PregnancyStatus == 4, f.name
+    done = subprocess.run([peers.require("dcentvfy"), *map(str, written)], capture_output=True, text=True, timeout=60, check=False)
+    assert not [line for line in (done.stdout + done.stderr).splitlines() if "present in one instance" in line]
 
 
 def test_checks_refuse_an_sc_of_another_study_or_without_its_notice(ct_files, ct_result, prepare) -> None:
