@@ -1,6 +1,6 @@
 """End-to-end benchmark: PACS (Orthanc) → OncoNode → SC + SR back in Orthanc, on loopback.
 
-storescu sends lidc-idri-0001 (133 CT slices) to Orthanc (TCP_NODELAY=1); Orthanc's Lua
+storescu sends lidc-idri-0001 (133 CT slices; ``--study`` another) to Orthanc (TCP_NODELAY=1); Orthanc's Lua
 OnStableSeries rule (StableAge 10 by default, as a PACS would be set up) routes the series to a real
 ``onconode serve`` on its embedded defaults (no routing rules: the models' manifests choose); the node
 analyses it with the shipped models, builds its outputs and C-STOREs them back to Orthanc.
@@ -50,8 +50,9 @@ def _at(db: StateDB, study_uid: str, state: StudyState) -> float:
     return max(t.at for t in db.transitions(study_uid) if t.to_state == state)
 
 
-def run(work: Path, stable_age: int, models: Path, count_query: bool = True) -> tuple[dict[str, float], str]:
-    files = sorted(SERIES.glob("*.dcm"))
+def run(work: Path, stable_age: int, models: Path, count_query: bool = True,
+        study: Path = SERIES) -> tuple[dict[str, float], str]:
+    files = sorted(study.rglob("*.dcm"))
     study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     node_port = free_port()
     orthanc = Orthanc(work / "orthanc", node_port, stable_age=stable_age)
@@ -114,13 +115,15 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--no-count-query", dest="count_query", action="store_false",
                         help="do not ask Orthanc for the study's count (the settle time decides)")
+    parser.add_argument("--study", type=Path, default=SERIES,
+                        help="a folder holding one study, every series of it (default: LIDC-IDRI-0001)")
     args = parser.parse_args()
-    if not SERIES.is_dir():
-        print(f"data not found: {SERIES} (set ONCONODE_DATA)", file=sys.stderr)
+    if not args.study.is_dir():
+        print(f"data not found: {args.study} (set ONCONODE_DATA)", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="onconode-bench-e2e-"))
     try:
-        stages, completed_by = run(work, args.stable_age, args.models, args.count_query)
+        stages, completed_by = run(work, args.stable_age, args.models, args.count_query, args.study)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
