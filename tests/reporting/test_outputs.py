@@ -132,16 +132,21 @@ def test_a_revised_sr_references_the_one_it_replaces(ct_files, ct_result, ct_con
     assert uids[0] == again
 
 
+def _outputs_of(files: list[Path], ct_result, ct_conclusion, registry):
+    """The outputs of ``ct_result`` with its slices read from ``files`` (edited copies of its own)."""
+    paths = {p.stem: p for p in files}
+    moved = type(ct_result)(**{**ct_result.__dict__, "slice_paths": {
+        uid: paths[Path(path).stem] for uid, path in ct_result.slice_paths.items()}})
+    return build_outputs(ct_conclusion, moved, files, registry["test-ct"].manifest, "node")
+
+
 def test_a_malformed_source_value_is_left_out_and_never_quoted(ct_files, ct_result, ct_conclusion, registry,
                                                                copy_series) -> None:
     def bad_birth_date(ds: pydicom.Dataset, index: int) -> None:
         ds.PatientBirthDate = "1901-01-01"
 
     files = copy_series(ct_files, "bad", bad_birth_date)
-    paths = {p.stem: p for p in files}
-    moved = type(ct_result)(**{**ct_result.__dict__, "slice_paths": {
-        uid: paths[Path(path).stem] for uid, path in ct_result.slice_paths.items()}})
-    outputs = build_outputs(ct_conclusion, moved, files, registry["test-ct"].manifest, "node")
+    outputs = _outputs_of(files, ct_result, ct_conclusion, registry)
     assert outputs.notes == ("PatientBirthDate in the source is not a valid DA; left empty in OncoNode's outputs",)
     for f in outputs.files:
         assert b"1901-01-01" not in f.data
@@ -153,10 +158,7 @@ def test_a_sex_outside_the_enumerated_values_is_left_out_and_every_object_is_bui
         ds.PatientSex = "0000"
 
     files = copy_series(ct_files, "odd-sex", odd_sex)
-    paths = {p.stem: p for p in files}
-    moved = type(ct_result)(**{**ct_result.__dict__, "slice_paths": {
-        uid: paths[Path(path).stem] for uid, path in ct_result.slice_paths.items()}})
-    outputs = build_outputs(ct_conclusion, moved, files, registry["test-ct"].manifest, "node")
+    outputs = _outputs_of(files, ct_result, ct_conclusion, registry)
     note = "PatientSex in the source is not one of its enumerated values; left empty in OncoNode's outputs"
     assert outputs.notes == (note,)
     for f in outputs.files:
@@ -178,10 +180,7 @@ def test_study_attributes_only_some_objects_would_take_are_in_every_object(
         ds.ProcedureCodeSequence, ds.ReferencedStudySequence, ds.PregnancyStatus = [code], [ref], 4
 
     files = copy_series(ct_files, "philips", philips_study)
-    paths = {p.stem: p for p in files}
-    moved = type(ct_result)(**{**ct_result.__dict__, "slice_paths": {
-        uid: paths[Path(path).stem] for uid, path in ct_result.slice_paths.items()}})
-    outputs = build_outputs(ct_conclusion, moved, files, registry["test-ct"].manifest, "node")
+    outputs = _outputs_of(files, ct_result, ct_conclusion, registry)
     written = []
     for f in outputs.files:
         if f.name.endswith(".dcm"):
@@ -189,7 +188,8 @@ def test_study_attributes_only_some_objects_would_take_are_in_every_object(
             written.append(tmp_path / f.name)
             ds = pydicom.dcmread(tmp_path / f.name)
             assert ds.ProcedureCodeSequence[0].CodeValue == "CTCHEST" and ds.PregnancyStatus == 4, f.name
-    done = subprocess.run([peers.require("dcentvfy"), *map(str, written)], capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run([peers.require("dcentvfy"), *map(str, written)], capture_output=True, text=True,
+                          timeout=60, check=False)
     assert not [line for line in (done.stdout + done.stderr).splitlines() if "present in one instance" in line]
 
 
