@@ -46,6 +46,13 @@ DATA = Path(os.environ.get("ONCONODE_DATA", REPO.parent / "shared" / "data"))
 SERIES = DATA / "dicom" / "lidc-idri-0001"
 
 
+def _proposing(files: list[Path]) -> list[str]:
+    """storescu's option to propose JPEG Lossless as well, where the study is stored in it (as the
+    COVID-CT-MD and Lung-PET-CT-Dx studies are): by default it proposes uncompressed syntaxes only."""
+    syntaxes = {str(pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID) for f in files}
+    return ["-xs"] if "1.2.840.10008.1.2.4.70" in syntaxes else []
+
+
 def _at(db: StateDB, study_uid: str, state: StudyState) -> float:
     return max(t.at for t in db.transitions(study_uid) if t.to_state == state)
 
@@ -67,8 +74,9 @@ def run(work: Path, stable_age: int, models: Path, count_query: bool = True,
     node.start()
     try:
         started = time.time()
-        subprocess.run(["storescu", "-aet", "MODALITY", "-aec", "ORTHANC", "127.0.0.1", str(orthanc.dicom_port),
-                        *map(str, files)], check=True, capture_output=True, env={**os.environ, "TCP_NODELAY": "1"})
+        subprocess.run(["storescu", *_proposing(files), "-aet", "MODALITY", "-aec", "ORTHANC", "127.0.0.1",
+                        str(orthanc.dicom_port), *map(str, files)],
+                       check=True, capture_output=True, env={**os.environ, "TCP_NODELAY": "1"})
         stored_in_orthanc = time.time()
         node.wait_for_state(study_uid, StudyState.DELIVERED, timeout=300)
         db = node.db()

@@ -14,6 +14,7 @@ import copy
 import warnings
 
 from pydicom import Dataset, config
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.valuerep import validate_value
 
@@ -31,6 +32,10 @@ PATIENT_STUDY_EXTRA = ("StudyDescription", "PatientAge", "PatientSize", "Patient
                        "ProcedureCodeSequence", "ReferencedStudySequence", "PregnancyStatus")
 
 
+# Type 2 attributes of the Patient and General Study modules that highdicom reads from the source
+# without a default: a source that lacks one (COVID-CT-MD's has no PatientName) would stop the report.
+REQUIRED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+            "ReferringPhysicianName", "StudyID", "AccessionNumber")
 # Attributes with enumerated values (PS3.3 C.7.1.1): a value that parses for its VR but is not one of
 # them ("0000" for a sex) is refused by highdicom all the same.
 ENUMERATED = {"PatientSex": frozenset({"M", "F", "O"}), "PatientIdentityRemoved": frozenset({"YES", "NO"})}
@@ -55,17 +60,22 @@ def _valid(ds: Dataset, keyword: str) -> bool:
 
 
 def sanitized(source: Dataset) -> tuple[Dataset, tuple[str, ...]]:
-    """``source`` when every copied attribute parses, else a copy whose unparsable ones are emptied;
-    notes name what was emptied.
+    """``source`` when every copied attribute parses and every ``REQUIRED`` one is there, else a copy
+    whose unparsable ones are emptied and whose missing required ones are added empty; notes name
+    each.
 
     Only a header that needs a change is copied: the source's own elements stay as received either
     way, and the common case (a few hundred clean headers per report) costs no copy at all.
     """
     bad = [keyword for keyword in COPIED if keyword in source and not _valid(source, keyword)]
-    if not bad:
+    missing = [keyword for keyword in REQUIRED if keyword not in source]
+    if not bad and not missing:
         return source, ()
     clean = copy.deepcopy(source)
     notes = []
+    for keyword in missing:
+        clean[keyword] = DataElement(tag_for_keyword(keyword), dictionary_VR(keyword), "")
+        notes.append(f"{keyword} is absent from the source; empty in OncoNode's outputs")
     for keyword in bad:
         element = clean[keyword]
         vr = element.VR

@@ -13,7 +13,10 @@ def _header(birth_date: str) -> Dataset:
     ds.PatientName = "Doe^Jane"
     ds.PatientID = "P1"
     ds.PatientBirthDate = birth_date
+    ds.PatientSex = "F"
     ds.StudyInstanceUID = "1.2.3"
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20200411", "140053", "1", ""
+    ds.ReferringPhysicianName = ""
     return ds
 
 
@@ -44,3 +47,14 @@ def test_a_value_outside_the_enumerated_ones_is_emptied_too() -> None:
     for sex in ("M", "F", "O", ""):
         source.PatientSex = sex
         assert sanitized(source) == (source, ())
+
+
+def test_a_missing_required_attribute_is_added_empty() -> None:
+    """A source without PatientName (as COVID-CT-MD's sample studies come): highdicom reads it
+    unconditionally, so the copy carries it empty, and the source stays as received."""
+    source = _header("19610101")
+    del source.PatientName
+    clean, notes = sanitized(source)
+    assert clean.PatientName == "" and "PatientName" not in source
+    assert "PatientName is absent from the source; empty in OncoNode's outputs" in notes
+    assert clean.PatientID == "P1"

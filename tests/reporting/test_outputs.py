@@ -166,6 +166,18 @@ def test_a_sex_outside_the_enumerated_values_is_left_out_and_every_object_is_bui
             assert pydicom.dcmread(__import__("io").BytesIO(f.data)).PatientSex == "", f.name
 
 
+def test_a_source_without_patient_name_still_gets_every_object(ct_files, ct_result, ct_conclusion, registry,
+                                                                copy_series) -> None:
+    """As COVID-CT-MD's sample studies come: no PatientName at all, which highdicom's SEG reads."""
+    def nameless(ds: pydicom.Dataset, index: int) -> None:
+        del ds.PatientName
+
+    outputs = _outputs_of(copy_series(ct_files, "nameless", nameless), ct_result, ct_conclusion, registry)
+    assert outputs.notes == ("PatientName is absent from the source; empty in OncoNode's outputs",)
+    built = {f.name for f in outputs.files if f.name.endswith(".dcm")}
+    assert {"sr.dcm", "seg.dcm", "kos.dcm"} <= built
+
+
 @pytest.mark.peers
 def test_study_attributes_only_some_objects_would_take_are_in_every_object(
         ct_files, ct_result, ct_conclusion, registry, copy_series, tmp_path: Path) -> None:
