@@ -14,7 +14,7 @@ import copy
 import warnings
 
 from pydicom import Dataset, config
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.valuerep import validate_value
 
@@ -74,7 +74,7 @@ def sanitized(source: Dataset) -> tuple[Dataset, tuple[str, ...]]:
     clean = copy.deepcopy(source)
     notes = []
     for keyword in missing:
-        clean[keyword] = DataElement(tag_for_keyword(keyword), dictionary_VR(keyword), "")
+        clean[keyword] = DataElement(keyword, dictionary_VR(keyword), "")
         notes.append(f"{keyword} is absent from the source; empty in OncoNode's outputs")
     for keyword in bad:
         element = clean[keyword]
