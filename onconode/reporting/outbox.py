@@ -123,6 +123,7 @@ class Outbox:
             log_event(log, Event.REPORT_PREPARED, study=outputs.study_uid, status="discarded",
                       reason="instances arrived during the analysis")
             return None
+        # The notes name attributes left empty or objects left out, never a value.
         log_event(log, Event.REPORT_PREPARED, study=outputs.study_uid, sr=outputs.sr_uid, files=len(paths),
-                  deliveries=len(deliveries))
+                  deliveries=len(deliveries), notes="; ".join(outputs.notes) or None)
         return Prepared(report_id, folder, outputs.sr_uid, tuple(paths), len(deliveries))

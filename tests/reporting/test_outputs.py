@@ -4,6 +4,7 @@ analysed slices as evidence, OncoNode's and the model's versions, and the notice
 
 from __future__ import annotations
 
+import logging
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -132,12 +133,16 @@ def test_a_revised_sr_references_the_one_it_replaces(ct_files, ct_result, ct_con
     assert uids[0] == again
 
 
-def _outputs_of(files: list[Path], ct_result, ct_conclusion, registry):
-    """The outputs of ``ct_result`` with its slices read from ``files`` (edited copies of its own)."""
+def _moved(ct_result, files: list[Path]):
+    """``ct_result`` with its slices read from ``files`` (edited copies of its own)."""
     paths = {p.stem: p for p in files}
-    moved = type(ct_result)(**{**ct_result.__dict__, "slice_paths": {
+    return type(ct_result)(**{**ct_result.__dict__, "slice_paths": {
         uid: paths[Path(path).stem] for uid, path in ct_result.slice_paths.items()}})
-    return build_outputs(ct_conclusion, moved, files, registry["test-ct"].manifest, "node")
+
+
+def _outputs_of(files: list[Path], ct_result, ct_conclusion, registry):
+    """The outputs of ``ct_result`` with its slices read from ``files``."""
+    return build_outputs(ct_conclusion, _moved(ct_result, files), files, registry["test-ct"].manifest, "node")
 
 
 def test_a_malformed_source_value_is_left_out_and_never_quoted(ct_files, ct_result, ct_conclusion, registry,
@@ -166,16 +171,26 @@ def test_a_sex_outside_the_enumerated_values_is_left_out_and_every_object_is_bui
             assert pydicom.dcmread(__import__("io").BytesIO(f.data)).PatientSex == "", f.name
 
 
+def _nameless(ds: pydicom.Dataset, index: int) -> None:
+    del ds.PatientName
+
+
 def test_a_source_without_patient_name_still_gets_every_object(ct_files, ct_result, ct_conclusion, registry,
                                                                 copy_series) -> None:
     """As COVID-CT-MD's sample studies come: no PatientName at all, which highdicom's SEG reads."""
-    def nameless(ds: pydicom.Dataset, index: int) -> None:
-        del ds.PatientName
-
-    outputs = _outputs_of(copy_series(ct_files, "nameless", nameless), ct_result, ct_conclusion, registry)
+    outputs = _outputs_of(copy_series(ct_files, "nameless", _nameless), ct_result, ct_conclusion, registry)
     assert outputs.notes == ("PatientName is absent from the source; empty in OncoNode's outputs",)
     built = {f.name for f in outputs.files if f.name.endswith(".dcm")}
     assert {"sr.dcm", "seg.dcm", "kos.dcm"} <= built
+
+
+def test_the_report_log_line_names_what_was_left_empty(ct_files, ct_result, copy_series, prepare,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    files = copy_series(ct_files, "nameless-log", _nameless)
+    with caplog.at_level(logging.INFO, logger="onconode.reporting.outbox"):
+        prepare(files, _moved(ct_result, files))
+    line = next(r.getMessage() for r in caplog.records if "event=report_prepared" in r.getMessage())
+    assert "PatientName is absent from the source" in line
 
 
 @pytest.mark.peers
