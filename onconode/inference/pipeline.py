@@ -183,10 +183,11 @@ def analyze_study(paths: Sequence[Path], registry: Mapping[str, RegisteredModel]
                               timings_ms=clock.ms)
     manifest = model.manifest
     organ = slices.organ_wanted(_target(offer.rule, manifest))
+    pool = runners or RunnerPool()  # one session for every series tried
     passed: list[series.SeriesInfo] = []
     for chosen in (choice.series, *choice.runners_up):
         shown = _passed_over(decisions, passed, chosen, manifest.name, organ)
-        result = _run_model(scan, shown, offer.rule, model, chosen, runners or RunnerPool(), clock)
+        result = _run_model(scan, shown, offer.rule, model, chosen, pool, clock)
         if result is not None:
             return result
         log.info("event=series_shows_no_organ study=%s series=%s model=%s", scan.study_uid, chosen.series_uid,
