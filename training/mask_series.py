@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
+from onconode.selection.series import slice_normal
 from training.specs import ExternalCase
 
 
 def _position(ds: pydicom.Dataset) -> float:
-    """Distance along the slice normal (mm)."""
-    row, col = np.array(ds.ImageOrientationPatient[:3], float), np.array(ds.ImageOrientationPatient[3:], float)
-    return float(np.dot(np.cross(row, col), np.array(ds.ImagePositionPatient, float)))
+    """Distance along the slice normal (mm), as the node orders slices (``selection.volume``)."""
+    return float(np.dot(slice_normal(ds.ImageOrientationPatient), np.array(ds.ImagePositionPatient, float)))
 
 
 def lesion_case(key: str, description: str, study: Path, label_folder: str, label_of: str) -> ExternalCase:
