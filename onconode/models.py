@@ -221,6 +221,15 @@ class Accepts(_Strict):
     # Rows and columns at least this: a thumbnail or a corrupt 2×2 image is not what a model trained
     # on scanner slices reads, whatever its header says.
     min_matrix: int = Field(128, ge=1)
+    # How far along the slice normal a series must reach (first to last slice, plus one spacing) for
+    # the model's statement to cover the organ: a whole brain, both lungs. A slab planned on one part
+    # (the internal auditory canals, the lung bases of an abdominal CT) is not read as the organ; 0
+    # asks nothing.
+    min_coverage_mm: float = Field(0.0, ge=0)
+    # How much of that reach the slices must image: SliceThickness over the spacing between slices. A
+    # series sampled with wide gaps (1 mm slices 10 mm apart) shows a tenth of the organ, and a lesion
+    # between its slices is not there to be found; 0 asks nothing.
+    min_imaged_fraction: float = Field(0.0, ge=0, le=1)
     prefer: tuple[Preference, ...] = ("sequence", "original", "thinnest", "most_slices")
 
     def summary(self, modality: str) -> str:
@@ -231,6 +240,10 @@ class Accepts(_Strict):
         low, high = self.thickness_mm
         parts.append(f"{low:g}–{high:g} mm")
         parts.append(f">= {self.min_slices} slices")
+        if self.min_coverage_mm:
+            parts.append(f">= {self.min_coverage_mm:g} mm along the slice normal")
+        if self.min_imaged_fraction:
+            parts.append(f"slices at least {self.min_imaged_fraction:.0%} as thick as their spacing")
         parts.append(f">= {self.min_matrix}×{self.min_matrix} px")
         return ", ".join(parts) + f"; prefers {', '.join(self.prefer)}"
 

@@ -141,6 +141,17 @@ def _ranking_results(cv: dict[str, Any]) -> str:
             + (f" (the filter alone {_est(only['same_level_auc'])})" if only else "") + ".")
 
 
+def _unread(spec: ModelSpec, r: Release) -> str:
+    """The series trained on that no figure counts: the node would not read them (``examples.read_by_node``)."""
+    unread = r.data["series"] - r.cv["series"]["count"]
+    if unread <= 0:
+        return ""
+    one = unread == 1
+    return (f"; {unread} more series trained on {'is' if one else 'are'} not counted here: "
+            f"the node does not read {'it' if one else 'them'} ({'it reaches' if one else 'they reach'} less than "
+            f"{spec.accepts.min_coverage_mm:g} mm along the slice normal)")
+
+
 def _fusion(spec: ModelSpec) -> str:
     if not spec.feature_fusion:
         return ""
@@ -486,7 +497,7 @@ used for training, tuning or thresholds.
   pixel spacing, on the same folds, aggregated to series the same way.
 
 ## Results (out of fold, patient-grouped, 95% CIs by patient bootstrap)
-- Series: {series['count']} series ({series['lesion']} with a lesion) of {series['patients']} patients.
+- Series: {series['count']} series ({series['lesion']} with a lesion) of {series['patients']} patients{_unread(spec, r)}.
   AUC {_est(series['auc'])}; metadata-only baseline {_est(series['baseline_auc'])}.
 {by_sequence}
 - Slices: {slices_['count']} slices ({slices_['lesion']} with a lesion). AUC {_est(slices_['auc'])};

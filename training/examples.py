@@ -180,3 +180,34 @@ def load_all(spec: ModelSpec, root: Path | None = None, cache: Path = Path(".cac
         if len(examples.labels):
             out.append(examples)
     return out
+
+
+def coverage_mm(info: dict[str, Any]) -> float | None:
+    """How far a prepared series reaches along its normal (slices × spacing), as the node measures
+    it (``selection.geometry``); None where the source lost the spacing."""
+    volume = info.get("volume", info)
+    shape, spacing = volume.get("shape"), volume.get("spacing_mm")
+    if not shape or not spacing or spacing[0] is None or not np.isfinite(spacing[0]):
+        return None
+    return float(shape[0] * spacing[0])
+
+
+def read_by_node(spec: ModelSpec, keys: list[str], root: Path | None = None) -> set[str]:
+    """The prepared series among ``keys`` that the node would offer the model: every one, but those
+    too short along the normal for ``accepts.min_coverage_mm``.
+
+    Why not drop the others from training: their slices are real lesion-free (or lesion) slices, and the
+    model learns from them; but a figure for what the node says of a series counts only series the
+    node would read.
+    """
+    root = (root or prepared_root()) / spec.data
+    kept = set()
+    for key in keys:
+        path = root / f"{key}.json"
+        coverage = coverage_mm(json.loads(path.read_text())) if path.is_file() else None
+        if coverage is None or coverage >= spec.accepts.min_coverage_mm:
+            kept.add(key)
+        else:
+            log.info("series=%s covers %.0f mm < %g mm: trained on, not evaluated", key, coverage,
+                     spec.accepts.min_coverage_mm)
+    return kept

@@ -91,7 +91,7 @@ class ModelSpec:
 
 CHEST_CT = ModelSpec(
     name="chest-ct-nodule",
-    version="2.5.0",
+    version="2.5.1",
     modality="CT",
     data="chest-ct",
     finding=FindingSpec(code="786838002", scheme="SCT", meaning="Pulmonary nodule",
@@ -107,8 +107,11 @@ CHEST_CT = ModelSpec(
     feature_stride=16,
     feature_fusion=True,
     select_epoch=False,
+    # Both lungs: every training series reaches 255 mm or more along the normal, adult lungs about
+    # 200-300 mm; a shorter series (the lung bases of an abdominal CT) is not a chest CT it has seen. Its
+    # slices contiguous or nearly: a series sampled with gaps (1 mm every 10 mm) hides most nodules.
     accepts=Accepts(regions=("chest",), planes=("axial",), thickness_mm=(0.5, 10.0), min_slices=10,
-                    prefer=("original", "thinnest", "most_slices")),
+                    min_coverage_mm=180.0, min_imaged_fraction=0.5, prefer=("original", "thinnest", "most_slices")),
     # Every slice that shows lung: a 5 mm nodule spans two or three 2.5 mm slices, so spreading a
     # cap over the series would miss it.
     # Key slices ranked by the model and a fixed nodule filter together: out of fold on the 12 series
@@ -137,7 +140,7 @@ CHEST_CT = ModelSpec(
 
 BRAIN_MR = ModelSpec(
     name="brain-mr-tumour",
-    version="2.1.2",
+    version="2.1.3",
     modality="MR",
     data="brain-mr",
     finding=FindingSpec(code="126952004", scheme="SCT", meaning="Neoplasm of brain",
@@ -150,8 +153,13 @@ BRAIN_MR = ModelSpec(
     # 3 mm and thicker: every lesion series it learned from has 18-28 slices over the brain (5-6.5 mm
     # where the spacing is known), and on the thin volumes of healthy volunteers it has never seen
     # (0.9 and 2 mm, with the skull) its study value is over the threshold (``training.thin_series``).
+    # The whole brain: its series decision is a statement on the brain, and every whole-brain training
+    # series reaches 127 mm or more along the normal. A slab planned on the internal auditory canals
+    # (56 mm, two training series) would otherwise be preferred as the thinnest. Slices at least half as
+    # thick as their spacing: the training series are contiguous or have 1.5 mm gaps (5 mm every 6.5 mm).
     accepts=Accepts(regions=("brain",), planes=("axial",), sequences=("t1post", "flair"), thickness_mm=(3.0, 7.0),
-                    min_slices=10, prefer=("sequence", "original", "thinnest", "most_slices")),
+                    min_slices=10, min_coverage_mm=100.0, min_imaged_fraction=0.5,
+                    prefer=("sequence", "original", "thinnest", "most_slices")),
     slices=SliceSpec(target="brain", max_analysed=200, key=3),
     display=DisplaySpec(percentiles=Percentiles(low=0.5, high=99.5)),
     intended_use="Flag axial brain MR series, T1 after gadolinium or FLAIR, and the slices in them, that show "

@@ -1,4 +1,5 @@
-"""Geometry of a series: plane, slice spacing and its regularity, thickness, slice count.
+"""Geometry of a series: plane, slice spacing and its regularity, thickness, slice count, and how far
+along the normal it reaches.
 
 A slice classifier reads axial slices at a known spacing; a sagittal reformat, a series with gaps
 or a stack of mixed thicknesses would be read wrongly without anyone noticing. The plane comes
@@ -42,6 +43,9 @@ class Geometry:
     thickness_mm: float | None    # SliceThickness, else the spacing
     regular: bool                 # every gap within tolerance of the median (True for one slice)
     evidence: tuple[str, ...]
+    # How far along the normal the slices reach: first to last position plus one spacing (each slice
+    # images half a spacing either side of its centre); None without a spacing.
+    coverage_mm: float | None = None
 
 
 def read_geometry(orientation: Sequence[float] | None, positions: Sequence[Vector | None],
@@ -51,6 +55,7 @@ def read_geometry(orientation: Sequence[float] | None, positions: Sequence[Vecto
     known = [p for p in positions if p is not None]
     evidence = [f"plane {plane}"]
     spacing = None
+    coverage = None
     regular = True
     if orientation is not None and len(orientation) == 6 and len(known) >= 2:
         normal = slice_normal(orientation)
@@ -60,10 +65,11 @@ def read_geometry(orientation: Sequence[float] | None, positions: Sequence[Vecto
         if gaps.size:
             spacing = float(np.median(gaps))
             regular = bool(np.all(np.abs(gaps - spacing) <= REGULAR_TOLERANCE * spacing))
+            coverage = float(distances[-1] - distances[0]) + spacing
             evidence.append(f"spacing {spacing:.2f} mm{'' if regular else ' (irregular: gaps differ)'}")
     thickness = slice_thickness if slice_thickness and slice_thickness > 0 else spacing
     if thickness is not None:
         source = "SliceThickness" if slice_thickness and slice_thickness > 0 else "spacing"
         evidence.append(f"thickness {thickness:.2f} mm ({source})")
-    evidence.append(f"{len(positions)} slices")
-    return Geometry(plane, len(positions), spacing, thickness, regular, tuple(evidence))
+    evidence.append(f"{len(positions)} slices" + (f" over {coverage:.0f} mm" if coverage is not None else ""))
+    return Geometry(plane, len(positions), spacing, thickness, regular, tuple(evidence), coverage)

@@ -36,6 +36,16 @@ def unmet(manifest: Manifest, profile: SeriesProfile) -> list[str]:
         reasons.append(f"slice thickness {thickness:.2f} mm outside {low:g}–{high:g} mm")
     if profile.geometry.slices < accepts.min_slices:
         reasons.append(f"{profile.geometry.slices} slices, fewer than {accepts.min_slices}")
+    geometry = profile.geometry
+    if geometry.thickness_mm and geometry.spacing_mm and \
+            geometry.thickness_mm < accepts.min_imaged_fraction * geometry.spacing_mm:
+        reasons.append(f"slices {geometry.thickness_mm:.2f} mm thick {geometry.spacing_mm:.2f} mm apart image "
+                       f"{geometry.thickness_mm / geometry.spacing_mm:.0%} of the volume, less than "
+                       f"{accepts.min_imaged_fraction:.0%}")
+    coverage = geometry.coverage_mm
+    if coverage is not None and coverage < accepts.min_coverage_mm:
+        reasons.append(f"covers {coverage:.0f} mm along the slice normal, less than the "
+                       f"{accepts.min_coverage_mm:g} mm of the whole {_organ(accepts)}")
     if profile.matrix is not None and min(profile.matrix) < accepts.min_matrix:
         rows, columns = profile.matrix
         reasons.append(f"matrix {rows}×{columns}, smaller than {accepts.min_matrix}×{accepts.min_matrix}")
@@ -43,6 +53,10 @@ def unmet(manifest: Manifest, profile: SeriesProfile) -> list[str]:
         seen = "/".join(sorted(profile.region.regions)) or "unknown"
         reasons.append(f"region {seen} not in {'/'.join(accepts.regions)}")
     return reasons
+
+
+def _organ(accepts: Accepts) -> str:
+    return " and ".join(accepts.regions)
 
 
 def rank_key(accepts: Accepts, profile: SeriesProfile) -> tuple[object, ...]:

@@ -28,3 +28,11 @@ def test_a_gap_makes_the_spacing_irregular_and_thickness_falls_back_to_spacing()
     geometry = read_geometry(AXIAL, positions, None)
     assert not geometry.regular and geometry.thickness_mm == 5.0
     assert any("irregular" in e for e in geometry.evidence)
+
+
+def test_coverage_is_first_to_last_position_plus_one_spacing() -> None:
+    positions = [(0.0, 0.0, -60.0 + z * 6.5) for z in range(24)]
+    geometry = read_geometry(AXIAL, positions, 5.0)
+    assert geometry.coverage_mm == 24 * 6.5  # each slice stands for half a gap either side
+    assert geometry.evidence[-1] == "24 slices over 156 mm"
+    assert read_geometry(AXIAL, positions[:1], 5.0).coverage_mm is None  # one slice: no spacing, no reach

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import yaml
 
 from onconode.config import RoutingRule
 from onconode.folders import files_under
+from onconode.models import load_registry
 from onconode.selection import match, probe, series
+from tests.inference.tiny_model import write_model
 
 STUDY = "1.2.826.0.1.3680043.8.498.777"
 
@@ -122,3 +125,55 @@ def test_a_rule_can_override_the_manifest(dicom_dir: Path, registry) -> None:
     override = [RoutingRule(name="all-ct", model="test-ct", modality="CT", use_manifest=False)]
     choice = _choose(files, registry, override)
     assert choice.offer is not None and choice.offer.name == "all-ct"
+
+
+@pytest.fixture
+def whole_organ_registry(tmp_path: Path):
+    """The test models, asking what the shipped ones ask of a series' reach and of its gaps."""
+    for name, modality, reach in (("test-mr", "MR", 100.0), ("test-ct", "CT", 180.0)):
+        manifest = write_model(tmp_path / "models", name, modality)
+        data = yaml.safe_load(manifest.read_text())
+        data["accepts"] |= {"min_coverage_mm": reach, "min_imaged_fraction": 0.5}
+        manifest.write_text(yaml.safe_dump(data))
+    return load_registry(tmp_path / "models")
+
+
+def _slab(copy_series, pgbm: list[Path]) -> list[Path]:
+    """Twelve slices from the middle of PGBM-001 (78 mm) as their own thinner series: a slab planned
+    on one part of the head, like the internal auditory canals."""
+    def edit(ds: pydicom.Dataset, index: int) -> None:
+        ds.StudyInstanceUID = STUDY
+        ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.779"
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.779.{index + 1}"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SeriesDescription = "C+ IAC AX T1"
+        ds.SliceThickness = 3
+
+    return copy_series(pgbm[9:21], "slab", edit)
+
+
+def test_a_slab_short_of_the_whole_organ_is_not_read_even_when_thinner(dicom_dir: Path, whole_organ_registry,
+                                                                        copy_series) -> None:
+    pgbm = sorted((dicom_dir / "brain-tumor-progression-pgbm-001-t1post").glob("*.dcm"))
+    slab = _slab(copy_series, pgbm)
+    choice = _choose(_edited(copy_series, pgbm, "whole") + slab, whole_organ_registry)
+    by_description = {d.description: d for d in choice.decisions}
+    assert by_description["T1post"].taken
+    refused = by_description["C+ IAC AX T1"]
+    assert not refused.taken
+    assert "covers 78 mm along the slice normal, less than the 100 mm of the whole brain" in refused.reason
+    assert any(line.endswith("24 slices over 156 mm") for line in by_description["T1post"].evidence)
+
+    alone = _choose(slab, whole_organ_registry)
+    assert alone.offer is None and "covers 78 mm along the slice normal" in alone.reason
+
+
+def test_a_series_sampled_with_wide_gaps_is_not_read(dicom_dir: Path, whole_organ_registry, copy_series) -> None:
+    # Every eighth slice of LIDC-IDRI-0001: 2.5 mm slices 20 mm apart, as a sequential HRCT samples the
+    # lungs; a nodule between two slices is not in the series.
+    files = copy_series(sorted((dicom_dir / "lidc-idri-0001").glob("*.dcm"))[::8], "sampled")
+    choice = _choose(files, whole_organ_registry)
+    assert choice.offer is None
+    assert "slices 2.50 mm thick 20.00 mm apart image 12% of the volume, less than 50%" in choice.reason
+    whole = _choose(list(files_under([dicom_dir / "lidc-idri-0001"])), whole_organ_registry)
+    assert whole.offer is not None and whole.offer.model_name == "test-ct"
