@@ -20,7 +20,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import cv2
 import numpy as np
@@ -211,3 +211,18 @@ def read_by_node(spec: ModelSpec, keys: list[str], root: Path | None = None) -> 
             log.info("series=%s covers %.0f mm < %g mm: trained on, not evaluated", key, coverage,
                      spec.accepts.min_coverage_mm)
     return kept
+
+
+class _OfSeries(Protocol):
+    @property
+    def series(self) -> str: ...
+
+
+Record = TypeVar("Record", bound=_OfSeries)
+
+
+def node_reads_only(spec: ModelSpec, records: list[Record]) -> list[Record]:
+    """The out-of-fold records of series the node would read (``read_by_node``): every figure counts
+    only those."""
+    readable = read_by_node(spec, sorted({r.series for r in records}))
+    return [r for r in records if r.series in readable]

@@ -34,7 +34,7 @@ import numpy as np
 from onconode.models import Manifest, load_manifest
 from training.card import render_card
 from training.evaluate import SeriesRecord, SliceRecord, series_records, summary
-from training.examples import SeriesExamples, load_all, read_by_node
+from training.examples import SeriesExamples, load_all, node_reads_only
 from training.latency import Latency
 from training.nodule_filter import attach
 from training.release import (
@@ -97,9 +97,7 @@ def recheck(spec: ModelSpec, out: Path, runs: Path, dicom: Path, examples: list[
         known = {f.name for f in fields(SeriesRecord)}  # files of earlier runs may hold more keys
         series = [SeriesRecord(**{k: v for k, v in r.items() if k in known})
                   for r in json.loads((source / "oof-series.json").read_text())]
-        readable = read_by_node(spec, sorted({r.series for r in slices}))
-        slices = [r for r in slices if r.series in readable]  # figures only for series the node reads
-        series = [r for r in series if r.series in readable]
+        slices, series = node_reads_only(spec, slices), node_reads_only(spec, series)
         ranked_anew = spec.slices.ranking is not None and any(np.isnan(r.blob) for r in slices)
         if ranked_anew:  # the key slices, so the series values, now come from the node's ranking
             slices = attach(spec, slices)

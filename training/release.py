@@ -57,7 +57,7 @@ from training.evaluate import (
     study_value,
     summary,
 )
-from training.examples import SeriesExamples, read_by_node
+from training.examples import SeriesExamples, node_reads_only
 from training.export import FEATURES, HEAD_BIAS, HEAD_WEIGHT, INPUT, LOGITS, export, onnx_outputs, session
 from training.fit import fit, load, logits_of, normalise
 from training.gather import load_sources, training_root
@@ -346,8 +346,7 @@ def release(spec: ModelSpec, series: list[SeriesExamples], out_dir: Path, dicom:
     out_dir.mkdir(parents=True, exist_ok=True)
     slices, fold_epochs = crossval.run(spec, series, epochs=epochs, max_steps=max_steps, pretrained=pretrained)
     slices = nodule_filter.attach(spec, slices)
-    readable = read_by_node(spec, [s.meta.key for s in series])
-    slices = [r for r in slices if r.series in readable]  # figures only for series the node reads
+    slices = node_reads_only(spec, slices)
     lesion_of = {s.meta.key: s.meta.lesion for s in series}
     records = series_records(slices, lesion_of, spec.slices.key)
     cv = summary(slices, records, spec.slices.key)

@@ -26,22 +26,21 @@ def unmet(manifest: Manifest, profile: SeriesProfile) -> list[str]:
     reasons = []
     if profile.modality != manifest.modality:
         return [f"modality {profile.modality or '-'} is not {manifest.modality}"]
-    if profile.geometry.plane not in accepts.planes:
-        reasons.append(f"plane {profile.geometry.plane} not in {'/'.join(accepts.planes)}")
+    geometry = profile.geometry
+    if geometry.plane not in accepts.planes:
+        reasons.append(f"plane {geometry.plane} not in {'/'.join(accepts.planes)}")
     if accepts.sequences and profile.kind not in accepts.sequences:
         reasons.append(f"sequence {profile.kind} not in {'/'.join(accepts.sequences)}")
-    thickness = profile.geometry.thickness_mm
+    thickness = geometry.thickness_mm
     low, high = accepts.thickness_mm
     if thickness is not None and not low <= thickness <= high:
         reasons.append(f"slice thickness {thickness:.2f} mm outside {low:g}–{high:g} mm")
-    if profile.geometry.slices < accepts.min_slices:
-        reasons.append(f"{profile.geometry.slices} slices, fewer than {accepts.min_slices}")
-    geometry = profile.geometry
-    if geometry.thickness_mm and geometry.spacing_mm and \
-            geometry.thickness_mm < accepts.min_imaged_fraction * geometry.spacing_mm:
-        reasons.append(f"slices {geometry.thickness_mm:.2f} mm thick {geometry.spacing_mm:.2f} mm apart image "
-                       f"{geometry.thickness_mm / geometry.spacing_mm:.0%} of the volume, less than "
-                       f"{accepts.min_imaged_fraction:.0%}")
+    if geometry.slices < accepts.min_slices:
+        reasons.append(f"{geometry.slices} slices, fewer than {accepts.min_slices}")
+    spacing = geometry.spacing_mm
+    if thickness and spacing and thickness < accepts.min_imaged_fraction * spacing:
+        reasons.append(f"slices {thickness:.2f} mm thick {spacing:.2f} mm apart image {thickness / spacing:.0%} of "
+                       f"the volume, less than {accepts.min_imaged_fraction:.0%}")
     coverage = geometry.coverage_mm
     if coverage is not None and coverage < accepts.min_coverage_mm:
         reasons.append(f"covers {coverage:.0f} mm along the slice normal, less than the "
